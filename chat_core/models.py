@@ -1,0 +1,72 @@
+"""Domain values of chat_core. Ids are snowflakes (ints here, decimal strings on the wire)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+#: Durable room event types (PROTOCOL.md section 3); each carries a room ``seq``.
+EVENT_TYPES = (
+    "MESSAGE_CREATE",
+    "MESSAGE_UPDATE",
+    "MESSAGE_DELETE",
+    "REACTION_ADD",
+    "REACTION_REMOVE",
+    "MEMBER_JOIN",
+    "MEMBER_LEAVE",
+)
+
+
+class RoomEvent(msgspec.Struct, frozen=True):
+    """One durable room event: the outbox row, the Kafka record value, the DISPATCH source.
+
+    ``data`` is exactly the DISPATCH ``d`` of PROTOCOL.md (ids as decimal strings, and it
+    includes ``room_id`` and ``seq``). ``created_at_ms`` is when the storing transaction ran.
+    ``trace`` carries W3C trace context (``traceparent``) when tracing is on.
+    """
+
+    room_id: int
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at_ms: int
+    trace: dict[str, str] = {}
+
+
+class Room(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+    last_seq: int
+    created_at_ms: int
+
+
+class ReactionCount(msgspec.Struct, frozen=True):
+    emoji: str
+    count: int
+    me: bool
+
+
+class Message(msgspec.Struct, frozen=True):
+    id: int
+    room_id: int
+    seq: int  # the room seq of its MESSAGE_CREATE
+    author_id: int
+    content: str
+    nonce: str | None
+    created_at_ms: int
+    edited_at_ms: int | None = None
+    deleted: bool = False
+    reactions: tuple[ReactionCount, ...] = ()
+
+
+def encode_event(event: RoomEvent) -> bytes:
+    return _ENCODER.encode(event)
+
+
+def decode_event(raw: bytes) -> RoomEvent:
+    return _DECODER.decode(raw)
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(RoomEvent)

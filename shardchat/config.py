@@ -1,0 +1,99 @@
+"""All configuration in one typed place.
+
+Values come from, in order of precedence: environment variables ``SHARDCHAT_<FIELD>`` (upper
+case), a TOML file (``SHARDCHAT_CONFIG`` or ``--config``), then the defaults below, which are the
+embedded single-process mode (SQLite, in-memory log and registry). Every field is documented in
+docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+StoreKind = Literal["sqlite", "postgres"]
+LogKind = Literal["memory", "kafka"]
+RegistryKind = Literal["memory", "redis"]
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # --- adapters -----------------------------------------------------------------------------
+    store: StoreKind = "sqlite"
+    sqlite_path: str = "data/shardchat.sqlite3"
+    postgres_dsn: str = "postgresql://shardchat@127.0.0.1:55432/shardchat"
+    postgres_pool_size: int = 10
+    event_log: LogKind = "memory"
+    kafka_bootstrap: str = "127.0.0.1:59092"
+    kafka_topic: str = "room-events"
+    kafka_partitions: int = 32
+    registry: RegistryKind = "memory"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+
+    # --- network ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    edge_port: int = 8080
+    gateway_port: int = 8081
+    router_port: int = 8082
+    public_gateway_url: str = ""  # ws URL clients use to reach this gateway; derived if empty
+    allowed_origins: tuple[str, ...] = ()  # empty = any origin (dev); else exact matches
+
+    # --- auth ---------------------------------------------------------------------------------
+    jwt_keys: dict[str, str] = {}  # key id -> HS256 secret; the first is used to sign
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+
+    # --- protocol limits (PROTOCOL.md section 6) ------------------------------------------------
+    max_frame_bytes: int = 16 * 1024
+    max_content_chars: int = 4000
+    max_nonce_bytes: int = 32
+    ops_per_window: int = 120
+    ops_window_s: float = 60.0
+    ops_burst: int = 20
+    identify_per_window: int = 5
+    identify_window_s: float = 5.0
+    heartbeat_interval_ms: int = 41_250
+    resume_window_s: float = 300.0
+    outbound_buffer_bytes: int = 1024 * 1024
+    ring_buffer_events: int = 256
+
+    # --- cluster ------------------------------------------------------------------------------
+    gateway_id: str = ""  # random if empty
+    gateway_ttl_s: float = 10.0
+    outbox_relay_after_ms: int = 2000
+
+    # --- observability ------------------------------------------------------------------------
+    otlp_endpoint: str = ""  # empty = tracing off
+    log_level: str = "INFO"
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from a TOML file, the environment and explicit overrides (highest)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = path or env.get("SHARDCHAT_CONFIG")
+    if path:
+        raw.update(tomllib.loads(Path(path).read_text()))
+    fields = {f.name: f for f in msgspec.structs.fields(Settings)}
+    for name in fields:
+        value = env.get(f"SHARDCHAT_{name.upper()}")
+        if value is not None:
+            raw[name] = _from_env(value)
+    raw.update(overrides)
+    return msgspec.convert(raw, Settings, strict=False)
+
+
+def _from_env(value: str) -> Any:
+    """Env values are strings; JSON-looking ones (lists, tables) are parsed, the rest converted
+    by msgspec's lax mode ("8080" -> 8080, "true" -> True)."""
+    if value[:1] in "[{":
+        return msgspec.json.decode(value)
+    return value
