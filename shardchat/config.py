@@ -94,6 +94,6 @@ def load_settings(
 def _from_env(value: str) -> Any:
     """Env values are strings; JSON-looking ones (lists, tables) are parsed, the rest converted
     by msgspec's lax mode ("8080" -> 8080, "true" -> True)."""
-    if value[:1] in "[{":
+    if value.startswith(("[", "{")):
         return msgspec.json.decode(value)
     return value
