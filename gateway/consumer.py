@@ -1,0 +1,153 @@
+"""Consume only the event-log partitions that hold rooms local sessions subscribe to.
+
+room -> partition is the log's own ``partition_for(str(room_id).encode())`` (Kafka's murmur2,
+the key the outbox appends with). Partitions are reference-counted by local rooms; a new one is
+assigned at the current end (subscribers catch up from the ring/Store by seq), one whose last
+room went away is unassigned after ``linger_s`` (a room re-subscribed within it costs nothing).
+Assignment changes are applied by the fetch loop itself, batched, between fetches, because a
+reader is not safe to reassign while a fetch is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from chat_core.models import decode_event
+from gateway import metrics
+from shardchat.eventlog import EventLog, LogReader, LogRecord
+
+log = logging.getLogger(__name__)
+
+#: Routes one decoded event; returns False when no local room wanted it (waste).
+OnEvent = Callable[..., bool]
+
+
+class PartitionConsumer:
+    def __init__(
+        self,
+        event_log: EventLog,
+        on_event: OnEvent,
+        *,
+        linger_s: float = 5.0,
+        fetch_timeout_ms: int = 50,
+    ) -> None:
+        self._log = event_log
+        self._on_event = on_event
+        self._linger_s = linger_s
+        self._fetch_timeout_ms = fetch_timeout_ms
+        self._reader: LogReader | None = None
+        self._refs: dict[int, int] = {}
+        self._to_assign: dict[int, asyncio.Future[None]] = {}
+        self._release_at: dict[int, float] = {}  # partition -> monotonic time to unassign
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumed = 0
+        self.wasted = 0
+
+    def partition_of(self, room_id: int) -> int:
+        return self._log.partition_for(str(room_id).encode())
+
+    def assigned(self) -> frozenset[int]:
+        return self._reader.assignment() if self._reader is not None else frozenset()
+
+    def start(self) -> None:
+        self._reader = self._log.reader()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="gateway-consumer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for fut in self._to_assign.values():
+            if not fut.done():
+                fut.cancel()
+        if self._reader is not None:
+            await self._reader.close()
+
+    async def acquire(self, room_id: int) -> None:
+        """Hold the room's partition; returns once it is assigned (records from now on flow)."""
+        p = self.partition_of(room_id)
+        self._refs[p] = self._refs.get(p, 0) + 1
+        self._release_at.pop(p, None)
+        if p in self.assigned() and p not in self._to_assign:
+            return
+        fut = self._to_assign.get(p)
+        if fut is None:
+            fut = self._to_assign[p] = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        await asyncio.shield(fut)
+
+    def release(self, room_id: int) -> None:
+        p = self.partition_of(room_id)
+        n = self._refs.get(p, 0) - 1
+        if n > 0:
+            self._refs[p] = n
+            return
+        self._refs.pop(p, None)
+        self._release_at[p] = time.monotonic() + self._linger_s
+
+    async def _apply_changes(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        now = time.monotonic()
+        drop = [p for p, t in self._release_at.items() if t <= now and p not in self._refs]
+        if drop:
+            for p in drop:
+                del self._release_at[p]
+            await reader.unassign(drop)
+        if self._to_assign:
+            batch, self._to_assign = self._to_assign, {}
+            try:
+                await reader.assign(dict.fromkeys(batch))
+            except Exception as exc:
+                for fut in batch.values():
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_result(None)
+        metrics.ASSIGNED_PARTITIONS.set(len(reader.assignment()))
+
+    async def _run(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        while True:
+            try:
+                await self._apply_changes()
+                if not reader.assignment():
+                    self._wake.clear()
+                    timeout = self._linger_s if self._release_at else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    continue
+                records = await reader.fetch(self._fetch_timeout_ms)
+                if records:
+                    self._route(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event-log consumer error; retrying")
+                await asyncio.sleep(0.5)
+
+    def _route(self, records: list[LogRecord]) -> None:
+        wasted = 0
+        for rec in records:
+            try:
+                event = decode_event(rec.value)
+            except Exception:
+                log.warning("undecodable record p%s@%s", rec.partition, rec.offset)
+                wasted += 1
+                continue
+            if not self._on_event(event):
+                wasted += 1
+        self.consumed += len(records)
+        self.wasted += wasted
+        metrics.RECORDS_CONSUMED.inc(len(records))
+        if wasted:
+            metrics.RECORDS_WASTED.inc(wasted)

@@ -1,0 +1,32 @@
+"""What the gateway needs from user_core and chat_core (structural: any object with these).
+
+Kept as Protocols so the gateway depends on behaviour, not on the concrete services, and tests
+can pass the real services built on the SQLite store.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from chat_core.models import Message, Room, RoomEvent
+from user_core.models import User
+
+
+class AuthPort(Protocol):
+    def verify_access(self, token: str) -> int:
+        """The user id of a valid access token; raises ``Unauthenticated`` otherwise."""
+        ...
+
+    async def get_user(self, user_id: int) -> User | None: ...
+
+
+class ChatPort(Protocol):
+    async def get_room(self, actor: int, room_id: int) -> Room:
+        """The room if ``actor`` is a member; raises ``NotFound`` / ``Forbidden``."""
+        ...
+
+    async def list_rooms(self, actor: int) -> list[Room]: ...
+
+    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message: ...
+
+    async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...
