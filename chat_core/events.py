@@ -1,0 +1,60 @@
+"""Builders of the durable room events' ``data``: exactly the DISPATCH ``d`` of PROTOCOL.md §3.
+
+Pure functions shared by both Store adapters so the two can never disagree on an event's shape.
+Ids travel as decimal strings, times as ISO-8601 UTC with milliseconds and ``Z``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from chat_core.models import Message
+
+
+def iso_ms(ms: int) -> str:
+    """``1700000000123`` -> ``"2023-11-14T22:13:20.123Z"`` (integer maths: no float rounding)."""
+    dt = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _base(room_id: int, seq: int) -> dict[str, Any]:
+    return {"room_id": str(room_id), "seq": seq}
+
+
+def message_create(msg: Message, seq: int) -> dict[str, Any]:
+    return _base(msg.room_id, seq) | {
+        "id": str(msg.id),
+        "author_id": str(msg.author_id),
+        "content": msg.content,
+        "nonce": msg.nonce,
+        "created_at": iso_ms(msg.created_at_ms),
+    }
+
+
+def message_update(
+    room_id: int, seq: int, message_id: int, content: str, edited_ms: int
+) -> dict[str, Any]:
+    return _base(room_id, seq) | {
+        "id": str(message_id),
+        "content": content,
+        "edited_at": iso_ms(edited_ms),
+    }
+
+
+def message_delete(room_id: int, seq: int, message_id: int) -> dict[str, Any]:
+    return _base(room_id, seq) | {"id": str(message_id)}
+
+
+def reaction(room_id: int, seq: int, message_id: int, user_id: int, emoji: str) -> dict[str, Any]:
+    """Data of REACTION_ADD and REACTION_REMOVE (same shape)."""
+    return _base(room_id, seq) | {
+        "message_id": str(message_id),
+        "user_id": str(user_id),
+        "emoji": emoji,
+    }
+
+
+def member(room_id: int, seq: int, user_id: int) -> dict[str, Any]:
+    """Data of MEMBER_JOIN and MEMBER_LEAVE (same shape)."""
+    return _base(room_id, seq) | {"user_id": str(user_id)}

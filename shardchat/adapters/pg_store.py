@@ -1,0 +1,633 @@
+"""Store on PostgreSQL via asyncpg: the scale-out adapter.
+
+Room seqs: ``UPDATE rooms SET last_seq = last_seq + n ... RETURNING`` takes the room's row lock
+until commit, so concurrent writers to one room (any process) queue there and get contiguous
+seqs in commit order. Batches lock their rooms in id order first so two batches touching the
+same rooms cannot deadlock. Sends are written set-based (``unnest`` of array parameters): a
+constant number of statements per batch whatever its size; ``executemany`` would run one
+statement per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs published
+import msgspec
+
+from chat_core import events as ev
+from chat_core.models import Message, ReactionCount, Room, RoomEvent
+from shardchat.store import Dialect, NewMessage, RefreshOutcome, SendOutcome, UserRecord
+from user_core.models import User
+
+_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
+_ROOM_COLS = "id, name, last_seq, created_at_ms"
+_EVENT_COLS = "room_id, seq, type, data, created_at_ms"
+# The database's clock for leases: every process agrees on it.
+_DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+# One number for the advisory lock that serializes concurrent migrators.
+_MIGRATION_LOCK = 0x5C4A7  # "shardchat"-ish; any constant shared by all processes
+
+
+def _message(r: Any) -> Message:
+    return Message(
+        r["id"],
+        r["room_id"],
+        r["seq"],
+        r["author_id"],
+        r["content"],
+        r["nonce"],
+        r["created_at_ms"],
+        r["edited_at_ms"],
+        r["deleted"],
+    )
+
+
+def _room(r: Any) -> Room:
+    return Room(r["id"], r["name"], r["last_seq"], r["created_at_ms"])
+
+
+def _event(r: Any) -> RoomEvent:
+    return RoomEvent(r["room_id"], r["seq"], r["type"], json.loads(r["data"]), r["created_at_ms"])
+
+
+def _json(data: dict[str, Any]) -> str:
+    return msgspec.json.encode(data).decode()
+
+
+class PgStore:
+    dialect: Dialect = "postgres"
+
+    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: Any = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=min(2, self.pool_size), max_size=self.pool_size
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("PgStore not started")
+        return self._pool
+
+    # --- migrations ------------------------------------------------------------------------------
+    async def apply_migrations(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
+        applied: list[str] = []
+        async with self.pool.acquire() as conn:
+            # The lock makes a second migrator wait, then find everything applied.
+            await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
+                for version, sql in migrations:
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)  # no arguments: simple protocol, many statements
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                        )
+                    applied.append(version)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        return applied
+
+    # --- users and refresh tokens ----------------------------------------------------------------
+    async def create_user(self, user: User, password_hash: str) -> bool:
+        row = await self.pool.fetchrow(
+            "INSERT INTO users (id, username, password_hash, created_at_ms) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            user.id,
+            user.username,
+            password_hash,
+            user.created_at_ms,
+        )
+        return row is not None
+
+    async def get_user_by_name(self, username: str) -> UserRecord | None:
+        r = await self.pool.fetchrow(
+            "SELECT id, username, created_at_ms, password_hash FROM users"
+            " WHERE lower(username) = lower($1)",
+            username,
+        )
+        if r is None:
+            return None
+        return UserRecord(User(r["id"], r["username"], r["created_at_ms"]), r["password_hash"])
+
+    async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
+        if not user_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT id, username, created_at_ms FROM users WHERE id = ANY($1::bigint[])",
+            list(user_ids),
+        )
+        return {r["id"]: User(r["id"], r["username"], r["created_at_ms"]) for r in rows}
+
+    async def create_refresh_token(
+        self, token_hash: bytes, user_id: int, family_id: str, now_ms: int, expires_at_ms: int
+    ) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO refresh_families (id, user_id, created_at_ms) VALUES ($1, $2, $3)",
+                family_id,
+                user_id,
+                now_ms,
+            )
+            await conn.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
+                " expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                token_hash,
+                family_id,
+                user_id,
+                now_ms,
+                expires_at_ms,
+            )
+
+    async def rotate_refresh_token(
+        self, old_hash: bytes, new_hash: bytes, now_ms: int, expires_at_ms: int
+    ) -> RefreshOutcome:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE: two concurrent uses of one token serialize; the second sees it used.
+            r = await conn.fetchrow(
+                "SELECT t.family_id, t.user_id, t.expires_at_ms, t.used_at_ms, f.revoked_at_ms"
+                " FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id"
+                " WHERE t.token_hash = $1 FOR UPDATE",
+                old_hash,
+            )
+            if r is None:
+                return RefreshOutcome("unknown")
+            if r["revoked_at_ms"] is not None:
+                return RefreshOutcome("revoked")
+            if r["used_at_ms"] is not None:
+                await conn.execute(
+                    "UPDATE refresh_families SET revoked_at_ms = $1 WHERE id = $2",
+                    now_ms,
+                    r["family_id"],
+                )
+                return RefreshOutcome("reused")
+            if r["expires_at_ms"] <= now_ms:
+                return RefreshOutcome("expired")
+            await conn.execute(
+                "UPDATE refresh_tokens SET used_at_ms = $1 WHERE token_hash = $2", now_ms, old_hash
+            )
+            await conn.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
+                " expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                new_hash,
+                r["family_id"],
+                r["user_id"],
+                now_ms,
+                expires_at_ms,
+            )
+            return RefreshOutcome("ok", r["user_id"])
+
+    async def revoke_refresh_family(self, token_hash: bytes, now_ms: int) -> bool:
+        result: str = await self.pool.execute(
+            "UPDATE refresh_families SET revoked_at_ms = $1 WHERE revoked_at_ms IS NULL AND id ="
+            " (SELECT family_id FROM refresh_tokens WHERE token_hash = $2)",
+            now_ms,
+            token_hash,
+        )
+        return result != "UPDATE 0"
+
+    # --- rooms and members -----------------------------------------------------------------------
+    async def _append(
+        self, conn: Any, room_id: int, type_: str, build: Any, now_ms: int
+    ) -> RoomEvent:
+        """Take the room's next seq (row lock until commit) and store the event."""
+        seq = await conn.fetchval(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", room_id
+        )
+        if seq is None:
+            raise LookupError(f"room {room_id} vanished")
+        data: dict[str, Any] = build(seq)
+        await conn.execute(
+            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            room_id,
+            seq,
+            type_,
+            _json(data),
+            now_ms,
+        )
+        return RoomEvent(room_id, seq, type_, data, now_ms)
+
+    async def create_room(
+        self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
+    ) -> tuple[Room, list[RoomEvent]]:
+        members = list(dict.fromkeys(member_ids))
+        n = len(members)
+        events = [
+            RoomEvent(room_id, i + 1, "MEMBER_JOIN", ev.member(room_id, i + 1, u), created_at_ms)
+            for i, u in enumerate(members)
+        ]
+        async with self.pool.acquire() as conn, conn.transaction():
+            # A new room: nobody else can write to it yet, so its seqs are simply 1..n.
+            await conn.execute(
+                "INSERT INTO rooms (id, name, last_seq, created_at_ms) VALUES ($1, $2, $3, $4)",
+                room_id,
+                name,
+                n,
+                created_at_ms,
+            )
+            await conn.execute(
+                "INSERT INTO room_members (room_id, user_id, joined_at_ms)"
+                " SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u",
+                room_id,
+                members,
+                created_at_ms,
+            )
+            await self._insert_events(conn, events)
+        return Room(room_id, name, n, created_at_ms), events
+
+    async def _insert_events(self, conn: Any, events: Sequence[RoomEvent]) -> None:
+        if not events:
+            return
+        await conn.execute(
+            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
+            " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
+            " $5::bigint[])",
+            [e.room_id for e in events],
+            [e.seq for e in events],
+            [e.type for e in events],
+            [_json(e.data) for e in events],
+            [e.created_at_ms for e in events],
+        )
+
+    async def add_member(
+        self, room_id: int, user_id: int, now_ms: int
+    ) -> tuple[Room, RoomEvent | None] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO room_members (room_id, user_id, joined_at_ms)"
+                " SELECT id, $2, $3 FROM rooms WHERE id = $1 ON CONFLICT DO NOTHING RETURNING 1",
+                room_id,
+                user_id,
+                now_ms,
+            )
+            event = None
+            if inserted is not None:
+                event = await self._append(
+                    conn, room_id, "MEMBER_JOIN", lambda s: ev.member(room_id, s, user_id), now_ms
+                )
+            r = await conn.fetchrow(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = $1", room_id)
+        return None if r is None else (_room(r), event)
+
+    async def remove_member(self, room_id: int, user_id: int, now_ms: int) -> RoomEvent | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            deleted = await conn.fetchval(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING 1",
+                room_id,
+                user_id,
+            )
+            if deleted is None:
+                return None
+            return await self._append(
+                conn, room_id, "MEMBER_LEAVE", lambda s: ev.member(room_id, s, user_id), now_ms
+            )
+
+    async def get_room(self, room_id: int) -> Room | None:
+        r = await self.pool.fetchrow(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = $1", room_id)
+        return None if r is None else _room(r)
+
+    async def rooms_of(self, user_id: int) -> list[Room]:
+        rows = await self.pool.fetch(
+            "SELECT r.id, r.name, r.last_seq, r.created_at_ms FROM room_members m"
+            " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = $1 ORDER BY r.id",
+            user_id,
+        )
+        return [_room(r) for r in rows]
+
+    async def members_of(self, room_id: int) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT user_id FROM room_members WHERE room_id = $1 ORDER BY joined_at_ms, user_id",
+            room_id,
+        )
+        return [r["user_id"] for r in rows]
+
+    async def is_member(self, room_id: int, user_id: int) -> bool:
+        r = await self.pool.fetchval(
+            "SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user_id
+        )
+        return r is not None
+
+    # --- messages --------------------------------------------------------------------------------
+    async def insert_messages(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
+        """Four set-based statements per batch, whatever its size:
+
+        1. insert every row whose author is a member, seq 0 for now, skipping (author, nonce)
+           conflicts; a conflict with an uncommitted concurrent insert waits for it, so what is
+           skipped is exactly what exists;
+        2. lock the rooms that got rows, in id order;
+        3. bump each room's last_seq by its count of inserted rows: the seqs are ours;
+        4. set the rows' seqs and insert their events.
+        Seqs are taken only for rows really inserted, so a skipped row leaves no gap.
+        """
+        if not rows:
+            return []
+        # Same (author, nonce) twice in one batch: the first is the one, later ones copy it.
+        first: dict[tuple[int, str], int] = {}
+        for i, r in enumerate(rows):
+            first.setdefault((r.author_id, r.nonce), i)
+        unique = [r for i, r in enumerate(rows) if first[(r.author_id, r.nonce)] == i]
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetch(
+                "INSERT INTO messages (id, room_id, seq, author_id, content, nonce, created_at_ms)"
+                " SELECT i.id, i.room_id, 0, i.author_id, i.content, i.nonce, i.created_at_ms"
+                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],"
+                " $6::bigint[]) WITH ORDINALITY AS i(id, room_id, author_id, content, nonce,"
+                " created_at_ms, ord)"
+                " WHERE EXISTS (SELECT 1 FROM room_members m"
+                " WHERE m.room_id = i.room_id AND m.user_id = i.author_id)"
+                " ORDER BY i.ord"
+                " ON CONFLICT (author_id, nonce) DO NOTHING RETURNING id",
+                [r.id for r in unique],
+                [r.room_id for r in unique],
+                [r.author_id for r in unique],
+                [r.content for r in unique],
+                [r.nonce for r in unique],
+                [r.created_at_ms for r in unique],
+            )
+            got = {rec["id"] for rec in inserted}
+            created = [r for r in unique if r.id in got]  # batch order = seq order per room
+
+            counts: dict[int, int] = {}
+            for r in created:
+                counts[r.room_id] = counts.get(r.room_id, 0) + 1
+            next_seq: dict[int, int] = {}
+            if counts:
+                room_ids = sorted(counts)
+                await conn.execute(
+                    "SELECT 1 FROM rooms WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                    room_ids,
+                )
+                bumped = await conn.fetch(
+                    "UPDATE rooms SET last_seq = rooms.last_seq + c.n"
+                    " FROM unnest($1::bigint[], $2::bigint[]) AS c(id, n)"
+                    " WHERE rooms.id = c.id RETURNING rooms.id, rooms.last_seq",
+                    room_ids,
+                    [counts[k] for k in room_ids],
+                )
+                for b in bumped:
+                    next_seq[b["id"]] = b["last_seq"] - counts[b["id"]] + 1
+
+            by_id: dict[int, SendOutcome] = {}
+            events: list[RoomEvent] = []
+            for r in created:
+                seq = next_seq[r.room_id]
+                next_seq[r.room_id] = seq + 1
+                msg = Message(
+                    r.id, r.room_id, seq, r.author_id, r.content, r.nonce, r.created_at_ms
+                )
+                event = RoomEvent(
+                    r.room_id, seq, "MESSAGE_CREATE", ev.message_create(msg, seq), r.created_at_ms
+                )
+                events.append(event)
+                by_id[r.id] = SendOutcome("created", msg, event)
+            if events:
+                await conn.execute(
+                    "WITH s AS (UPDATE messages SET seq = v.seq"
+                    " FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq)"
+                    " WHERE messages.id = v.id)"
+                    " INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
+                    " SELECT room_id, seq, 'MESSAGE_CREATE', data, created_at_ms"
+                    " FROM unnest($3::bigint[], $2::bigint[], $4::text[], $5::bigint[])"
+                    " AS e(room_id, seq, data, created_at_ms)",
+                    [r.id for r in created],
+                    [e.seq for e in events],
+                    [e.room_id for e in events],
+                    [_json(e.data) for e in events],
+                    [e.created_at_ms for e in events],
+                )
+
+            missing = [r for r in unique if r.id not in got]
+            if missing:
+                await self._explain_missing(conn, missing, by_id)
+
+        out: list[SendOutcome] = []
+        for r in rows:
+            owner = rows[first[(r.author_id, r.nonce)]]
+            outcome = by_id[owner.id]
+            if owner is not r and outcome.status == "created":
+                outcome = SendOutcome("duplicate", outcome.message)  # one event, one owner
+            out.append(outcome)
+        return out
+
+    async def _explain_missing(
+        self, conn: Any, missing: Sequence[NewMessage], by_id: dict[int, SendOutcome]
+    ) -> None:
+        """Rows not inserted: an existing (author, nonce), else not a member, else no room."""
+        found = await conn.fetch(
+            f"SELECT {_MSG_COLS} FROM messages WHERE (author_id, nonce) IN"
+            " (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+            [r.author_id for r in missing],
+            [r.nonce for r in missing],
+        )
+        existing = {(f["author_id"], f["nonce"]): _message(f) for f in found}
+        rooms = {
+            rec["id"]
+            for rec in await conn.fetch(
+                "SELECT id FROM rooms WHERE id = ANY($1::bigint[])",
+                list({r.room_id for r in missing}),
+            )
+        }
+        for r in missing:
+            msg = existing.get((r.author_id, r.nonce))
+            if msg is not None:
+                by_id[r.id] = SendOutcome("duplicate", msg)
+            elif r.room_id in rooms:
+                by_id[r.id] = SendOutcome("not_member")
+            else:
+                by_id[r.id] = SendOutcome("no_room")
+
+    async def get_message(self, message_id: int) -> Message | None:
+        r = await self.pool.fetchrow(f"SELECT {_MSG_COLS} FROM messages WHERE id = $1", message_id)
+        return None if r is None else _message(r)
+
+    async def edit_message(
+        self, message_id: int, content: str, edited_at_ms: int
+    ) -> tuple[Message, RoomEvent] | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                "UPDATE messages SET content = $2, edited_at_ms = $3 WHERE id = $1 AND NOT deleted"
+                f" RETURNING {_MSG_COLS}",
+                message_id,
+                content,
+                edited_at_ms,
+            )
+            if r is None:
+                return None
+            msg = _message(r)
+            event = await self._append(
+                conn,
+                msg.room_id,
+                "MESSAGE_UPDATE",
+                lambda s: ev.message_update(msg.room_id, s, message_id, content, edited_at_ms),
+                edited_at_ms,
+            )
+        return msg, event
+
+    async def delete_message(self, message_id: int, now_ms: int) -> RoomEvent | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            room_id = await conn.fetchval(
+                "UPDATE messages SET content = '', deleted = true WHERE id = $1 AND NOT deleted"
+                " RETURNING room_id",
+                message_id,
+            )
+            if room_id is None:
+                return None
+            # A tombstone keeps no reactions: they would describe content that is gone.
+            await conn.execute("DELETE FROM reactions WHERE message_id = $1", message_id)
+            return await self._append(
+                conn,
+                room_id,
+                "MESSAGE_DELETE",
+                lambda s: ev.message_delete(room_id, s, message_id),
+                now_ms,
+            )
+
+    async def add_reaction(
+        self, message_id: int, user_id: int, emoji: str, now_ms: int
+    ) -> RoomEvent | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # FOR SHARE: a concurrent delete waits for us (or we for it), so no reaction is ever
+            # added to a tombstone.
+            room_id = await conn.fetchval(
+                "SELECT room_id FROM messages WHERE id = $1 AND NOT deleted FOR SHARE", message_id
+            )
+            if room_id is None:
+                return None
+            added = await conn.fetchval(
+                "INSERT INTO reactions (message_id, emoji, user_id, created_at_ms)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+                message_id,
+                emoji,
+                user_id,
+                now_ms,
+            )
+            if added is None:
+                return None
+            return await self._append(
+                conn,
+                room_id,
+                "REACTION_ADD",
+                lambda s: ev.reaction(room_id, s, message_id, user_id, emoji),
+                now_ms,
+            )
+
+    async def remove_reaction(
+        self, message_id: int, user_id: int, emoji: str, now_ms: int
+    ) -> RoomEvent | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            room_id = await conn.fetchval(
+                "DELETE FROM reactions r USING messages m"
+                " WHERE r.message_id = $1 AND r.emoji = $2 AND r.user_id = $3 AND m.id = $1"
+                " RETURNING m.room_id",
+                message_id,
+                emoji,
+                user_id,
+            )
+            if room_id is None:
+                return None
+            return await self._append(
+                conn,
+                room_id,
+                "REACTION_REMOVE",
+                lambda s: ev.reaction(room_id, s, message_id, user_id, emoji),
+                now_ms,
+            )
+
+    async def list_messages(
+        self, room_id: int, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        base = f"SELECT {_MSG_COLS} FROM messages WHERE room_id = $1"
+        if after is not None:
+            rows = await self.pool.fetch(
+                base + " AND id > $2 ORDER BY id LIMIT $3", room_id, after, limit
+            )
+        elif before is not None:
+            rows = await self.pool.fetch(
+                base + " AND id < $2 ORDER BY id DESC LIMIT $3", room_id, before, limit
+            )
+        else:
+            rows = await self.pool.fetch(base + " ORDER BY id DESC LIMIT $2", room_id, limit)
+        return [_message(r) for r in rows]
+
+    async def reaction_counts(
+        self, message_ids: Sequence[int], viewer: int
+    ) -> dict[int, tuple[ReactionCount, ...]]:
+        if not message_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT message_id, emoji, count(*) AS n, bool_or(user_id = $2) AS me,"
+            " min(created_at_ms) AS first FROM reactions WHERE message_id = ANY($1::bigint[])"
+            " GROUP BY message_id, emoji ORDER BY message_id, first, emoji",
+            list(message_ids),
+            viewer,
+        )
+        out: dict[int, list[ReactionCount]] = {}
+        for r in rows:
+            out.setdefault(r["message_id"], []).append(ReactionCount(r["emoji"], r["n"], r["me"]))
+        return {k: tuple(v) for k, v in out.items()}
+
+    # --- room events and the outbox --------------------------------------------------------------
+    async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EVENT_COLS} FROM room_events WHERE room_id = $1 AND seq > $2"
+            " ORDER BY seq LIMIT $3",
+            room_id,
+            after_seq,
+            limit,
+        )
+        return [_event(r) for r in rows]
+
+    async def pending_events(self, created_before_ms: int, limit: int) -> list[RoomEvent]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EVENT_COLS} FROM room_events"
+            " WHERE published_at_ms IS NULL AND created_at_ms < $1 ORDER BY room_id, seq LIMIT $2",
+            created_before_ms,
+            limit,
+        )
+        return [_event(r) for r in rows]
+
+    async def mark_published(self, keys: Sequence[tuple[int, int]]) -> None:
+        if not keys:
+            return
+        await self.pool.execute(
+            f"UPDATE room_events e SET published_at_ms = {_DB_NOW_MS}"
+            " FROM unnest($1::bigint[], $2::bigint[]) AS k(room_id, seq)"
+            " WHERE e.room_id = k.room_id AND e.seq = k.seq AND e.published_at_ms IS NULL",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+
+    async def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        r = await self.pool.fetchval(
+            "INSERT INTO leases (name, owner, expires_at_ms)"
+            f" VALUES ($1, $2, {_DB_NOW_MS} + $3::bigint)"
+            " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+            " expires_at_ms = excluded.expires_at_ms"
+            f" WHERE leases.owner = excluded.owner OR leases.expires_at_ms <= {_DB_NOW_MS}"
+            " RETURNING 1",
+            name,
+            owner,
+            ttl_ms,
+        )
+        return r is not None

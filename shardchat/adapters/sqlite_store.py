@@ -1,0 +1,555 @@
+"""Store on a SQLite file via aiosqlite: the embedded default (one process, or a few).
+
+One connection does everything, behind an asyncio lock: SQLite has one writer anyway, and a
+single connection makes every transaction see the previous one's commit. Writes use
+``BEGIN IMMEDIATE`` so other processes sharing the file queue on the write lock (busy_timeout)
+instead of failing at commit; that also serializes room seq assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from chat_core import events as ev
+from chat_core.models import Message, ReactionCount, Room, RoomEvent
+from shardchat.store import Dialect, NewMessage, RefreshOutcome, SendOutcome, UserRecord
+from user_core.models import User
+
+_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
+_ROOM_COLS = "id, name, last_seq, created_at_ms"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _message(row: Iterable[Any]) -> Message:
+    mid, room_id, seq, author, content, nonce, created, edited, deleted = row
+    return Message(mid, room_id, seq, author, content, nonce, created, edited, bool(deleted))
+
+
+def _room(row: Iterable[Any]) -> Room:
+    rid, name, last_seq, created = row
+    return Room(rid, name, last_seq, created)
+
+
+class SqliteStore:
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- life cycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit
+        # transactions would start them lazily, i.e. DEFERRED, and break seq serialization).
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=10000")
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("SqliteStore not started")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self.db
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._read() as db, db.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._read() as db, db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    # --- migrations ------------------------------------------------------------------------------
+    async def apply_migrations(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
+        applied: list[str] = []
+        async with self._lock:
+            db = self.db
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version TEXT PRIMARY KEY, applied_at_ms INTEGER NOT NULL)"
+            )
+            for version, sql in migrations:
+                # executescript() would COMMIT first: run the script's statements one by one
+                # inside our own transaction instead, so a failing migration leaves no trace.
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    async with db.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+                    ) as cur:
+                        done = await cur.fetchone()
+                    if done is None:
+                        for statement in _split_sql(sql):
+                            await db.execute(statement)
+                        await db.execute(
+                            "INSERT INTO schema_migrations VALUES (?, ?)", (version, _now_ms())
+                        )
+                        applied.append(version)
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+        return applied
+
+    # --- users and refresh tokens ----------------------------------------------------------------
+    async def create_user(self, user: User, password_hash: str) -> bool:
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO users (id, username, password_hash, created_at_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (user.id, user.username, password_hash, user.created_at_ms),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def get_user_by_name(self, username: str) -> UserRecord | None:
+        row = await self._one(
+            "SELECT id, username, created_at_ms, password_hash FROM users"
+            " WHERE username = ? COLLATE NOCASE",
+            (username,),
+        )
+        if row is None:
+            return None
+        return UserRecord(User(row[0], row[1], row[2]), row[3])
+
+    async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            f"SELECT id, username, created_at_ms FROM users WHERE id IN ({marks})", ids
+        )
+        return {r[0]: User(r[0], r[1], r[2]) for r in rows}
+
+    async def create_refresh_token(
+        self, token_hash: bytes, user_id: int, family_id: str, now_ms: int, expires_at_ms: int
+    ) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO refresh_families (id, user_id, created_at_ms) VALUES (?, ?, ?)",
+                (family_id, user_id, now_ms),
+            )
+            await db.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
+                " expires_at_ms) VALUES (?, ?, ?, ?, ?)",
+                (token_hash, family_id, user_id, now_ms, expires_at_ms),
+            )
+
+    async def rotate_refresh_token(
+        self, old_hash: bytes, new_hash: bytes, now_ms: int, expires_at_ms: int
+    ) -> RefreshOutcome:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT t.family_id, t.user_id, t.expires_at_ms, t.used_at_ms, f.revoked_at_ms"
+                " FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id"
+                " WHERE t.token_hash = ?",
+                (old_hash,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return RefreshOutcome("unknown")
+            family, user_id, expires, used, revoked = row
+            if revoked is not None:
+                return RefreshOutcome("revoked")
+            if used is not None:
+                await db.execute(
+                    "UPDATE refresh_families SET revoked_at_ms = ? WHERE id = ?", (now_ms, family)
+                )
+                return RefreshOutcome("reused")
+            if expires <= now_ms:
+                return RefreshOutcome("expired")
+            await db.execute(
+                "UPDATE refresh_tokens SET used_at_ms = ? WHERE token_hash = ?", (now_ms, old_hash)
+            )
+            await db.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
+                " expires_at_ms) VALUES (?, ?, ?, ?, ?)",
+                (new_hash, family, user_id, now_ms, expires_at_ms),
+            )
+            return RefreshOutcome("ok", user_id)
+
+    async def revoke_refresh_family(self, token_hash: bytes, now_ms: int) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE refresh_families SET revoked_at_ms = ? WHERE revoked_at_ms IS NULL AND id ="
+                " (SELECT family_id FROM refresh_tokens WHERE token_hash = ?)",
+                (now_ms, token_hash),
+            )
+            return cur.rowcount > 0
+
+    # --- rooms and members -----------------------------------------------------------------------
+    async def _append(
+        self, db: aiosqlite.Connection, room_id: int, type_: str, build: Any, now_ms: int
+    ) -> RoomEvent:
+        """Take the room's next seq and store the event: call inside a write transaction."""
+        async with db.execute(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (room_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise LookupError(f"room {room_id} vanished")
+        seq = int(row[0])
+        data: dict[str, Any] = build(seq)
+        await db.execute(
+            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (room_id, seq, type_, msgspec.json.encode(data).decode(), now_ms),
+        )
+        return RoomEvent(room_id, seq, type_, data, now_ms)
+
+    async def create_room(
+        self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
+    ) -> tuple[Room, list[RoomEvent]]:
+        out: list[RoomEvent] = []
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO rooms (id, name, last_seq, created_at_ms) VALUES (?, ?, 0, ?)",
+                (room_id, name, created_at_ms),
+            )
+            for uid in dict.fromkeys(member_ids):
+                await db.execute(
+                    "INSERT INTO room_members (room_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
+                    (room_id, uid, created_at_ms),
+                )
+                out.append(
+                    await self._append(
+                        db,
+                        room_id,
+                        "MEMBER_JOIN",
+                        lambda s, u=uid: ev.member(room_id, s, u),
+                        created_at_ms,
+                    )
+                )
+        return Room(room_id, name, len(out), created_at_ms), out
+
+    async def add_member(
+        self, room_id: int, user_id: int, now_ms: int
+    ) -> tuple[Room, RoomEvent | None] | None:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "INSERT INTO room_members (room_id, user_id, joined_at_ms)"
+                " SELECT id, ?, ? FROM rooms WHERE id = ? ON CONFLICT DO NOTHING",
+                (user_id, now_ms, room_id),
+            )
+            event = None
+            if cur.rowcount > 0:
+                event = await self._append(
+                    db, room_id, "MEMBER_JOIN", lambda s: ev.member(room_id, s, user_id), now_ms
+                )
+            async with db.execute(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = ?", (room_id,)) as c2:
+                row = await c2.fetchone()
+        return None if row is None else (_room(row), event)
+
+    async def remove_member(self, room_id: int, user_id: int, now_ms: int) -> RoomEvent | None:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "DELETE FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+            )
+            if cur.rowcount == 0:
+                return None
+            return await self._append(
+                db, room_id, "MEMBER_LEAVE", lambda s: ev.member(room_id, s, user_id), now_ms
+            )
+
+    async def get_room(self, room_id: int) -> Room | None:
+        row = await self._one(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = ?", (room_id,))
+        return None if row is None else _room(row)
+
+    async def rooms_of(self, user_id: int) -> list[Room]:
+        rows = await self._all(
+            "SELECT r.id, r.name, r.last_seq, r.created_at_ms FROM room_members m"
+            " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? ORDER BY r.id",
+            (user_id,),
+        )
+        return [_room(r) for r in rows]
+
+    async def members_of(self, room_id: int) -> list[int]:
+        rows = await self._all(
+            "SELECT user_id FROM room_members WHERE room_id = ? ORDER BY joined_at_ms, user_id",
+            (room_id,),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def is_member(self, room_id: int, user_id: int) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return row is not None
+
+    # --- messages --------------------------------------------------------------------------------
+    async def insert_messages(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
+        out: list[SendOutcome] = []
+        async with self._tx() as db:
+            for new in rows:
+                out.append(await self._insert_one(db, new))
+        return out
+
+    async def _insert_one(self, db: aiosqlite.Connection, new: NewMessage) -> SendOutcome:
+        # The write lock is held (BEGIN IMMEDIATE): check-then-insert cannot race here.
+        async with db.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE author_id = ? AND nonce = ?",
+            (new.author_id, new.nonce),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            return SendOutcome("duplicate", _message(row))
+        async with db.execute(
+            "SELECT (SELECT 1 FROM rooms WHERE id = ?),"
+            " (SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?)",
+            (new.room_id, new.room_id, new.author_id),
+        ) as cur:
+            check = await cur.fetchone()
+        assert check is not None
+        if check[0] is None:
+            return SendOutcome("no_room")
+        if check[1] is None:
+            return SendOutcome("not_member")
+        msg = Message(
+            new.id, new.room_id, 0, new.author_id, new.content, new.nonce, new.created_at_ms
+        )
+        event = await self._append(
+            db,
+            new.room_id,
+            "MESSAGE_CREATE",
+            lambda s: ev.message_create(msg, s),
+            new.created_at_ms,
+        )
+        msg = msgspec.structs.replace(msg, seq=event.seq)
+        await db.execute(
+            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+            (
+                msg.id,
+                msg.room_id,
+                msg.seq,
+                msg.author_id,
+                msg.content,
+                msg.nonce,
+                msg.created_at_ms,
+            ),
+        )
+        return SendOutcome("created", msg, event)
+
+    async def get_message(self, message_id: int) -> Message | None:
+        row = await self._one(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,))
+        return None if row is None else _message(row)
+
+    async def edit_message(
+        self, message_id: int, content: str, edited_at_ms: int
+    ) -> tuple[Message, RoomEvent] | None:
+        async with self._tx() as db:
+            async with db.execute(
+                "UPDATE messages SET content = ?, edited_at_ms = ? WHERE id = ? AND deleted = 0"
+                f" RETURNING {_MSG_COLS}",
+                (content, edited_at_ms, message_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            msg = _message(row)
+            event = await self._append(
+                db,
+                msg.room_id,
+                "MESSAGE_UPDATE",
+                lambda s: ev.message_update(msg.room_id, s, message_id, content, edited_at_ms),
+                edited_at_ms,
+            )
+        return msg, event
+
+    async def delete_message(self, message_id: int, now_ms: int) -> RoomEvent | None:
+        async with self._tx() as db:
+            async with db.execute(
+                "UPDATE messages SET content = '', deleted = 1 WHERE id = ? AND deleted = 0"
+                " RETURNING room_id",
+                (message_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            room_id = int(row[0])
+            # A tombstone keeps no reactions: they would describe content that is gone.
+            await db.execute("DELETE FROM reactions WHERE message_id = ?", (message_id,))
+            return await self._append(
+                db,
+                room_id,
+                "MESSAGE_DELETE",
+                lambda s: ev.message_delete(room_id, s, message_id),
+                now_ms,
+            )
+
+    async def add_reaction(
+        self, message_id: int, user_id: int, emoji: str, now_ms: int
+    ) -> RoomEvent | None:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT room_id FROM messages WHERE id = ? AND deleted = 0", (message_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            room_id = int(row[0])
+            cur2 = await db.execute(
+                "INSERT INTO reactions (message_id, emoji, user_id, created_at_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (message_id, emoji, user_id, now_ms),
+            )
+            if cur2.rowcount == 0:
+                return None
+            return await self._append(
+                db,
+                room_id,
+                "REACTION_ADD",
+                lambda s: ev.reaction(room_id, s, message_id, user_id, emoji),
+                now_ms,
+            )
+
+    async def remove_reaction(
+        self, message_id: int, user_id: int, emoji: str, now_ms: int
+    ) -> RoomEvent | None:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "DELETE FROM reactions WHERE message_id = ? AND emoji = ? AND user_id = ?",
+                (message_id, emoji, user_id),
+            )
+            if cur.rowcount == 0:
+                return None
+            async with db.execute("SELECT room_id FROM messages WHERE id = ?", (message_id,)) as c2:
+                row = await c2.fetchone()
+            assert row is not None
+            room_id = int(row[0])
+            return await self._append(
+                db,
+                room_id,
+                "REACTION_REMOVE",
+                lambda s: ev.reaction(room_id, s, message_id, user_id, emoji),
+                now_ms,
+            )
+
+    async def list_messages(
+        self, room_id: int, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        if after is not None:
+            sql = f"SELECT {_MSG_COLS} FROM messages WHERE room_id = ? AND id > ? ORDER BY id"
+            params: tuple[int, ...] = (room_id, after)
+        elif before is not None:
+            sql = f"SELECT {_MSG_COLS} FROM messages WHERE room_id = ? AND id < ? ORDER BY id DESC"
+            params = (room_id, before)
+        else:
+            sql = f"SELECT {_MSG_COLS} FROM messages WHERE room_id = ? ORDER BY id DESC"
+            params = (room_id,)
+        rows = await self._all(sql + " LIMIT ?", (*params, limit))
+        return [_message(r) for r in rows]
+
+    async def reaction_counts(
+        self, message_ids: Sequence[int], viewer: int
+    ) -> dict[int, tuple[ReactionCount, ...]]:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            "SELECT message_id, emoji, count(*), max(user_id = ?), min(created_at_ms) AS first"
+            f" FROM reactions WHERE message_id IN ({marks})"
+            " GROUP BY message_id, emoji ORDER BY message_id, first, emoji",
+            (viewer, *ids),
+        )
+        out: dict[int, list[ReactionCount]] = {}
+        for mid, emoji, count, me, _ in rows:
+            out.setdefault(mid, []).append(ReactionCount(emoji, count, bool(me)))
+        return {k: tuple(v) for k, v in out.items()}
+
+    # --- room events and the outbox --------------------------------------------------------------
+    async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
+        rows = await self._all(
+            "SELECT room_id, seq, type, data, created_at_ms FROM room_events"
+            " WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (room_id, after_seq, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def pending_events(self, created_before_ms: int, limit: int) -> list[RoomEvent]:
+        rows = await self._all(
+            "SELECT room_id, seq, type, data, created_at_ms FROM room_events"
+            " WHERE published_at_ms IS NULL AND created_at_ms < ? ORDER BY room_id, seq LIMIT ?",
+            (created_before_ms, limit),
+        )
+        return [_event(r) for r in rows]
+
+    async def mark_published(self, keys: Sequence[tuple[int, int]]) -> None:
+        if not keys:
+            return
+        now = _now_ms()
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE room_events SET published_at_ms = ?"
+                " WHERE room_id = ? AND seq = ? AND published_at_ms IS NULL",
+                [(now, r, s) for r, s in keys],
+            )
+
+    async def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool:
+        now = _now_ms()
+        async with (
+            self._tx() as db,
+            db.execute(
+                "INSERT INTO leases (name, owner, expires_at_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+                " expires_at_ms = excluded.expires_at_ms"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at_ms <= ?"
+                " RETURNING owner",
+                (name, owner, now + ttl_ms, now),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        return row is not None
+
+
+def _event(row: Iterable[Any]) -> RoomEvent:
+    room_id, seq, type_, data, created = row
+    return RoomEvent(room_id, seq, type_, msgspec.json.decode(data), created)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration file (they hold no ';' inside literals: keep it that way)."""
+    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,289 @@
+"""One contract suite for the Store port, run against SQLite (tmp_path) and PostgreSQL (a fresh
+database per test, from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chat_core.models import RoomEvent
+from shardchat.adapters.pg_store import PgStore
+from shardchat.adapters.sqlite_store import SqliteStore
+from shardchat.migrate import load_migrations, migrate
+from shardchat.store import NewMessage, Store
+from user_core.models import User
+
+T0 = 1_750_000_000_000  # a fixed "now" (ms) so event data is predictable
+_ids = itertools.count(1_000)
+
+
+def nid() -> int:
+    return next(_ids)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(adapter, where). Sync on purpose: ``pg_dsn`` probes with asyncio.run, which cannot run
+    inside an async fixture's loop, so the database is requested from here."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "store.sqlite3")
+    return "postgres", str(request.getfixturevalue("fresh_pg_dsn"))
+
+
+@pytest.fixture
+async def store(store_target: tuple[str, str]) -> AsyncIterator[Store]:
+    kind, where = store_target
+    s: Store = SqliteStore(where) if kind == "sqlite" else PgStore(where, pool_size=8)
+    await s.start()
+    await migrate(s)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def make_users(store: Store, *names: str) -> list[int]:
+    ids = []
+    for name in names:
+        uid = nid()
+        assert await store.create_user(User(uid, name, T0), "hash-" + name)
+        ids.append(uid)
+    return ids
+
+
+async def make_room(store: Store, *members: int) -> int:
+    rid = nid()
+    await store.create_room(rid, "room", T0, list(members))
+    return rid
+
+
+def msg(room_id: int, author: int, nonce: str, content: str = "hi") -> NewMessage:
+    return NewMessage(nid(), room_id, author, content, nonce, T0)
+
+
+# --- migrations -----------------------------------------------------------------------------------
+async def test_migrate_is_idempotent_and_recorded(store: Store) -> None:
+    assert await migrate(store) == []  # the fixture applied everything already
+    versions = [v for v, _ in load_migrations(store.dialect)]
+    assert versions and versions[0].startswith("0001_")
+    assert await store.apply_migrations([(versions[0], "THIS IS NOT SQL")]) == []
+
+
+# --- users and refresh tokens ---------------------------------------------------------------------
+async def test_usernames_are_unique_case_insensitively(store: Store) -> None:
+    (alice,) = await make_users(store, "Alice")
+    assert not await store.create_user(User(nid(), "alice", T0), "x")
+    rec = await store.get_user_by_name("ALICE")
+    assert rec is not None and rec.user == User(alice, "Alice", T0)
+    assert rec.password_hash == "hash-Alice"
+    assert await store.get_user_by_name("bob") is None
+    assert await store.get_users([alice, 424242]) == {alice: User(alice, "Alice", T0)}
+    assert await store.get_users([]) == {}
+
+
+async def test_refresh_rotation_and_reuse_revokes_family(store: Store) -> None:
+    (u,) = await make_users(store, "carol")
+    await store.create_refresh_token(b"h1", u, "fam1", T0, T0 + 1000)
+    ok = await store.rotate_refresh_token(b"h1", b"h2", T0 + 1, T0 + 2000)
+    assert (ok.status, ok.user_id) == ("ok", u)
+    # h1 used again: theft; the family dies, so h2 (the legitimate successor) dies too
+    assert (await store.rotate_refresh_token(b"h1", b"h3", T0 + 2, T0 + 2000)).status == "reused"
+    assert (await store.rotate_refresh_token(b"h2", b"h4", T0 + 3, T0 + 2000)).status == "revoked"
+    assert (await store.rotate_refresh_token(b"nope", b"h5", T0, T0)).status == "unknown"
+
+
+async def test_refresh_expiry_and_logout(store: Store) -> None:
+    (u,) = await make_users(store, "dave")
+    await store.create_refresh_token(b"e1", u, "famE", T0, T0 + 10)
+    assert (await store.rotate_refresh_token(b"e1", b"e2", T0 + 10, T0 + 99)).status == "expired"
+    await store.create_refresh_token(b"l1", u, "famL", T0, T0 + 1000)
+    assert await store.revoke_refresh_family(b"l1", T0)
+    assert not await store.revoke_refresh_family(b"l1", T0)  # already revoked
+    assert not await store.revoke_refresh_family(b"unknown", T0)
+    assert (await store.rotate_refresh_token(b"l1", b"l2", T0, T0 + 99)).status == "revoked"
+
+
+async def test_concurrent_refresh_of_one_token_succeeds_once(store: Store) -> None:
+    (u,) = await make_users(store, "erin")
+    await store.create_refresh_token(b"c1", u, "famC", T0, T0 + 1000)
+    results = await asyncio.gather(
+        *(store.rotate_refresh_token(b"c1", f"n{i}".encode(), T0, T0 + 999) for i in range(5))
+    )
+    assert sorted(r.status for r in results) == ["ok", "reused", "revoked", "revoked", "revoked"]
+
+
+# --- rooms and members ----------------------------------------------------------------------------
+async def test_create_room_emits_one_member_join_per_member(store: Store) -> None:
+    a, b = await make_users(store, "ann", "ben")
+    rid = nid()
+    room, events = await store.create_room(rid, "general", T0, [a, b, a])
+    assert (room.id, room.name, room.last_seq, room.created_at_ms) == (rid, "general", 2, T0)
+    assert [(e.type, e.seq) for e in events] == [("MEMBER_JOIN", 1), ("MEMBER_JOIN", 2)]
+    assert events[1].data == {"room_id": str(rid), "seq": 2, "user_id": str(b)}
+    assert await store.events_after(rid, 0, 10) == events
+    assert await store.members_of(rid) == [a, b]
+    assert await store.get_room(rid) == room
+    assert await store.get_room(nid()) is None
+
+
+async def test_membership_changes(store: Store) -> None:
+    a, b = await make_users(store, "cat", "dan")
+    rid = await make_room(store, a)
+    added = await store.add_member(rid, b, T0)
+    assert added is not None
+    room, event = added
+    assert room.last_seq == 2 and event is not None and event.type == "MEMBER_JOIN"
+    again = await store.add_member(rid, b, T0)
+    assert again is not None and again[1] is None and again[0].last_seq == 2
+    assert await store.add_member(nid(), b, T0) is None
+    assert await store.is_member(rid, b)
+    assert [r.id for r in await store.rooms_of(b)] == [rid]
+    leave = await store.remove_member(rid, b, T0 + 5)
+    assert leave is not None and (leave.type, leave.seq) == ("MEMBER_LEAVE", 3)
+    assert leave.data == {"room_id": str(rid), "seq": 3, "user_id": str(b)}
+    assert await store.remove_member(rid, b, T0) is None
+    assert not await store.is_member(rid, b)
+    assert await store.rooms_of(b) == []
+
+
+# --- messages -------------------------------------------------------------------------------------
+async def test_insert_messages_outcomes_in_one_batch(store: Store) -> None:
+    a, b = await make_users(store, "eve", "fay")
+    rid = await make_room(store, a)  # seq 1 = MEMBER_JOIN
+    first = msg(rid, a, "n1", "hello")
+    rows = [
+        first,
+        msg(rid, a, "n2"),
+        msg(rid, a, "n1", "again"),
+        msg(rid, b, "n3"),
+        msg(nid(), a, "n4"),
+    ]
+    out = await store.insert_messages(rows)
+    assert [o.status for o in out] == ["created", "created", "duplicate", "not_member", "no_room"]
+    m1 = out[0].message
+    assert m1 is not None and (m1.id, m1.seq, m1.content, m1.nonce) == (first.id, 2, "hello", "n1")
+    assert out[2].message == m1 and out[2].event is None
+    assert out[1].message is not None and out[1].message.seq == 3
+    e = out[0].event
+    assert e is not None
+    assert e == RoomEvent(rid, 2, "MESSAGE_CREATE", e.data, T0)
+    assert e.data == {
+        "room_id": str(rid),
+        "seq": 2,
+        "id": str(first.id),
+        "author_id": str(a),
+        "content": "hello",
+        "nonce": "n1",
+        "created_at": "2025-06-15T15:06:40.000Z",
+    }
+    assert (await store.get_room(rid)).last_seq == 3  # type: ignore[union-attr]
+    # a retry in a later batch returns the first message and stores nothing
+    (retry,) = await store.insert_messages([msg(rid, a, "n1", "third time")])
+    assert retry.status == "duplicate" and retry.message == m1
+    assert [ev.seq for ev in await store.events_after(rid, 0, 100)] == [1, 2, 3]
+    assert await store.get_message(first.id) == m1
+
+
+async def test_concurrent_inserts_get_contiguous_seqs(store: Store) -> None:
+    users = await make_users(store, *(f"w{i}" for i in range(5)))
+    rid = await make_room(store, *users)
+
+    async def writer(u: int) -> None:
+        for i in range(10):
+            await store.insert_messages([msg(rid, u, f"x{i}"), msg(rid, u, f"x{i}")])
+
+    await asyncio.gather(*(writer(u) for u in users), *(writer(u) for u in users))
+    events = await store.events_after(rid, 0, 1000)
+    assert [e.seq for e in events] == list(range(1, 5 + 50 + 1))
+    assert sum(e.type == "MESSAGE_CREATE" for e in events) == 50
+    assert (await store.get_room(rid)).last_seq == 55  # type: ignore[union-attr]
+
+
+async def test_edit_delete_and_reactions(store: Store) -> None:
+    a, b = await make_users(store, "gus", "hal")
+    rid = await make_room(store, a, b)  # seqs 1, 2
+    (sent,) = await store.insert_messages([msg(rid, a, "k", "v1")])  # seq 3
+    assert sent.message is not None
+    mid = sent.message.id
+    edited = await store.edit_message(mid, "v2", T0 + 1234)
+    assert edited is not None
+    m, e = edited
+    assert (m.content, m.edited_at_ms, e.type, e.seq) == ("v2", T0 + 1234, "MESSAGE_UPDATE", 4)
+    assert e.data == {
+        "room_id": str(rid),
+        "seq": 4,
+        "id": str(mid),
+        "content": "v2",
+        "edited_at": "2025-06-15T15:06:41.234Z",
+    }
+    add = await store.add_reaction(mid, b, "👍", T0)
+    assert add is not None and (add.type, add.seq) == ("REACTION_ADD", 5)
+    assert add.data == {
+        "room_id": str(rid),
+        "seq": 5,
+        "message_id": str(mid),
+        "user_id": str(b),
+        "emoji": "👍",
+    }
+    assert await store.add_reaction(mid, b, "👍", T0) is None  # no-op, no event
+    assert await store.add_reaction(mid, a, "👍", T0 + 1) is not None
+    assert await store.add_reaction(mid, a, "🎉", T0 + 2) is not None
+    counts = await store.reaction_counts([mid, 123], a)
+    assert [(c.emoji, c.count, c.me) for c in counts[mid]] == [("👍", 2, True), ("🎉", 1, True)]
+    counts_b = await store.reaction_counts([mid], b)
+    assert [(c.emoji, c.me) for c in counts_b[mid]] == [("👍", True), ("🎉", False)]
+    rem = await store.remove_reaction(mid, a, "🎉", T0)
+    assert rem is not None and rem.type == "REACTION_REMOVE" and rem.seq == 8
+    assert await store.remove_reaction(mid, a, "🎉", T0) is None
+    deleted = await store.delete_message(mid, T0)
+    assert deleted is not None and deleted.type == "MESSAGE_DELETE"
+    assert deleted.data == {"room_id": str(rid), "seq": 9, "id": str(mid)}
+    tomb = await store.get_message(mid)
+    assert tomb is not None and tomb.deleted and tomb.content == ""
+    assert await store.delete_message(mid, T0) is None
+    assert await store.edit_message(mid, "v3", T0) is None
+    assert await store.add_reaction(mid, b, "x", T0) is None
+    assert await store.reaction_counts([mid], a) == {}
+    assert [ev.seq for ev in await store.events_after(rid, 0, 100)] == list(range(1, 10))
+    assert [ev.seq for ev in await store.events_after(rid, 7, 1)] == [8]
+
+
+async def test_list_messages_by_cursor(store: Store) -> None:
+    (a,) = await make_users(store, "ivy")
+    rid = await make_room(store, a)
+    out = await store.insert_messages([msg(rid, a, f"m{i}", f"c{i}") for i in range(5)])
+    ids = [o.message.id for o in out if o.message]
+    assert [m.id for m in await store.list_messages(rid, None, None, 3)] == ids[::-1][:3]
+    assert [m.id for m in await store.list_messages(rid, ids[3], None, 10)] == ids[:3][::-1]
+    assert [m.id for m in await store.list_messages(rid, None, ids[1], 2)] == ids[2:4]
+    assert await store.list_messages(nid(), None, None, 10) == []
+
+
+# --- outbox ---------------------------------------------------------------------------------------
+async def test_pending_events_and_mark_published(store: Store) -> None:
+    a, b = await make_users(store, "jo", "kim")
+    r1 = await make_room(store, a)
+    r2 = await make_room(store, b, a)
+    pending = await store.pending_events(T0 + 1, 100)
+    assert [(e.room_id, e.seq) for e in pending] == sorted([(r1, 1), (r2, 1), (r2, 2)])
+    assert await store.pending_events(T0, 100) == []  # created_before is exclusive
+    assert len(await store.pending_events(T0 + 1, 1)) == 1
+    await store.mark_published([(r2, 1), (r2, 2)])
+    await store.mark_published([(r2, 1)])  # idempotent
+    assert [(e.room_id, e.seq) for e in await store.pending_events(T0 + 1, 100)] == [(r1, 1)]
+    assert len(await store.events_after(r2, 0, 10)) == 2  # history keeps published events
+
+
+async def test_leases(store: Store) -> None:
+    assert await store.acquire_lease("relay-0", "a", 60_000)
+    assert await store.acquire_lease("relay-0", "a", 60_000)  # renew
+    assert not await store.acquire_lease("relay-0", "b", 60_000)
+    assert await store.acquire_lease("relay-1", "b", 60_000)
+    assert await store.acquire_lease("relay-2", "a", 1)
+    await asyncio.sleep(0.01)
+    assert await store.acquire_lease("relay-2", "b", 60_000)  # expired: taken over
+    assert not await store.acquire_lease("relay-2", "a", 60_000)

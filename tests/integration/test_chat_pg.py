@@ -1,0 +1,182 @@
+"""ChatService and AuthService on the real PostgreSQL (a fresh database per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import jwt
+import pytest
+
+from chat_core.models import RoomEvent
+from chat_core.service import ChatService
+from shardchat.adapters.pg_store import PgStore
+from shardchat.config import Settings
+from shardchat.errors import BadInput, ChatError, Forbidden, NotFound, Unauthenticated
+from shardchat.migrate import migrate
+from user_core.service import AuthService
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"k1": "integration-secret-key-of-32-bytes-or-more"}
+
+
+@pytest.fixture
+async def store(fresh_pg_dsn: str) -> AsyncIterator[PgStore]:
+    s = PgStore(fresh_pg_dsn, pool_size=10)
+    await s.start()
+    assert await migrate(s) == ["0001_initial"]
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def auth(store: PgStore) -> AuthService:
+    return AuthService(store, Settings(jwt_keys=KEYS))
+
+
+async def users(auth: AuthService, n: int, prefix: str = "user") -> list[int]:
+    # Registered through the service (argon2 in threads), so this is the real path.
+    made = await asyncio.gather(*(auth.register(f"{prefix}{i}", "password1") for i in range(n)))
+    return [t.user.id for t in made]
+
+
+async def test_concurrent_senders_get_contiguous_seqs(store: PgStore, auth: AuthService) -> None:
+    published: list[RoomEvent] = []
+
+    def sink(events: Sequence[RoomEvent]) -> None:
+        published.extend(events)
+
+    chat = ChatService(store, on_commit=sink)
+    # A second service with its own pool stands for a second process writing to the same room.
+    other_store = PgStore(store.dsn, pool_size=4)
+    await other_store.start()
+    other = ChatService(other_store, on_commit=sink)
+    ids = await users(auth, 20)
+    room = await chat.create_room(ids[0], "hot", ids[1:])
+
+    async def sender(i: int, u: int) -> list[int]:
+        svc = chat if i % 2 else other
+        return [
+            (await svc.send_message(u, room.id, f"msg {k} from {u}", f"n{k}")).id for k in range(50)
+        ]
+
+    started = time.perf_counter()
+    first = await asyncio.gather(*(sender(i, u) for i, u in enumerate(ids)))
+    elapsed = time.perf_counter() - started
+    print(f"1000 acknowledged sends from 20 senders in {elapsed:.3f}s")
+    again = await asyncio.gather(*(sender(i + 1, u) for i, u in enumerate(ids)))  # retries
+    assert again == first
+
+    n = 20 + 1000
+    events = await store.events_after(room.id, 0, 5000)  # the service pages by 1000
+    assert [e.seq for e in events] == list(range(1, n + 1))  # contiguous, no gap, no dupe
+    assert (await chat.get_room(ids[0], room.id)).last_seq == n
+    creates = [e for e in events if e.type == "MESSAGE_CREATE"]
+    assert len({e.data["id"] for e in creates}) == 1000
+    assert sorted(e.seq for e in published) == list(range(1, n + 1))  # each handed off once
+    # per-author order is kept: each sender's messages got increasing seqs
+    for u in ids:
+        mine = [int(e.data["nonce"][1:]) for e in creates if e.data["author_id"] == str(u)]
+        assert mine == list(range(50))
+    await other.close()
+    await chat.close()
+    await other_store.close()
+
+
+async def test_concurrent_retries_store_one_message(store: PgStore, auth: AuthService) -> None:
+    a, b = await users(auth, 2)
+    chat = ChatService(store)
+    other_store = PgStore(store.dsn, pool_size=4)
+    await other_store.start()
+    other = ChatService(other_store, group_commit=False)
+    room = await chat.create_room(a, "r", [b])
+    sends = [
+        (chat if i % 2 else other).send_message(a, room.id, f"try {i}", "same-nonce")
+        for i in range(30)
+    ]
+    results = await asyncio.gather(*sends)
+    assert len({m.id for m in results}) == 1 and len({m.seq for m in results}) == 1
+    events = await chat.events_after(room.id, 0, 100)
+    assert [e.type for e in events] == ["MEMBER_JOIN", "MEMBER_JOIN", "MESSAGE_CREATE"]
+    await chat.close()
+    await other_store.close()
+
+
+async def test_one_bad_send_does_not_fail_its_batch(store: PgStore, auth: AuthService) -> None:
+    a, b = await users(auth, 2)
+    chat = ChatService(store)
+    room = await chat.create_room(a, "r")
+    results = await asyncio.gather(
+        chat.send_message(a, room.id, "ok 1", "1"),
+        chat.send_message(b, room.id, "not a member", "2"),
+        chat.send_message(a, 123_456_789, "no such room", "3"),
+        chat.send_message(a, room.id, "ok 2", "4"),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["Message", "Forbidden", "NotFound", "Message"]
+    assert [e.seq for e in await chat.events_after(room.id, 0, 10)] == [1, 2, 3]
+    await chat.close()
+
+
+async def test_authorization_and_bad_input(store: PgStore, auth: AuthService) -> None:
+    a, b = await users(auth, 2)
+    chat = ChatService(store)
+    room = await chat.create_room(a, "r")
+    m = await chat.send_message(a, room.id, "hi", "n")
+    cases: list[tuple[type[ChatError], object]] = [
+        (NotFound, chat.send_message(a, 987_654_321, "hi", "x")),
+        (Forbidden, chat.send_message(b, room.id, "hi", "x")),
+        (Forbidden, chat.history(b, room.id, None, None)),
+        (Forbidden, chat.add_reaction(b, m.id, "👍")),
+        (Forbidden, chat.edit_message(b, m.id, "x")),
+        (Forbidden, chat.leave_room(b, room.id)),
+        (NotFound, chat.get_room(a, 987_654_321)),
+        (BadInput, chat.send_message(a, room.id, "", "x")),
+        (BadInput, chat.send_message(a, room.id, "   ", "x")),
+        (BadInput, chat.send_message(a, room.id, "x" * 4001, "x")),
+        (BadInput, chat.send_message(a, room.id, "hi", "n" * 33)),
+        (BadInput, chat.send_message(a, room.id, "hi", "")),
+    ]
+    for expected, call in cases:
+        with pytest.raises(expected):
+            await call  # type: ignore[misc]
+    assert (await chat.get_room(a, room.id)).last_seq == 2  # nothing else was stored
+    page, more = await chat.history(a, room.id, None, None)
+    assert [x.id for x in page] == [m.id] and not more
+    await chat.close()
+
+
+async def test_tokens_on_postgres(store: PgStore, auth: AuthService) -> None:
+    tokens = await auth.register("zoe", "password1")
+    uid = auth.verify_access(tokens.access_token)
+    assert uid == tokens.user.id
+    forged = jwt.encode(
+        {"sub": str(uid), "iat": 1, "exp": 2**40, "typ": "access"},
+        "not-the-key-but-long-enough-to-be-quiet",
+        algorithm="HS256",
+        headers={"kid": "k1"},
+    )
+    expired = AuthService(store, Settings(jwt_keys=KEYS), clock=lambda: time.time() - 3600)
+    old = (await expired.login("zoe", "password1")).access_token
+    for bad in (forged, old, tokens.access_token + "x"):
+        with pytest.raises(Unauthenticated):
+            auth.verify_access(bad)
+    # rotation; reuse of the spent token revokes the whole family
+    second = await auth.refresh(tokens.refresh_token)
+    with pytest.raises(Unauthenticated):
+        await auth.refresh(tokens.refresh_token)
+    with pytest.raises(Unauthenticated):
+        await auth.refresh(second.refresh_token)
+    # concurrent use of one fresh token: exactly one rotation wins, the family then dies
+    fresh = await auth.login("zoe", "password1")
+    outcomes = await asyncio.gather(
+        *(auth.refresh(fresh.refresh_token) for _ in range(4)), return_exceptions=True
+    )
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    assert await auth.logout(fresh.refresh_token) is False  # reuse already revoked it
+    with pytest.raises(Unauthenticated):
+        await auth.login("zoe", "wrong-password")
+    with pytest.raises(BadInput):
+        await auth.register("ZOE", "password2")

@@ -1,0 +1,224 @@
+"""ChatService rules on SQLite: authorization, input limits, idempotent send, events and their
+hand-off to on_commit, history paging and reactions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from chat_core.models import RoomEvent
+from chat_core.service import ChatService
+from shardchat.adapters.sqlite_store import SqliteStore
+from shardchat.errors import BadInput, Forbidden, NotFound
+from shardchat.migrate import migrate
+from user_core.models import User
+
+T0 = 1_750_000_000_000
+
+
+class Harness:
+    def __init__(self, store: SqliteStore, group_commit: bool) -> None:
+        self.store = store
+        self.published: list[RoomEvent] = []
+        self.chat = ChatService(store, on_commit=self.sink, group_commit=group_commit)
+        self._next = 100
+
+    def sink(self, events: Sequence[RoomEvent]) -> None:
+        self.published.extend(events)
+
+    async def user(self, name: str) -> int:
+        self._next += 1
+        assert await self.store.create_user(User(self._next, name, T0), "x")
+        return self._next
+
+
+@pytest.fixture(params=[True, False], ids=["group-commit", "per-call"])
+async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    store = SqliteStore(str(tmp_path / "chat.sqlite3"))
+    await store.start()
+    await migrate(store)
+    harness = Harness(store, request.param)
+    yield harness
+    await harness.chat.close()
+    await store.close()
+
+
+async def test_room_lifecycle_and_events(h: Harness) -> None:
+    a, b, c = await h.user("a"), await h.user("b"), await h.user("c")
+    room = await h.chat.create_room(a, "general", [b, b])
+    assert room.last_seq == 2
+    assert [(e.type, e.data["user_id"]) for e in h.published] == [
+        ("MEMBER_JOIN", str(a)),
+        ("MEMBER_JOIN", str(b)),
+    ]
+    assert await h.chat.room_members(a, room.id) == [a, b]
+    joined = await h.chat.join_room(c, room.id)
+    assert joined.last_seq == 3
+    await h.chat.join_room(c, room.id)  # twice: no second event
+    assert len(h.published) == 3
+    assert [r.id for r in await h.chat.list_rooms(c)] == [room.id]
+    assert await h.chat.leave_room(c, room.id)
+    assert h.published[-1].type == "MEMBER_LEAVE" and h.published[-1].seq == 4
+    with pytest.raises(Forbidden):
+        await h.chat.leave_room(c, room.id)
+    with pytest.raises(NotFound):
+        await h.chat.leave_room(c, 999_999)
+    with pytest.raises(NotFound):
+        await h.chat.join_room(c, 999_999)
+    with pytest.raises(Forbidden):
+        await h.chat.get_room(c, room.id)
+    with pytest.raises(Forbidden):
+        await h.chat.room_members(c, room.id)
+    with pytest.raises(NotFound):
+        await h.chat.get_room(a, 999_999)
+    assert (await h.chat.get_room(a, room.id)).last_seq == 4
+    assert await h.chat.is_member(room.id, a) and not await h.chat.is_member(room.id, c)
+
+
+async def test_create_room_rejects_bad_input(h: Harness) -> None:
+    a = await h.user("a")
+    for name in ("", "   ", "x" * 101):
+        with pytest.raises(BadInput):
+            await h.chat.create_room(a, name)
+    with pytest.raises(BadInput):
+        await h.chat.create_room(a, "room", [424242])
+
+
+async def test_send_rules(h: Harness) -> None:
+    a, b = await h.user("a"), await h.user("b")
+    room = await h.chat.create_room(a, "r")
+    m = await h.chat.send_message(a, room.id, "  hello  ", "n-1")
+    assert (m.content, m.seq, m.nonce, m.author_id) == ("  hello  ", 2, "n-1", a)  # not trimmed
+    assert h.published[-1].type == "MESSAGE_CREATE" and h.published[-1].data["id"] == str(m.id)
+    assert await h.chat.send_message(a, room.id, "other", "n-1") == m  # retried: first result
+    assert (await h.chat.get_room(a, room.id)).last_seq == 2
+    assert len((await h.chat.send_message(a, room.id, "x" * 4000, "n-2")).content) == 4000
+    assert len((await h.chat.send_message(a, room.id, "é" * 32, "é" * 16)).nonce or "") == 16
+    bad = [
+        ("", "n"),
+        (" \n\t ", "n"),
+        ("x" * 4001, "n"),
+        ("ok", ""),
+        ("ok", "x" * 33),
+        ("ok", "é" * 17),  # 34 bytes
+    ]
+    for content, nonce in bad:
+        with pytest.raises(BadInput):
+            await h.chat.send_message(a, room.id, content, nonce)
+    with pytest.raises(Forbidden):
+        await h.chat.send_message(b, room.id, "hi", "n")
+    with pytest.raises(NotFound):
+        await h.chat.send_message(a, 999_999, "hi", "n")
+    with pytest.raises(BadInput):
+        await h.chat.send_message(a, -1, "hi", "n")
+
+
+async def test_concurrent_sends_and_retries(h: Harness) -> None:
+    users = [await h.user(f"u{i}") for i in range(5)]
+    room = await h.chat.create_room(users[0], "busy", users[1:])
+
+    async def sender(u: int) -> list[int]:
+        return [(await h.chat.send_message(u, room.id, f"m{i}", f"n{i}")).id for i in range(20)]
+
+    first = await asyncio.gather(*(sender(u) for u in users))
+    again = await asyncio.gather(*(sender(u) for u in users))  # all retries
+    assert first == again
+    events = await h.chat.events_after(room.id, 0, 1000)
+    assert [e.seq for e in events] == list(range(1, 5 + 100 + 1))
+    assert [e.seq for e in h.published] == list(range(1, 106))  # published once each, in order
+
+
+async def test_edit_delete_permissions(h: Harness) -> None:
+    a, b, c = await h.user("a"), await h.user("b"), await h.user("c")
+    room = await h.chat.create_room(a, "r", [b])
+    m = await h.chat.send_message(a, room.id, "v1", "n")
+    with pytest.raises(Forbidden):
+        await h.chat.edit_message(b, m.id, "hacked")
+    with pytest.raises(Forbidden):
+        await h.chat.edit_message(c, m.id, "hacked")
+    with pytest.raises(Forbidden):
+        await h.chat.delete_message(b, m.id)
+    with pytest.raises(BadInput):
+        await h.chat.edit_message(a, m.id, "")
+    with pytest.raises(NotFound):
+        await h.chat.edit_message(a, 999_999, "x")
+    edited = await h.chat.edit_message(a, m.id, "v2")
+    assert edited.content == "v2" and edited.edited_at_ms is not None
+    assert h.published[-1].type == "MESSAGE_UPDATE"
+    assert h.published[-1].data["edited_at"].endswith("Z")
+    assert await h.chat.delete_message(a, m.id)
+    assert h.published[-1].type == "MESSAGE_DELETE"
+    with pytest.raises(NotFound):
+        await h.chat.edit_message(a, m.id, "v3")
+    with pytest.raises(NotFound):
+        await h.chat.delete_message(a, m.id)
+    with pytest.raises(NotFound):
+        await h.chat.add_reaction(b, m.id, "👍")
+    items, _ = await h.chat.history(a, room.id, None, None)
+    assert items[0].deleted and items[0].content == ""
+
+
+async def test_reactions(h: Harness) -> None:
+    a, b, c = await h.user("a"), await h.user("b"), await h.user("c")
+    room = await h.chat.create_room(a, "r", [b])
+    m = await h.chat.send_message(a, room.id, "hi", "n")
+    assert await h.chat.add_reaction(b, m.id, "👍")
+    assert not await h.chat.add_reaction(b, m.id, "👍")
+    n_events = len(h.published)
+    assert await h.chat.add_reaction(a, m.id, "👍")
+    assert len(h.published) == n_events + 1
+    for emoji in ("", " ", "x" * 33):
+        with pytest.raises(BadInput):
+            await h.chat.add_reaction(a, m.id, emoji)
+    with pytest.raises(Forbidden):
+        await h.chat.add_reaction(c, m.id, "👍")
+    assert await h.chat.remove_reaction(b, m.id, "👍")
+    assert not await h.chat.remove_reaction(b, m.id, "👍")
+    assert h.published[-1].type == "REACTION_REMOVE"
+    items, _ = await h.chat.history(b, room.id, None, None)
+    assert [(r.emoji, r.count, r.me) for r in items[0].reactions] == [("👍", 1, False)]
+
+
+async def test_history_paging(h: Harness) -> None:
+    a, b = await h.user("a"), await h.user("b")
+    room = await h.chat.create_room(a, "r")
+    ids = [(await h.chat.send_message(a, room.id, f"m{i}", f"n{i}")).id for i in range(7)]
+    page, more = await h.chat.history(a, room.id, None, None, limit=3)
+    assert [m.id for m in page] == ids[::-1][:3] and more  # newest first
+    page, more = await h.chat.history(a, room.id, page[-1].id, None, limit=3)
+    assert [m.id for m in page] == ids[1:4][::-1] and more
+    page, more = await h.chat.history(a, room.id, page[-1].id, None, limit=3)
+    assert [m.id for m in page] == [ids[0]] and not more
+    page, more = await h.chat.history(a, room.id, None, ids[4], limit=5)
+    assert [m.id for m in page] == ids[5:] and not more  # after: oldest first
+    page, more = await h.chat.history(a, room.id, None, None)
+    assert len(page) == 7 and not more
+    for limit in (0, 101):
+        with pytest.raises(BadInput):
+            await h.chat.history(a, room.id, None, None, limit=limit)
+    with pytest.raises(BadInput):
+        await h.chat.history(a, room.id, ids[3], ids[1])
+    with pytest.raises(Forbidden):
+        await h.chat.history(b, room.id, None, None)
+    with pytest.raises(NotFound):
+        await h.chat.history(a, 999_999, None, None)
+
+
+async def test_on_commit_failure_does_not_fail_the_caller(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.sqlite3"))
+    await store.start()
+    await migrate(store)
+
+    def broken(events: Sequence[RoomEvent]) -> None:
+        raise RuntimeError("publisher down")
+
+    chat = ChatService(store, on_commit=broken)
+    await store.create_user(User(1, "abc", T0), "x")
+    room = await chat.create_room(1, "r")
+    msg = await chat.send_message(1, room.id, "still stored", "n")
+    assert (await store.pending_events(2**62, 10))[-1].data["id"] == str(msg.id)  # the relay's
+    await chat.close()
+    await store.close()
