@@ -63,8 +63,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # --- cluster ------------------------------------------------------------------------------
     gateway_id: str = ""  # random if empty
+    worker_id: int = -1  # snowflake worker id, unique per writing process; random if < 0
     gateway_ttl_s: float = 10.0
     outbox_relay_after_ms: int = 2000
+
+    # --- GraphQL edge ---------------------------------------------------------------------------
+    graphql_max_depth: int = 8
+    graphql_max_cost: int = 1000
+    graphql_default_list_size: int = 10
+    graphql_max_body_bytes: int = 64 * 1024
+    graphql_max_tokens: int = 5000
+    graphql_enable_introspection: bool = False
+    graphql_persisted_queries: list[str] | None = None  # sha256 hex allow-list; None = any query
+    graphql_mutation_burst: int = 20
+    graphql_mutation_per_s: float = 2.0
+    graphql_ws_init_timeout_s: float = 3.0
 
     # --- observability ------------------------------------------------------------------------
     otlp_endpoint: str = ""  # empty = tracing off

@@ -1,0 +1,89 @@
+"""Build the edge ASGI app.
+
+Why graphql-core directly (not Ariadne or Strawberry): the schema is one SDL string and a table of
+resolvers, which is all those libraries would add on top of graphql-core, while they bring their
+own ASGI layer, extension machinery and per-field wrappers on the hot path. graphql-core alone
+keeps execution to the reference implementation's cost, lets us own the transport (limits before
+parsing, the graphql-transport-ws state machine, metrics) and adds no dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from graphql_edge.context import Services
+from graphql_edge.http import (
+    GraphQLEndpoint,
+    gateway_endpoint,
+    healthz,
+    metrics_endpoint,
+    readyz_endpoint,
+)
+from graphql_edge.pipeline import Pipeline
+from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
+from graphql_edge.ratelimit import TokenBuckets
+from graphql_edge.schema import build
+from graphql_edge.settings import EdgeSettings
+from graphql_edge.ws import Connection
+
+
+def create_app(
+    settings: Any,
+    auth: Auth,
+    chat: Chat,
+    placement: Placement,
+    *,
+    events: RoomEventSource | None = None,
+    presence: Presence | None = None,
+    edge: EdgeSettings | None = None,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
+    """The edge app. ``settings`` is ``shardchat.config.Settings`` (``allowed_origins`` and any
+    ``graphql_*`` fields are read); ``edge`` overrides the GraphQL limits outright.
+    ``events`` serves subscriptions (``graphql_edge.events.LogRoomEvents`` normally); without it
+    ``roomEvents`` answers INTERNAL. ``presence`` (a Registry) feeds ``User.status``.
+    """
+    edge = edge or EdgeSettings.from_settings(settings)
+    services = Services(
+        auth=auth,
+        chat=chat,
+        placement=placement,
+        events=events,
+        presence=presence,
+        mutation_limiter=TokenBuckets(edge.mutation_burst, edge.mutation_per_s),
+    )
+    pipeline = Pipeline(build(), edge)
+    origins: tuple[str, ...] = tuple(getattr(settings, "allowed_origins", ()) or ())
+
+    async def graphql_ws(ws: WebSocket) -> None:
+        await Connection(ws, pipeline, services, origins).serve()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    endpoint = GraphQLEndpoint(pipeline, services)
+    routes = [
+        Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql_ws),
+        Route("/gateway", gateway_endpoint(services), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz_endpoint(ready), methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if edge.static_dir.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=edge.static_dir, html=True), name="web"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.pipeline = pipeline
+    app.state.services = services
+    return app

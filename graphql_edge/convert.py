@@ -1,0 +1,80 @@
+"""Wire formats: ids as decimal strings, times as ISO 8601 UTC strings, events as GraphQL objects.
+
+``iso_ms`` is chat_core's, so GraphQL times and DISPATCH times are formatted identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chat_core.events import iso_ms
+from chat_core.models import Message, RoomEvent
+from shardchat.errors import BadInput
+
+__all__ = ["event_object", "event_typename", "iso_ms", "parse_id"]
+
+_MAX_ID = 2**63 - 1
+
+
+def parse_id(value: Any, what: str = "id") -> int:
+    """A snowflake from its decimal string; anything else is the caller's mistake."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        n = int(value)
+        if n <= _MAX_ID:
+            return n
+    raise BadInput(f"{what} must be a decimal id string")
+
+
+def _time(value: Any, fallback_ms: int) -> str:
+    """Event payload times may be ISO strings or epoch ms; normalise to ISO."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return iso_ms(value)
+    return iso_ms(fallback_ms)
+
+
+_EVENT_TYPENAMES = {
+    "MESSAGE_UPDATE": "MessageUpdated",
+    "MESSAGE_DELETE": "MessageDeleted",
+    "REACTION_ADD": "ReactionAdded",
+    "REACTION_REMOVE": "ReactionRemoved",
+    "MEMBER_JOIN": "MemberJoined",
+    "MEMBER_LEAVE": "MemberLeft",
+}
+
+
+def event_object(event: RoomEvent) -> Message | dict[str, Any]:
+    """A durable room event as the ``RoomEvent`` union member the schema resolves it to."""
+    d = event.data
+    if event.type == "MESSAGE_CREATE":
+        return Message(
+            id=int(d["id"]),
+            room_id=event.room_id,
+            seq=event.seq,
+            author_id=int(d["author_id"]),
+            content=str(d.get("content", "")),
+            nonce=d.get("nonce"),
+            created_at_ms=event.created_at_ms,
+        )
+    typename = _EVENT_TYPENAMES.get(event.type)
+    if typename is None:
+        raise ValueError(f"unknown room event type {event.type!r}")
+    obj: dict[str, Any] = {"__typename": typename, "roomId": str(event.room_id), "seq": event.seq}
+    if "id" in d:
+        obj["id"] = str(d["id"])
+    if "message_id" in d:
+        obj["messageId"] = str(d["message_id"])
+    if "user_id" in d:
+        obj["userId"] = str(d["user_id"])
+    if "emoji" in d:
+        obj["emoji"] = d["emoji"]
+    if "content" in d:
+        obj["content"] = d["content"]
+    if event.type == "MESSAGE_UPDATE":
+        obj["editedAt"] = _time(d.get("edited_at"), event.created_at_ms)
+    return obj
+
+
+def event_typename(value: Any) -> str:
+    return "Message" if isinstance(value, Message) else str(value["__typename"])

@@ -1,0 +1,71 @@
+// GraphQL over HTTP with token storage and refresh-token rotation before access expiry.
+const STORE = "shardchat.session";
+const AUTH = "accessToken refreshToken expiresIn user { id username status }";
+
+export class ApiError extends Error {
+  constructor(code, message) { super(message); this.code = code; }
+}
+
+export class Api {
+  constructor() {
+    this.session = JSON.parse(localStorage.getItem(STORE) || "null");
+    this.refreshing = null;
+    this.timer = null;
+    if (this.session) this.scheduleRefresh();
+  }
+
+  async gql(query, variables = {}, { auth = true } = {}) {
+    const headers = { "Content-Type": "application/json" };
+    if (auth && this.session) headers.Authorization = `Bearer ${await this.token()}`;
+    const res = await fetch("/graphql", { method: "POST", headers, body: JSON.stringify({ query, variables }) });
+    const body = await res.json().catch(() => ({}));
+    if (body.errors?.length) {
+      const e = body.errors[0];
+      throw new ApiError(e.extensions?.code || "INTERNAL", e.message);
+    }
+    if (!res.ok) throw new ApiError("INTERNAL", `HTTP ${res.status}`);
+    return body.data;
+  }
+
+  async register(username, password) { return this.keep((await this.credentials("register", username, password)).register); }
+  async login(username, password) { return this.keep((await this.credentials("login", username, password)).login); }
+  credentials(op, u, p) {
+    return this.gql(`mutation($u: String!, $p: String!) { ${op}(username: $u, password: $p) { ${AUTH} } }`, { u, p }, { auth: false });
+  }
+
+  async logout() {
+    if (this.session) await this.gql("mutation($r: String!) { logout(refreshToken: $r) }", { r: this.session.refreshToken }, { auth: false }).catch(() => {});
+    this.clear();
+  }
+
+  clear() { this.session = null; localStorage.removeItem(STORE); clearTimeout(this.timer); }
+
+  // The access token, rotated first if it expires within a minute (one rotation at a time:
+  // a reused refresh token revokes the whole family, so concurrent refreshes must not happen).
+  async token() {
+    if (Date.now() > this.session.expiresAt - 60_000) await this.refresh();
+    return this.session.accessToken;
+  }
+
+  refresh() {
+    this.refreshing ||= this.gql(`mutation($r: String!) { refreshToken(refreshToken: $r) { ${AUTH} } }`,
+      { r: this.session.refreshToken }, { auth: false })
+      .then((d) => this.keep(d.refreshToken))
+      .catch((e) => { if (e.code === "UNAUTHENTICATED") this.clear(); throw e; })
+      .finally(() => { this.refreshing = null; });
+    return this.refreshing;
+  }
+
+  keep(p) {
+    this.session = { accessToken: p.accessToken, refreshToken: p.refreshToken, expiresAt: Date.now() + p.expiresIn * 1000, user: p.user };
+    localStorage.setItem(STORE, JSON.stringify(this.session));
+    this.scheduleRefresh();
+    return this.session;
+  }
+
+  scheduleRefresh() {
+    clearTimeout(this.timer);
+    const wait = Math.max(5_000, this.session.expiresAt - Date.now() - 90_000);
+    this.timer = setTimeout(() => this.refresh().catch(() => {}), wait);
+  }
+}

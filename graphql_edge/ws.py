@@ -1,0 +1,242 @@
+"""GraphQL over WebSocket, the ``graphql-transport-ws`` subprotocol (graphql-ws library's).
+
+Messages are JSON text frames ``{type, id?, payload?}``:
+- client ``connection_init {payload?}`` -> server ``connection_ack``. The token is
+  ``payload.authorization`` (``"Bearer …"``; ``Authorization`` also accepted) or, failing that,
+  the handshake's Authorization header. A bad or missing token closes 4403 Forbidden (as
+  graphql-ws does when ``onConnect`` refuses). No init within ``ws_init_timeout_s``: 4408; a
+  second init: 4429.
+- ``ping`` -> ``pong`` (either side may ping; a ``pong`` needs no answer).
+- ``subscribe {id, payload: {query, variables?, operationName?, extensions?}}`` before the ack:
+  4401 Unauthorized; an id still running: 4409 "Subscriber for <id> already exists".
+  Pre-execution errors (validation, limits, FORBIDDEN room) -> ``error {id, payload: [errors]}``;
+  results -> ``next {id, payload: {data, errors?}}``, then ``complete {id}``. Queries and
+  mutations work too (one ``next`` then ``complete``).
+- client ``complete {id}`` stops that subscription. Anything unparseable or unknown: 4400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from graphql import ExecutionResult, GraphQLError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from graphql_edge import metrics
+from graphql_edge.auth import authenticate
+from graphql_edge.context import Context, Services
+from graphql_edge.outcome import errors_body, outcome_of, result_body
+from graphql_edge.pipeline import Pipeline, request_from_json
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "graphql-transport-ws"
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """One graphql-transport-ws connection: its state machine and its running operations."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        pipeline: Pipeline,
+        services: Services,
+        allowed_origins: tuple[str, ...],
+    ) -> None:
+        self.ws = ws
+        self.pipeline = pipeline
+        self.services = services
+        self.allowed_origins = allowed_origins
+        self.init_received = False
+        self.user_id: int | None = None
+        self.ops: dict[str, asyncio.Task[None]] = {}
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    async def serve(self) -> None:
+        if SUBPROTOCOL not in self.ws.scope.get("subprotocols", []):
+            await self.ws.close(4406, "Subprotocol not acceptable")
+            return
+        origin = self.ws.headers.get("origin")
+        if self.allowed_origins and origin is not None and origin not in self.allowed_origins:
+            await self.ws.close(4403, "Forbidden origin")
+            return
+        await self.ws.accept(subprotocol=SUBPROTOCOL)
+        metrics.WS_CONNECTIONS.inc()
+        init_timer = asyncio.create_task(self._init_timeout())
+        try:
+            await self._receive_loop()
+        except _Close as close:
+            await self._close(close.code, close.reason)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._closed = True
+            init_timer.cancel()
+            for task in list(self.ops.values()):
+                task.cancel()
+            metrics.WS_CONNECTIONS.dec()
+
+    async def _receive_loop(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                raise _Close(4400, "Invalid message received")
+            await self._on_message(text)
+
+    async def _on_message(self, text: str) -> None:
+        try:
+            msg = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            raise _Close(4400, "Invalid message received") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise _Close(4400, "Invalid message received")
+        kind = msg["type"]
+        if kind == "connection_init":
+            await self._on_init(msg.get("payload"))
+        elif kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            self._on_subscribe(msg)
+        elif kind == "complete":
+            op_id = msg.get("id")
+            if not isinstance(op_id, str):
+                raise _Close(4400, "Invalid message received")
+            task = self.ops.pop(op_id, None)
+            if task is not None:
+                task.cancel()
+        else:
+            raise _Close(4400, f"Invalid message type '{kind[:32]}'")
+
+    async def _on_init(self, payload: Any) -> None:
+        if self.init_received:
+            raise _Close(4429, "Too many initialisation requests")
+        self.init_received = True
+        if payload is not None and not isinstance(payload, dict):
+            raise _Close(4400, "Invalid message received")
+        header = None
+        if payload:
+            header = payload.get("authorization") or payload.get("Authorization")
+        if not isinstance(header, str):
+            header = self.ws.headers.get("authorization")
+        user_id, _why = authenticate(self.services.auth, header)
+        if user_id is None:
+            raise _Close(4403, "Forbidden")
+        self.user_id = user_id
+        await self._send({"type": "connection_ack"})
+
+    def _on_subscribe(self, msg: dict[str, Any]) -> None:
+        op_id, payload = msg.get("id"), msg.get("payload")
+        if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
+            raise _Close(4400, "Invalid message received")
+        if self.user_id is None:
+            raise _Close(4401, "Unauthorized")
+        if op_id in self.ops:
+            raise _Close(4409, f"Subscriber for {op_id[:64]} already exists")
+        task = asyncio.create_task(self._run(op_id, payload))
+        self.ops[op_id] = task
+        task.add_done_callback(lambda t: self._forget(op_id, t))
+
+    def _forget(self, op_id: str, task: asyncio.Task[None]) -> None:
+        if self.ops.get(op_id) is task:
+            del self.ops[op_id]
+
+    async def _run(self, op_id: str, payload: dict[str, Any]) -> None:
+        try:
+            await self._operation(op_id, payload)
+        except asyncio.CancelledError:
+            raise
+        except (_Close, WebSocketDisconnect):
+            return
+        except Exception:
+            log.exception("graphql-transport-ws operation %s failed", op_id)
+            with contextlib.suppress(Exception):
+                await self._send(
+                    {
+                        "type": "error",
+                        "id": op_id,
+                        "payload": [
+                            {"message": "internal error", "extensions": {"code": "INTERNAL"}}
+                        ],
+                    }
+                )
+
+    async def _operation(self, op_id: str, payload: dict[str, Any]) -> None:
+        req = request_from_json(payload)
+        if isinstance(req, GraphQLError):
+            await self._send_errors(op_id, [req])
+            return
+        prepared = self.pipeline.prepare(req)
+        if isinstance(prepared, list):
+            metrics.REQUESTS.labels("other", outcome_of(prepared)).inc()
+            await self._send_errors(op_id, prepared)
+            return
+        ctx = Context(self.services, self.user_id, None, _client_host(self.ws))
+        if prepared.kind != "subscription":
+            result = await self.pipeline.execute(prepared, ctx)
+            metrics.REQUESTS.labels(prepared.kind, outcome_of(result.errors)).inc()
+            await self._send({"type": "next", "id": op_id, "payload": result_body(result)})
+            await self._send({"type": "complete", "id": op_id})
+            return
+        stream = await self.pipeline.subscribe(prepared, ctx)
+        if isinstance(stream, ExecutionResult):
+            metrics.REQUESTS.labels("subscription", outcome_of(stream.errors)).inc()
+            await self._send_errors(op_id, stream.errors or [])
+            return
+        metrics.REQUESTS.labels("subscription", "ok").inc()
+        await self._pump(op_id, stream)
+
+    async def _pump(self, op_id: str, stream: AsyncIterator[ExecutionResult]) -> None:
+        metrics.SUBSCRIPTIONS.inc()
+        try:
+            async for result in stream:
+                await self._send({"type": "next", "id": op_id, "payload": result_body(result)})
+            await self._send({"type": "complete", "id": op_id})
+        finally:
+            metrics.SUBSCRIPTIONS.dec()
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    async def _send_errors(self, op_id: str, errors: list[GraphQLError]) -> None:
+        await self._send({"type": "error", "id": op_id, "payload": errors_body(errors)["errors"]})
+
+    async def _init_timeout(self) -> None:
+        await asyncio.sleep(self.pipeline.settings.ws_init_timeout_s)
+        if self.user_id is None and not self._closed:
+            await self._close(4408, "Connection initialisation timeout")
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            raise WebSocketDisconnect(1006)
+        async with self._send_lock:
+            await self.ws.send_text(msgspec.json.encode(message).decode())
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code, reason)
+
+
+def _client_host(ws: WebSocket) -> str:
+    return ws.client.host if ws.client else "unknown"
