@@ -1,22 +1,151 @@
 """The Registry port: ephemeral cluster state (gateways, room/partition maps, presence, pub/sub).
 
-Adapters: ``shardchat.adapters.memory_registry`` (embedded default) and
-``shardchat.adapters.redis_registry``.
+Adapters: ``shardchat.adapters.memory_registry`` (embedded default, also the test double) and
+``shardchat.adapters.redis_registry``. One contract suite (tests/contract/test_registry_contract.py)
+runs against both.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Protocol
 
 import msgspec
 
+from shardchat.config import Settings
+
+#: Payload the router publishes on :func:`gateway_control_channel` to make a gateway drain: it
+#: sends RECONNECT to its sessions and stops accepting new ones.
+DRAIN_MESSAGE = b"drain"
+
+
+def gateway_control_channel(gateway_id: str) -> str:
+    """The pub/sub channel a gateway listens on for control messages (``DRAIN_MESSAGE``)."""
+    return f"gateway:{gateway_id}:control"
+
 
 class GatewayRecord(msgspec.Struct, frozen=True):
     gateway_id: str
-    url: str
-    sessions: int = 0
+    url: str  # public ws URL clients connect to (without ?v=&encoding=)
+    sessions: int = 0  # live sessions at the last heartbeat: the load used by placement
     draining: bool = False
+
+
+class RegistryUnavailable(Exception):
+    """The registry backend could not be reached (Redis down, timeout).
+
+    Adapters translate their client library's errors into this so that callers never import
+    redis. Everything in the registry is ephemeral and repaired by the next heartbeat, so the
+    usual reaction is: log, count, carry on.
+    """
+
+
+class Subscription(AsyncIterator[bytes]):
+    """One ``Registry.subscribe`` iterator: an async iterator of payloads on one channel.
+
+    Guarantees:
+    - messages arrive in the order the adapter received them; nothing published before the
+      subscription became active is delivered (await :meth:`ready` to know it is active).
+    - after :meth:`aclose` (or the registry's ``close``) nothing more is delivered and the
+      iterator ends; messages still queued are dropped.
+    - a consumer slower than the publishers loses the NEWEST messages beyond ``max_pending``
+      (``dropped`` counts them) instead of growing memory: the registry carries ephemeral
+      events (typing, presence, control) only.
+    - a broken backend connection does NOT end the iterator: the adapter re-subscribes and
+      delivery resumes (messages published meanwhile are lost).
+
+    Close it: ``async with registry.subscribe(ch) as sub``, or ``await sub.aclose()``. Breaking
+    out of ``async for`` does not close it (an unreferenced one is closed when collected).
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        *,
+        on_close: Callable[[Subscription], None],
+        wait_ready: Callable[[str], Awaitable[None]],
+        max_pending: int = 10_000,
+    ) -> None:
+        self.channel = channel
+        self.dropped = 0
+        self._on_close = on_close
+        self._wait_ready = wait_ready
+        self._max_pending = max_pending
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    # -- consumer side -----------------------------------------------------------------------
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self._closed:
+            raise StopAsyncIteration
+        return self._queue.popleft()
+
+    async def ready(self) -> None:
+        """Return once the backend confirmed the subscription: later publishes are delivered."""
+        if not self._closed:
+            await self._wait_ready(self.channel)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Synchronous close (safe from callbacks); the adapter unsubscribes in the background."""
+        if self._closed:
+            return
+        self._end()
+        self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Subscription:
+        await self.ready()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Why: an abandoned iterator must not keep a Redis subscription (and its queue) forever.
+        if not self._closed:
+            # suppress: at interpreter shutdown there may be no loop left to wake
+            with contextlib.suppress(Exception):
+                self.close()
+
+    # -- adapter side ------------------------------------------------------------------------
+    def _deliver(self, payload: bytes) -> None:
+        if self._closed:
+            return
+        if len(self._queue) >= self._max_pending:
+            self.dropped += 1
+            return
+        self._queue.append(payload)
+        self._wakeup.set()
+
+    def _end(self) -> None:
+        """Stop delivery and wake the consumer (called by the adapter on registry close)."""
+        self._closed = True
+        self._queue.clear()
+        self._wakeup.set()
 
 
 class Registry(Protocol):
@@ -24,23 +153,48 @@ class Registry(Protocol):
 
     Nothing here is durable: after a loss (Redis flushed or restarted) gateways re-register and
     re-publish their maps on their next heartbeat, and sessions that were lost are INVALID.
+    Every method may raise :class:`RegistryUnavailable`; none raises the backend's own errors.
 
     Guarantees:
-    - a gateway registered with ``ttl_s`` is listed until ``ttl_s`` after its last heartbeat.
-    - ``publish`` reaches every current ``subscribe`` iterator of that channel at most once, in
-      publish order per publisher; nothing is kept for late subscribers.
-    - ``save_session`` / ``load_session`` hold an opaque blob until its TTL passes.
+    - a gateway registered with ``ttl_s`` is listed by ``live_gateways`` until ``ttl_s`` after
+      its last heartbeat, or until ``remove_gateway``. Heartbeats are cheap (one round trip)
+      and idempotent: the gateway calls ``heartbeat_gateway``, ``add_rooms`` and
+      ``set_partitions`` with its full state on every beat, which repairs any loss.
+    - ``mark_draining`` sets ``draining`` on a live gateway's listing until that gateway is
+      gone, whatever its own heartbeats say (they may lag until it hears the control message).
+    - ``gateways_for_room`` / ``gateways_for_partition`` list only gateways that are live now
+      and whose entry was refreshed within its ``ttl_s``: a dead or removed gateway vanishes
+      from every map as soon as it leaves ``live_gateways``.
+    - ``set_partitions`` replaces the gateway's whole partition set; ``add_rooms`` adds to
+      (and refreshes) its room set; ``remove_rooms`` drops entries at once.
+    - presence and session blobs are held until their TTL passes (``get_presence`` omits
+      users with no live entry; callers treat them as offline). A session saved on one
+      gateway is loadable on every gateway (RESUME anywhere).
+    - ``publish`` reaches every active ``subscribe`` iterator of that channel, in every
+      process sharing the backend, at most once, in publish order per publisher; nothing is
+      kept for late subscribers or across a backend outage. See :class:`Subscription`.
+    - ``close`` ends every open subscription iterator.
     """
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Round-trip to the backend (readiness); raises RegistryUnavailable."""
+        ...
+
     async def heartbeat_gateway(self, record: GatewayRecord, ttl_s: float) -> None: ...
 
     async def remove_gateway(self, gateway_id: str) -> None: ...
 
-    async def live_gateways(self) -> list[GatewayRecord]: ...
+    async def mark_draining(self, gateway_id: str) -> bool:
+        """Mark a live gateway draining; False if it is not live."""
+        ...
+
+    async def live_gateways(self) -> list[GatewayRecord]:
+        """Live gateways sorted by ``gateway_id``."""
+        ...
 
     async def add_rooms(self, gateway_id: str, room_ids: Sequence[int], ttl_s: float) -> None: ...
 
@@ -66,4 +220,28 @@ class Registry(Protocol):
 
     async def publish(self, channel: str, payload: bytes) -> None: ...
 
-    def subscribe(self, channel: str) -> AsyncIterator[bytes]: ...
+    def subscribe(self, channel: str) -> Subscription:
+        """Start a subscription now (no await needed to register it); see Subscription."""
+        ...
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The adapter ``settings.registry`` names (not started: ``await registry.start()``)."""
+    if settings.registry == "redis":
+        from shardchat.adapters.redis_registry import RedisRegistry
+
+        return RedisRegistry(settings.redis_url)
+    from shardchat.adapters.memory_registry import MemoryRegistry
+
+    return MemoryRegistry()
+
+
+__all__ = [
+    "DRAIN_MESSAGE",
+    "GatewayRecord",
+    "Registry",
+    "RegistryUnavailable",
+    "Subscription",
+    "gateway_control_channel",
+    "open_registry",
+]

@@ -1,0 +1,201 @@
+"""In-process Registry: the embedded default (one process runs edge, router and gateway) and the
+test double. Same guarantees as the Redis adapter (see ``shardchat.registry.Registry``).
+
+Expiry is evaluated lazily against an injectable ``clock`` so TTL tests can advance time
+instead of sleeping. Single event loop only; no locking needed because no method awaits in the
+middle of a mutation.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+from shardchat.registry import GatewayRecord, Subscription
+
+Clock = Callable[[], float]
+
+
+class MemoryRegistry:
+    def __init__(self, *, clock: Clock = time.monotonic, max_pending: int = 10_000) -> None:
+        self._clock = clock
+        self._max_pending = max_pending
+        # gateway id -> (record, expires_at)
+        self._gateways: dict[str, tuple[GatewayRecord, float]] = {}
+        self._draining: set[str] = set()
+        # room id / partition -> gateway id -> expires_at
+        self._rooms: dict[int, dict[str, float]] = {}
+        self._partitions: dict[int, dict[str, float]] = {}
+        self._presence: dict[int, tuple[str, float]] = {}
+        self._sessions: dict[str, tuple[bytes, float]] = {}
+        # Weak: an abandoned, unreferenced Subscription is collected and unsubscribes itself.
+        self._subs: dict[str, weakref.WeakSet[Subscription]] = {}
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        subs = [s for group in self._subs.values() for s in group]
+        self._subs.clear()
+        for sub in subs:
+            sub._end()
+
+    async def ping(self) -> None:
+        return None
+
+    # -- gateways ------------------------------------------------------------------------------
+    def _is_live(self, gateway_id: str) -> bool:
+        entry = self._gateways.get(gateway_id)
+        if entry is None:
+            return False
+        if entry[1] <= self._clock():
+            del self._gateways[gateway_id]
+            self._draining.discard(gateway_id)
+            return False
+        return True
+
+    async def heartbeat_gateway(self, record: GatewayRecord, ttl_s: float) -> None:
+        if not self._is_live(record.gateway_id):
+            # Why: a drain mark belongs to one incarnation; a gateway that expired and comes
+            # back under the same id starts clean.
+            self._draining.discard(record.gateway_id)
+        self._gateways[record.gateway_id] = (record, self._clock() + ttl_s)
+
+    async def remove_gateway(self, gateway_id: str) -> None:
+        self._gateways.pop(gateway_id, None)
+        self._draining.discard(gateway_id)
+        for group in (*self._rooms.values(), *self._partitions.values()):
+            group.pop(gateway_id, None)
+
+    async def mark_draining(self, gateway_id: str) -> bool:
+        if not self._is_live(gateway_id):
+            return False
+        self._draining.add(gateway_id)
+        return True
+
+    async def live_gateways(self) -> list[GatewayRecord]:
+        out: list[GatewayRecord] = []
+        for gateway_id in sorted(self._gateways):
+            if not self._is_live(gateway_id):
+                continue
+            record = self._gateways[gateway_id][0]
+            if gateway_id in self._draining and not record.draining:
+                record = GatewayRecord(
+                    gateway_id=record.gateway_id,
+                    url=record.url,
+                    sessions=record.sessions,
+                    draining=True,
+                )
+            out.append(record)
+        return out
+
+    # -- room / partition maps -----------------------------------------------------------------
+    def _live_members(self, table: dict[int, dict[str, float]], key: int) -> set[str]:
+        group = table.get(key)
+        if not group:
+            return set()
+        now = self._clock()
+        for gateway_id in [g for g, exp in group.items() if exp <= now]:
+            del group[gateway_id]
+        if not group:
+            del table[key]
+        return {g for g in group if self._is_live(g)}
+
+    async def add_rooms(self, gateway_id: str, room_ids: Sequence[int], ttl_s: float) -> None:
+        expires = self._clock() + ttl_s
+        for room_id in room_ids:
+            self._rooms.setdefault(room_id, {})[gateway_id] = expires
+
+    async def remove_rooms(self, gateway_id: str, room_ids: Sequence[int]) -> None:
+        for room_id in room_ids:
+            group = self._rooms.get(room_id)
+            if group is not None:
+                group.pop(gateway_id, None)
+                if not group:
+                    del self._rooms[room_id]
+
+    async def gateways_for_room(self, room_id: int) -> set[str]:
+        return self._live_members(self._rooms, room_id)
+
+    async def set_partitions(
+        self, gateway_id: str, partitions: Sequence[int], ttl_s: float
+    ) -> None:
+        wanted = set(partitions)
+        for partition in [p for p, g in self._partitions.items() if gateway_id in g]:
+            if partition not in wanted:
+                del self._partitions[partition][gateway_id]
+                if not self._partitions[partition]:
+                    del self._partitions[partition]
+        expires = self._clock() + ttl_s
+        for partition in wanted:
+            self._partitions.setdefault(partition, {})[gateway_id] = expires
+
+    async def gateways_for_partition(self, partition: int) -> set[str]:
+        return self._live_members(self._partitions, partition)
+
+    # -- presence / sessions -------------------------------------------------------------------
+    async def set_presence(self, user_id: int, status: str, ttl_s: float) -> None:
+        self._presence[user_id] = (status, self._clock() + ttl_s)
+
+    async def get_presence(self, user_ids: Sequence[int]) -> dict[int, str]:
+        now = self._clock()
+        out: dict[int, str] = {}
+        for user_id in user_ids:
+            entry = self._presence.get(user_id)
+            if entry is None:
+                continue
+            if entry[1] <= now:
+                del self._presence[user_id]
+            else:
+                out[user_id] = entry[0]
+        return out
+
+    async def save_session(self, session_id: str, blob: bytes, ttl_s: float) -> None:
+        self._sessions[session_id] = (blob, self._clock() + ttl_s)
+
+    async def load_session(self, session_id: str) -> bytes | None:
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            return None
+        if entry[1] <= self._clock():
+            del self._sessions[session_id]
+            return None
+        return entry[0]
+
+    async def delete_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    # -- pub/sub -------------------------------------------------------------------------------
+    async def publish(self, channel: str, payload: bytes) -> None:
+        # Why a copy: a subscriber's close() during delivery must not break the iteration.
+        for sub in list(self._subs.get(channel, ())):
+            sub._deliver(payload)
+
+    def subscribe(self, channel: str) -> Subscription:
+        sub = Subscription(
+            channel,
+            on_close=self._unsubscribe,
+            wait_ready=_ready_now,
+            max_pending=self._max_pending,
+        )
+        if self._closed:
+            sub._end()
+            return sub
+        # Registered synchronously: a publish right after subscribe() returns is delivered.
+        self._subs.setdefault(channel, weakref.WeakSet()).add(sub)
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        group = self._subs.get(sub.channel)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self._subs[sub.channel]
+
+
+async def _ready_now(channel: str) -> None:
+    return None

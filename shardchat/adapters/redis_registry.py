@@ -1,0 +1,516 @@
+"""Registry on Redis (redis-py asyncio). Guarantees: see ``shardchat.registry.Registry``.
+
+Key layout (``P`` = ``prefix``; single Redis instance or primary, not Redis Cluster, because the
+Lua scripts derive key names from the prefix):
+
+- ``P gw:exp``  ZSET gateway id -> expiry (ms, Redis server clock)
+- ``P gw:rec``  HASH gateway id -> GatewayRecord (msgspec JSON)
+- ``P gw:drain`` HASH gateway id -> "1" (router's drain mark)
+- ``P room:{id}`` / ``P part:{n}`` ZSET gateway id -> expiry (ms)
+- ``P gw:{id}:parts`` SET the partitions last set by that gateway (so ``set_partitions`` can
+  drop the ones it gave up)
+- ``P presence:{uid}``, ``P session:{sid}`` strings with PX
+- pub/sub channel ``P{channel}``
+
+Why expiry scores instead of one key per entry: ``live_gateways`` and the map lookups are one
+ZRANGEBYSCORE, with no SCAN; why the server clock (``TIME`` inside Lua): gateways and routers on
+different hosts compare expiries without trusting each other's clocks. Each aggregate key gets
+PEXPIREAT of its latest member, so a cluster that stops leaves nothing behind.
+
+Pub/sub: ONE PubSub connection per registry multiplexes every channel. A pump task owns it:
+on any connection error (Redis restart, CLIENT KILL, a silent half-open socket detected by
+PING) it drops the connection, backs off and re-subscribes every channel that still has a
+local subscriber; the Subscription iterators never see the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shardchat.registry import GatewayRecord, RegistryUnavailable, Subscription
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# Rooms per script call: bounds how long one call blocks Redis (about 1 ms per 1000 rooms).
+_ROOM_CHUNK = 1000
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: gw:exp, gw:rec, gw:drain  ARGV: id, record json, ttl ms
+_HEARTBEAT = (
+    _NOW
+    + """
+local exp = now + tonumber(ARGV[3])
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not old) or tonumber(old) <= now then
+  -- a gateway that expired and came back under the same id starts without a drain mark
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+redis.call('ZADD', KEYS[1], exp, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #dead > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[3], unpack(dead))
+end
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+for _, k in ipairs(KEYS) do redis.call('PEXPIREAT', k, top[2]) end
+return 1
+"""
+)
+
+# KEYS: gw:exp, gw:rec, gw:drain, gw:{id}:parts  ARGV: id, prefix
+_REMOVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  redis.call('ZREM', ARGV[2] .. 'part:' .. p, ARGV[1])
+end
+redis.call('DEL', KEYS[4])
+return 1
+"""
+
+# KEYS: gw:exp, gw:drain  ARGV: id
+_MARK_DRAINING = (
+    _NOW
+    + """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not s) or tonumber(s) <= now then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], '1')
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], top[2])
+return 1
+"""
+)
+
+# KEYS: gw:exp, gw:rec, gw:drain  -> [record, drained(0/1), ...]
+_LIVE = (
+    _NOW
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+if #ids == 0 then return {} end
+local recs = redis.call('HMGET', KEYS[2], unpack(ids))
+local marks = redis.call('HMGET', KEYS[3], unpack(ids))
+local out = {}
+for i = 1, #ids do
+  if recs[i] then
+    out[#out + 1] = recs[i]
+    out[#out + 1] = marks[i] and 1 or 0
+  end
+end
+return out
+"""
+)
+
+# KEYS: map keys (room:* or part:*)  ARGV: id, ttl ms
+_MAP_ADD = (
+    _NOW
+    + """
+local exp = now + tonumber(ARGV[2])
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, exp, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local top = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', k, top[2])
+end
+return 1
+"""
+)
+
+# KEYS: gw:{id}:parts  ARGV: id, ttl ms, prefix, partitions...
+_SET_PARTITIONS = (
+    _NOW
+    + """
+local exp = now + tonumber(ARGV[2])
+local wanted = {}
+for i = 4, #ARGV do wanted[ARGV[i]] = true end
+for _, p in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not wanted[p] then redis.call('ZREM', ARGV[3] .. 'part:' .. p, ARGV[1]) end
+end
+redis.call('DEL', KEYS[1])
+for i = 4, #ARGV do
+  local k = ARGV[3] .. 'part:' .. ARGV[i]
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('ZADD', k, exp, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local top = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', k, top[2])
+end
+if #ARGV >= 4 then redis.call('PEXPIREAT', KEYS[1], exp) end
+return 1
+"""
+)
+
+# KEYS: map key, gw:exp  -> ids of live gateways with a live entry
+_MAP_GET = (
+    _NOW
+    + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local s = redis.call('ZSCORE', KEYS[2], id)
+  if s and tonumber(s) > now then out[#out + 1] = id end
+end
+return out
+"""
+)
+
+
+@contextlib.contextmanager
+def _translate_errors() -> Iterator[None]:
+    """Callers see RegistryUnavailable, never redis exceptions (they must not import redis)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise RegistryUnavailable(f"redis: {exc}") from exc
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))
+
+
+class RedisRegistry:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "shardchat:",
+        max_pending: int = 10_000,
+        socket_timeout_s: float = 5.0,
+        poll_s: float = 1.0,
+        ping_after_s: float = 5.0,
+        reconnect_max_s: float = 2.0,
+    ) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._max_pending = max_pending
+        self._poll_s = poll_s
+        self._ping_after_s = ping_after_s
+        self._reconnect_max_s = reconnect_max_s
+        # Commands: a pool, with a few quick retries so a Redis restart costs a blip only.
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=min(socket_timeout_s, 2.0),
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )
+        # Pub/sub: no library-level retry; the pump alone decides when to reconnect, so two
+        # reconnect mechanisms never race on the one connection.
+        self._ps_redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=min(socket_timeout_s, 2.0),
+            retry=Retry(NoBackoff(), 0, supported_errors=()),
+            # named so operators (and tests) can find it in CLIENT LIST
+            client_name=f"{prefix}pubsub".replace(" ", "_"),
+        )
+        self._k_exp = f"{prefix}gw:exp"
+        self._k_rec = f"{prefix}gw:rec"
+        self._k_drain = f"{prefix}gw:drain"
+        self._heartbeat = self._redis.register_script(_HEARTBEAT)
+        self._remove = self._redis.register_script(_REMOVE)
+        self._mark_draining = self._redis.register_script(_MARK_DRAINING)
+        self._live = self._redis.register_script(_LIVE)
+        self._map_add = self._redis.register_script(_MAP_ADD)
+        self._set_partitions = self._redis.register_script(_SET_PARTITIONS)
+        self._map_get = self._redis.register_script(_MAP_GET)
+        self._record_decoder = msgspec.json.Decoder(GatewayRecord)
+
+        # pub/sub state: full channel name -> live local subscriptions
+        self._subs: dict[str, weakref.WeakSet[Subscription]] = {}
+        self._sent: set[str] = set()  # channels SUBSCRIBEd on the current connection
+        self._ready: dict[str, asyncio.Event] = {}  # set once Redis confirmed the channel
+        self._ps: PubSub | None = None
+        self._ps_lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the pub/sub pump. Never fails when Redis is down: it keeps retrying."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="registry-pubsub-pump"),
+            asyncio.create_task(self._syncer(), name="registry-pubsub-sync"),
+        ]
+
+    async def close(self) -> None:
+        self._closed = True
+        self._dirty.set()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # Bounded wait, and the loops also check _closed: redis-py can swallow a
+            # CancelledError raised while it disconnects, which would otherwise hang close().
+            await asyncio.wait(self._tasks, timeout=2.0)
+        self._tasks = []
+        subs = [s for group in self._subs.values() for s in group]
+        self._subs.clear()
+        for sub in subs:
+            sub._end()
+        for event in self._ready.values():
+            event.set()  # wake ready() waiters; their subscriptions have ended
+        await self._redis.aclose()
+        await self._ps_redis.aclose()
+
+    async def ping(self) -> None:
+        with _translate_errors():
+            await self._redis.ping()
+
+    # -- gateways ------------------------------------------------------------------------------
+    async def heartbeat_gateway(self, record: GatewayRecord, ttl_s: float) -> None:
+        with _translate_errors():
+            await self._heartbeat(
+                keys=[self._k_exp, self._k_rec, self._k_drain],
+                args=[record.gateway_id, msgspec.json.encode(record), _ms(ttl_s)],
+            )
+
+    async def remove_gateway(self, gateway_id: str) -> None:
+        with _translate_errors():
+            await self._remove(
+                keys=[self._k_exp, self._k_rec, self._k_drain, self._parts_key(gateway_id)],
+                args=[gateway_id, self._prefix],
+            )
+
+    async def mark_draining(self, gateway_id: str) -> bool:
+        with _translate_errors():
+            done = await self._mark_draining(keys=[self._k_exp, self._k_drain], args=[gateway_id])
+        return bool(done)
+
+    async def live_gateways(self) -> list[GatewayRecord]:
+        with _translate_errors():
+            raw: list[Any] = await self._live(keys=[self._k_exp, self._k_rec, self._k_drain])
+        out: list[GatewayRecord] = []
+        for i in range(0, len(raw), 2):
+            record = self._record_decoder.decode(raw[i])
+            if raw[i + 1] and not record.draining:
+                record = msgspec.structs.replace(record, draining=True)
+            out.append(record)
+        out.sort(key=lambda r: r.gateway_id)
+        return out
+
+    # -- room / partition maps -----------------------------------------------------------------
+    def _room_key(self, room_id: int) -> str:
+        return f"{self._prefix}room:{room_id}"
+
+    def _parts_key(self, gateway_id: str) -> str:
+        return f"{self._prefix}gw:{gateway_id}:parts"
+
+    async def add_rooms(self, gateway_id: str, room_ids: Sequence[int], ttl_s: float) -> None:
+        ttl_ms = _ms(ttl_s)
+        with _translate_errors():
+            # One round trip per chunk; a gateway's usual room set is one chunk.
+            for start in range(0, len(room_ids), _ROOM_CHUNK):
+                keys = [self._room_key(r) for r in room_ids[start : start + _ROOM_CHUNK]]
+                await self._map_add(keys=keys, args=[gateway_id, ttl_ms])
+
+    async def remove_rooms(self, gateway_id: str, room_ids: Sequence[int]) -> None:
+        if not room_ids:
+            return
+        with _translate_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room_id in room_ids:
+                    pipe.zrem(self._room_key(room_id), gateway_id)
+                await pipe.execute()
+
+    async def gateways_for_room(self, room_id: int) -> set[str]:
+        with _translate_errors():
+            ids: list[bytes] = await self._map_get(keys=[self._room_key(room_id), self._k_exp])
+        return {i.decode() for i in ids}
+
+    async def set_partitions(
+        self, gateway_id: str, partitions: Sequence[int], ttl_s: float
+    ) -> None:
+        with _translate_errors():
+            await self._set_partitions(
+                keys=[self._parts_key(gateway_id)],
+                args=[gateway_id, _ms(ttl_s), self._prefix, *sorted(set(partitions))],
+            )
+
+    async def gateways_for_partition(self, partition: int) -> set[str]:
+        key = f"{self._prefix}part:{partition}"
+        with _translate_errors():
+            ids: list[bytes] = await self._map_get(keys=[key, self._k_exp])
+        return {i.decode() for i in ids}
+
+    # -- presence / sessions -------------------------------------------------------------------
+    async def set_presence(self, user_id: int, status: str, ttl_s: float) -> None:
+        with _translate_errors():
+            await self._redis.set(f"{self._prefix}presence:{user_id}", status, px=_ms(ttl_s))
+
+    async def get_presence(self, user_ids: Sequence[int]) -> dict[int, str]:
+        if not user_ids:
+            return {}
+        ids = list(user_ids)
+        with _translate_errors():
+            values: list[Any] = await self._redis.mget([f"{self._prefix}presence:{u}" for u in ids])
+        return {u: v.decode() for u, v in zip(ids, values, strict=True) if v is not None}
+
+    async def save_session(self, session_id: str, blob: bytes, ttl_s: float) -> None:
+        with _translate_errors():
+            await self._redis.set(f"{self._prefix}session:{session_id}", blob, px=_ms(ttl_s))
+
+    async def load_session(self, session_id: str) -> bytes | None:
+        with _translate_errors():
+            value: Any = await self._redis.get(f"{self._prefix}session:{session_id}")
+        return None if value is None else bytes(value)
+
+    async def delete_session(self, session_id: str) -> None:
+        with _translate_errors():
+            await self._redis.delete(f"{self._prefix}session:{session_id}")
+
+    # -- pub/sub -------------------------------------------------------------------------------
+    async def publish(self, channel: str, payload: bytes) -> None:
+        with _translate_errors():
+            await self._redis.publish(self._prefix + channel, payload)
+
+    def subscribe(self, channel: str) -> Subscription:
+        sub = Subscription(
+            channel,
+            on_close=self._on_sub_closed,
+            wait_ready=self._wait_ready,
+            max_pending=self._max_pending,
+        )
+        if self._closed:
+            sub._end()
+            return sub
+        full = self._prefix + channel
+        group = self._subs.get(full)
+        if group is None:
+            group = self._subs[full] = weakref.WeakSet()
+        group.add(sub)
+        self._dirty.set()
+        return sub
+
+    def _on_sub_closed(self, sub: Subscription) -> None:
+        full = self._prefix + sub.channel
+        group = self._subs.get(full)
+        if group is not None:
+            group.discard(sub)
+        self._dirty.set()
+
+    async def _wait_ready(self, channel: str) -> None:
+        full = self._prefix + channel
+        if self._closed or full not in self._subs:
+            return
+        # One long-lived Event per wanted channel: cleared on disconnect, set on confirmation,
+        # so a waiter that started during an outage wakes on the re-subscription.
+        await self._ready.setdefault(full, asyncio.Event()).wait()
+
+    def _wanted(self) -> set[str]:
+        for full in [c for c, group in self._subs.items() if not group]:
+            del self._subs[full]
+            event = self._ready.pop(full, None)
+            if event is not None:
+                event.set()  # release waiters of a channel nobody wants any more
+        return set(self._subs)
+
+    async def _syncer(self) -> None:
+        """Bring the connection's SUBSCRIBE set in line with local subscribers."""
+        while not self._closed:
+            await self._dirty.wait()
+            self._dirty.clear()
+            async with self._ps_lock:
+                ps = self._ps
+                want = self._wanted()
+                if ps is None:
+                    continue  # the pump subscribes everything wanted when it connects
+                add, drop = want - self._sent, self._sent - want
+                try:
+                    if add:
+                        await ps.subscribe(*add)
+                        self._sent |= add
+                    if drop:
+                        await ps.unsubscribe(*drop)
+                        self._sent -= drop
+                except _UNAVAILABLE as exc:
+                    # The pump sees the same broken connection and re-subscribes everything.
+                    log.debug("registry pub/sub sync failed: %s", exc)
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        failing = False
+        while not self._closed:
+            ps = self._ps_redis.pubsub()
+            try:
+                async with self._ps_lock:
+                    await ps.connect()  # type: ignore[no-untyped-call]
+                    want = self._wanted()
+                    if want:
+                        await ps.subscribe(*want)
+                    self._sent = want
+                    self._ps = ps
+                if failing:
+                    log.warning("registry pub/sub reconnected (%d channels)", len(want))
+                    failing = False
+                self._dirty.set()  # pick up subscribe/close calls that raced the connect
+                last_heard = loop.time()
+                pinged = False
+                while not self._closed:
+                    msg = await ps.get_message(timeout=self._poll_s)
+                    now = loop.time()
+                    if msg is None:
+                        silent = now - last_heard
+                        if silent > 2 * self._ping_after_s:
+                            raise RedisConnectionError("pub/sub connection silent after PING")
+                        if silent > self._ping_after_s and not pinged:
+                            # Why: a half-open TCP connection never errors on its own.
+                            await ps.ping()
+                            pinged = True
+                        continue
+                    last_heard, pinged, delay = now, False, 0.05
+                    self._dispatch(msg)
+            except asyncio.CancelledError:
+                raise
+            except (*_UNAVAILABLE, RuntimeError) as exc:
+                if not failing:
+                    log.warning("registry pub/sub connection lost: %s", exc)
+                failing = True
+            finally:
+                self._ps = None
+                self._sent = set()
+                for event in self._ready.values():
+                    event.clear()  # not confirmed on the next connection until Redis says so
+                with contextlib.suppress(Exception):
+                    await ps.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        channel = msg["channel"]
+        if kind == "pong" or channel is None:
+            return
+        full = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "message":
+            for sub in list(self._subs.get(full, ())):
+                sub._deliver(msg["data"])
+        elif kind == "subscribe":
+            if full in self._subs:
+                self._ready.setdefault(full, asyncio.Event()).set()
+        elif kind == "unsubscribe":
+            event = self._ready.get(full)
+            if event is not None:
+                event.clear()
