@@ -15,6 +15,11 @@ Guarantees:
   it was given; a failed batch is retried (with backoff) before anything after it.
 - Duplicates on the topic are possible but rare (a relay and a publisher of another process
   racing, a lost mark); consumers drop them by room seq.
+
+Metrics (``chat_core.metrics``): ``shardchat_outbox_published_total{path="fast"|"relay"}`` counts
+events the log acknowledged on each path; the relay sets ``shardchat_outbox_pending`` at each
+sweep. A record carries its event's W3C trace context as headers (:func:`event_record`), on both
+paths, since the Store keeps ``RoomEvent.trace`` with the row.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from chat_core import metrics
 from chat_core.models import RoomEvent, encode_event
 from shardchat.eventlog import AppendError, EventLog, EventLogError, Record, room_key
 from shardchat.tracing import TRACE_HEADERS, to_kafka_headers
@@ -163,6 +169,11 @@ class OutboxPublisher:
             self._idle.clear()
             self._work.set()
 
+    @property
+    def queued(self) -> int:
+        """Events submitted and not yet acknowledged by the log."""
+        return self._queued
+
     def in_flight_keys(self) -> set[EventKey]:
         """A snapshot of the events submitted and not yet marked published."""
         return set(self._in_flight)
@@ -227,6 +238,7 @@ class OutboxPublisher:
         self._queued -= len(done)
         self.published += len(done)
         if done:
+            metrics.PUBLISHED_FAST.inc(len(done))  # once per batch, not per event
             self._marks.extend(done)
             self._mark_work.set()
             if self._on_published is not None:
@@ -326,6 +338,12 @@ class OutboxRelay:
                 f"outbox:{partition}", self._owner, self._lease_ttl_ms
             ):
                 batch.extend(part_events)
+        # Backlog this process answers for (see chat_core.metrics): its publisher's queue, and
+        # the stale rows of the partitions it leads. The skipped rows are in that queue already,
+        # and other partitions' rows are counted by their own lease holder, so sum() over
+        # instances does not count a row twice.
+        queued = self._publisher.queued if self._publisher is not None else 0
+        metrics.OUTBOX_PENDING.set(queued + len(batch))
         if batch:
             await self._publish(batch)
         return len(events)
@@ -340,6 +358,8 @@ class OutboxRelay:
             log.warning("outbox relay publish failed for part of a batch: %s", exc)
         done = [(e.room_id, e.seq) for e, r in zip(batch, results, strict=True) if r is not None]
         if done:
+            # Counted once the log acknowledged them, whether or not the mark below succeeds.
+            metrics.PUBLISHED_RELAY.inc(len(done))
             await self._store.mark_published(done)
             self.published += len(done)
 

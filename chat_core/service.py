@@ -5,6 +5,10 @@ an unknown room or message is NOT_FOUND; a room (or a message of a room) the act
 member of is FORBIDDEN. Right after each commit the committed events are handed to
 ``on_commit`` (the outbox publisher's fast path); the Store's ``room_events`` rows are the
 backstop the relay sweeps if that hand-off is lost.
+
+Sends are measured (``chat_core.metrics``: outcome counter, call-to-ack latency) and, when
+tracing is on, run in a ``chat.send_message`` span whose W3C context is stored with the event
+(``RoomEvent.trace``) and so travels to the gateways in the Kafka record headers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
 from chat_core.models import Message, Room, RoomEvent
@@ -22,6 +27,7 @@ from shardchat.config import Settings
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
 from shardchat.store import NewMessage, SendOutcome, Store
+from shardchat.tracing import current_trace_headers, start_span
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +151,39 @@ class ChatService:
         """Store a message (idempotent by ``(actor, nonce)``: a retry, even concurrent, returns
         the first message and creates nothing). Membership is checked in the storing
         transaction itself."""
+        started = time.perf_counter()
+        try:
+            with start_span("chat.send_message"):
+                outcome = await self._send(actor, room_id, content, nonce)
+        except Exception as exc:
+            # CancelledError is no outcome (the caller went away; its row may still commit).
+            metrics.count_send_error(exc)
+            raise
+        # Only acknowledged sends feed the latency: a refused one returns early and would drag
+        # the quantiles down exactly when something is wrong.
+        metrics.SEND_LATENCY.observe(time.perf_counter() - started)
+        if outcome.status == "created":
+            metrics.SEND_OK.inc()
+        else:
+            metrics.SEND_DUPLICATE.inc()
+        assert outcome.message is not None
+        return outcome.message
+
+    async def _send(self, actor: int, room_id: int, content: str, nonce: str) -> SendOutcome:
+        """The stored outcome, ``created`` or ``duplicate``; a refusal raises."""
         check.snowflake(room_id, "room id")
         check.content(content, self.settings.max_content_chars)
         check.nonce(nonce, self.settings.max_nonce_bytes)
-        row = NewMessage(self.ids.next_id(), room_id, actor, content, nonce, self._clock_ms())
+        row = NewMessage(
+            self.ids.next_id(),
+            room_id,
+            actor,
+            content,
+            nonce,
+            self._clock_ms(),
+            # Taken inside the send span (the caller's span when there is one); {} when off.
+            current_trace_headers(),
+        )
         if self._committer is not None:
             outcome = await self._committer.submit(row)
         else:
@@ -157,8 +192,7 @@ class ChatService:
             raise NotFound("room not found")
         if outcome.status == "not_member":
             raise Forbidden("not a member of this room")
-        assert outcome.message is not None
-        return outcome.message
+        return outcome
 
     async def _write_batch(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         outcomes = await self.store.insert_messages(rows)

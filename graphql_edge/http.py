@@ -76,7 +76,7 @@ class GraphQLEndpoint:
             return "invalid", self._reject("request body is not valid JSON", 400)
         req = request_from_json(parsed)
         if isinstance(req, GraphQLError):
-            metrics.REQUESTS.labels("other", "BAD_USER_INPUT").inc()
+            metrics.REQUESTS.labels("other", "bad_user_input").inc()
             return "invalid", _json(errors_body([req]), 400)
         prepared = self.pipeline.prepare(req)
         if isinstance(prepared, list):
@@ -84,7 +84,7 @@ class GraphQLEndpoint:
             return "invalid", _json(errors_body(prepared))
         kind = prepared.kind
         if kind == "subscription":
-            metrics.REQUESTS.labels(kind, "BAD_USER_INPUT").inc()
+            metrics.REQUESTS.labels(kind, "bad_user_input").inc()
             msg = "subscriptions use the graphql-transport-ws WebSocket on this path"
             return kind, _json({"errors": [simple_error(msg, "BAD_USER_INPUT")]})
         user_id, auth_error = authenticate(self.services.auth, request.headers.get("authorization"))

@@ -17,6 +17,7 @@ from graphql_edge.context import Context
 from graphql_edge.convert import event_object, iso_ms, parse_id
 from shardchat.errors import BadInput, NotFound
 from shardchat.registry import GatewayRecord
+from shardchat.tracing import start_span
 from user_core.models import AuthTokens, User
 
 Resolver = Callable[..., Any]
@@ -142,9 +143,13 @@ async def m_leave_room(_: Any, info: GraphQLResolveInfo, roomId: str) -> bool:
 async def m_send(
     _: Any, info: GraphQLResolveInfo, roomId: str, content: str, nonce: str
 ) -> Message:
-    ctx = ctx_of(info)
-    actor = ctx.require_user()
-    return await ctx.services.chat.send_message(actor, parse_id(roomId, "roomId"), content, nonce)
+    # The root of a message's trace when tracing is on (a shared no-op when off): ChatService
+    # stores its context with the event and the gateways continue it at delivery.
+    with start_span("sendMessage"):
+        ctx = ctx_of(info)
+        actor = ctx.require_user()
+        room_id = parse_id(roomId, "roomId")
+        return await ctx.services.chat.send_message(actor, room_id, content, nonce)
 
 
 @mutation

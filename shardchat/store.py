@@ -27,7 +27,8 @@ class UserRecord(msgspec.Struct, frozen=True):
 
 class NewMessage(msgspec.Struct, frozen=True):
     """A message to store; ``id`` and ``created_at_ms`` are chosen by the caller, ``seq`` by
-    the Store."""
+    the Store. ``trace`` (W3C trace context of the send, ``{}`` when tracing is off) is stored
+    with its MESSAGE_CREATE event."""
 
     id: int
     room_id: int
@@ -35,6 +36,7 @@ class NewMessage(msgspec.Struct, frozen=True):
     content: str
     nonce: str
     created_at_ms: int
+    trace: dict[str, str] = {}
 
 
 SendStatus = Literal["created", "duplicate", "not_member", "no_room"]
@@ -79,6 +81,9 @@ class Store(Protocol):
       concurrent or in the same batch, stores nothing and yields the first message.
     - Outbox: every event starts unpublished; ``pending_events`` lists unpublished ones created
       before a time, ordered by (room_id, seq); ``mark_published`` is idempotent.
+    - Trace context: a MESSAGE_CREATE event carries its ``NewMessage.trace``, stored with the row
+      (``room_events.trace``, NULL when empty) and returned by ``events_after`` and
+      ``pending_events`` too, so an event the relay publishes keeps its trace.
     - ``acquire_lease(name, owner, ttl_ms)`` is True when the lease was free, expired or already
       held by ``owner``, and then (re)sets its expiry to now + ttl (the database's clock where
       there is one); at most one owner holds a live lease.
@@ -196,6 +201,26 @@ class Store(Protocol):
     async def mark_published(self, keys: Sequence[tuple[int, int]]) -> None: ...
 
     async def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool: ...
+
+
+# --- the room_events.trace column, shared by both adapters so they store the same text ----------
+_TRACE_DECODER = msgspec.json.Decoder(dict[str, str])
+
+
+def trace_to_column(trace: dict[str, str] | None) -> str | None:
+    """JSON text of the trace context, or NULL (None) when there is none (tracing off)."""
+    return msgspec.json.encode(trace).decode() if trace else None
+
+
+def trace_from_column(text: str | None) -> dict[str, str]:
+    """The stored trace context; ``{}`` for NULL or an unreadable value (a trace is a hint for
+    observability, never a reason to stop the relay publishing the event)."""
+    if not text:
+        return {}
+    try:
+        return _TRACE_DECODER.decode(text)
+    except msgspec.DecodeError:
+        return {}
 
 
 def open_store(settings: Settings) -> Store:

@@ -19,12 +19,20 @@ import msgspec
 
 from chat_core import events as ev
 from chat_core.models import Message, ReactionCount, Room, RoomEvent
-from shardchat.store import Dialect, NewMessage, RefreshOutcome, SendOutcome, UserRecord
+from shardchat.store import (
+    Dialect,
+    NewMessage,
+    RefreshOutcome,
+    SendOutcome,
+    UserRecord,
+    trace_from_column,
+    trace_to_column,
+)
 from user_core.models import User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
 _ROOM_COLS = "id, name, last_seq, created_at_ms"
-_EVENT_COLS = "room_id, seq, type, data, created_at_ms"
+_EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 # The database's clock for leases: every process agrees on it.
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 # One number for the advisory lock that serializes concurrent migrators.
@@ -50,7 +58,14 @@ def _room(r: Any) -> Room:
 
 
 def _event(r: Any) -> RoomEvent:
-    return RoomEvent(r["room_id"], r["seq"], r["type"], json.loads(r["data"]), r["created_at_ms"])
+    return RoomEvent(
+        r["room_id"],
+        r["seq"],
+        r["type"],
+        json.loads(r["data"]),
+        r["created_at_ms"],
+        trace_from_column(r["trace"]),
+    )
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -397,7 +412,12 @@ class PgStore:
                     r.id, r.room_id, seq, r.author_id, r.content, r.nonce, r.created_at_ms
                 )
                 event = RoomEvent(
-                    r.room_id, seq, "MESSAGE_CREATE", ev.message_create(msg, seq), r.created_at_ms
+                    r.room_id,
+                    seq,
+                    "MESSAGE_CREATE",
+                    ev.message_create(msg, seq),
+                    r.created_at_ms,
+                    r.trace,
                 )
                 events.append(event)
                 by_id[r.id] = SendOutcome("created", msg, event)
@@ -406,15 +426,17 @@ class PgStore:
                     "WITH s AS (UPDATE messages SET seq = v.seq"
                     " FROM unnest($1::bigint[], $2::bigint[]) AS v(id, seq)"
                     " WHERE messages.id = v.id)"
-                    " INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
-                    " SELECT room_id, seq, 'MESSAGE_CREATE', data, created_at_ms"
-                    " FROM unnest($3::bigint[], $2::bigint[], $4::text[], $5::bigint[])"
-                    " AS e(room_id, seq, data, created_at_ms)",
+                    " INSERT INTO room_events (room_id, seq, type, data, created_at_ms, trace)"
+                    " SELECT room_id, seq, 'MESSAGE_CREATE', data, created_at_ms, trace"
+                    " FROM unnest($3::bigint[], $2::bigint[], $4::text[], $5::bigint[],"
+                    " $6::text[]) AS e(room_id, seq, data, created_at_ms, trace)",
                     [r.id for r in created],
                     [e.seq for e in events],
                     [e.room_id for e in events],
                     [_json(e.data) for e in events],
                     [e.created_at_ms for e in events],
+                    # NULL elements when tracing is off: the array costs a few bytes per row.
+                    [trace_to_column(e.trace) for e in events],
                 )
 
             missing = [r for r in unique if r.id not in got]

@@ -21,11 +21,20 @@ import msgspec
 
 from chat_core import events as ev
 from chat_core.models import Message, ReactionCount, Room, RoomEvent
-from shardchat.store import Dialect, NewMessage, RefreshOutcome, SendOutcome, UserRecord
+from shardchat.store import (
+    Dialect,
+    NewMessage,
+    RefreshOutcome,
+    SendOutcome,
+    UserRecord,
+    trace_from_column,
+    trace_to_column,
+)
 from user_core.models import User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
 _ROOM_COLS = "id, name, last_seq, created_at_ms"
+_EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 
 
 def _now_ms() -> int:
@@ -221,9 +230,16 @@ class SqliteStore:
 
     # --- rooms and members -----------------------------------------------------------------------
     async def _append(
-        self, db: aiosqlite.Connection, room_id: int, type_: str, build: Any, now_ms: int
+        self,
+        db: aiosqlite.Connection,
+        room_id: int,
+        type_: str,
+        build: Any,
+        now_ms: int,
+        trace: dict[str, str] | None = None,
     ) -> RoomEvent:
-        """Take the room's next seq and store the event: call inside a write transaction."""
+        """Take the room's next seq and store the event: call inside a write transaction.
+        ``trace``: the W3C trace context to keep with it (stored NULL when empty)."""
         async with db.execute(
             "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (room_id,)
         ) as cur:
@@ -233,11 +249,18 @@ class SqliteStore:
         seq = int(row[0])
         data: dict[str, Any] = build(seq)
         await db.execute(
-            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (room_id, seq, type_, msgspec.json.encode(data).decode(), now_ms),
+            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms, trace)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                room_id,
+                seq,
+                type_,
+                msgspec.json.encode(data).decode(),
+                now_ms,
+                trace_to_column(trace),
+            ),
         )
-        return RoomEvent(room_id, seq, type_, data, now_ms)
+        return RoomEvent(room_id, seq, type_, data, now_ms, trace or {})
 
     async def create_room(
         self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
@@ -355,6 +378,7 @@ class SqliteStore:
             "MESSAGE_CREATE",
             lambda s: ev.message_create(msg, s),
             new.created_at_ms,
+            new.trace,
         )
         msg = msgspec.structs.replace(msg, seq=event.seq)
         await db.execute(
@@ -502,7 +526,7 @@ class SqliteStore:
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
         rows = await self._all(
-            "SELECT room_id, seq, type, data, created_at_ms FROM room_events"
+            f"SELECT {_EVENT_COLS} FROM room_events"
             " WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (room_id, after_seq, limit),
         )
@@ -510,7 +534,7 @@ class SqliteStore:
 
     async def pending_events(self, created_before_ms: int, limit: int) -> list[RoomEvent]:
         rows = await self._all(
-            "SELECT room_id, seq, type, data, created_at_ms FROM room_events"
+            f"SELECT {_EVENT_COLS} FROM room_events"
             " WHERE published_at_ms IS NULL AND created_at_ms < ? ORDER BY room_id, seq LIMIT ?",
             (created_before_ms, limit),
         )
@@ -545,8 +569,10 @@ class SqliteStore:
 
 
 def _event(row: Iterable[Any]) -> RoomEvent:
-    room_id, seq, type_, data, created = row
-    return RoomEvent(room_id, seq, type_, msgspec.json.decode(data), created)
+    room_id, seq, type_, data, created, trace = row
+    return RoomEvent(
+        room_id, seq, type_, msgspec.json.decode(data), created, trace_from_column(trace)
+    )
 
 
 def _split_sql(script: str) -> list[str]:
