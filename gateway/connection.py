@@ -1,7 +1,10 @@
-"""One client connection: the op loop of PROTOCOL.md section 2 around a Session.
+"""One client connection: the I/O shell around ``protocol.Session`` (frames in, actions out).
 
-Ops are handled inline, in arrival order, so REPLYs and DISPATCHes keep a causal order; while
-an op awaits the Store the connection counts as busy for the heartbeat sweeper.
+The state machine decodes and validates every frame (size 4502, envelope 4002, op 4005,
+payload 4002, state 4003/4004, op rate limit 4008, heartbeat timeout 4001); this module only
+executes the actions it returns, serving the ``Authenticate``/``Do*`` requests with the real
+services. Ops are handled inline, in arrival order, so REPLYs and DISPATCHes keep a causal
+order; while an op awaits the Store the connection counts as busy for the heartbeat sweeper.
 """
 
 from __future__ import annotations
@@ -14,10 +17,26 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from chat_core.events import message_create
-from gateway import metrics, wire
+from chat_core.models import RoomEvent
+from gateway import metrics
 from gateway.outbound import Outbound
-from gateway.ratelimit import TokenBucket
-from gateway.session import Session, load_blob, new_session_id, resume_positions
+from gateway.rooms import FETCH_PAGE, MAX_RECOVER
+from gateway.session import Session, new_session_id, resume_positions
+from protocol.actions import (
+    Action,
+    Authenticate,
+    Close,
+    DoPresence,
+    DoResume,
+    DoSend,
+    DoSubscribe,
+    DoTyping,
+    DoUnsubscribe,
+    SendFrame,
+)
+from protocol.close_codes import CloseCode
+from protocol.codec import DispatchEvent, Encoding
+from protocol.session import Session as ProtocolSession
 from shardchat.errors import ChatError
 
 if TYPE_CHECKING:
@@ -25,215 +44,268 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PRE_IDENTIFY_OK = {wire.IDENTIFY, wire.RESUME, wire.HEARTBEAT}
-_SERVER_OPS = {wire.DISPATCH, wire.RECONNECT, wire.INVALID_SESSION, wire.HELLO,
-               wire.HEARTBEAT_ACK, wire.REPLY}
 
+class _Closing(Exception):
+    """Raised while serving an action to close the connection with ``code``."""
 
-class Closing(Exception):
-    """Raised inside op handling to close the connection with ``code``."""
-
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: CloseCode, reason: str = "") -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
 
 
 class ClientConnection:
-    def __init__(self, gw: Gateway, ws: ServerConnection, encoding: wire.Encoding) -> None:
+    def __init__(self, gw: Gateway, ws: ServerConnection, encoding: Encoding) -> None:
         self.gw = gw
         self.ws = ws
-        self.encoding: wire.Encoding = encoding
+        self.encoding = encoding
         self.ip = str(ws.remote_address[0]) if ws.remote_address else "?"
         s = gw.settings
-        self.out = Outbound(ws, gw.hub.flusher, text=encoding == "json",
-                            limit=s.outbound_buffer_bytes, on_overflow=self._on_overflow)
-        now = time.monotonic()
-        self.last_rx = now
+        if ws.protocol.extensions:  # raw frame writes need an extension-free connection
+            raise RuntimeError("the gateway must serve with compression=None")
+        self.out = Outbound(
+            ws.transport,
+            gw.hub.flusher,
+            text=encoding.text_frames,
+            limit=s.outbound_buffer_bytes,
+            on_overflow=self._on_overflow,
+        )
+        self.proto = ProtocolSession(
+            now=time.monotonic(),
+            gateway_id=gw.gateway_id,
+            encoding=encoding,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_frame_bytes=s.max_frame_bytes,
+            ops_per_window=s.ops_per_window,
+            ops_window_s=s.ops_window_s,
+            ops_burst=s.ops_burst,
+            # Replay comes from the room ring/Store by room seq (works on any gateway), so the
+            # state machine's own per-session buffer is not used.
+            replay_buffer_size=0,
+        )
         self.busy = False
-        self.ops = TokenBucket(s.ops_burst, s.ops_per_window / s.ops_window_s, now)
         self.session: Session | None = None
         self.close_code: int | None = None  # set when the server closes
 
-    # --- sending ----------------------------------------------------------------------------
-    def send(self, op: int, d: Any = None, *, id: int | None = None) -> None:
-        self.out.push(wire.encode(self.encoding, op, d, id=id))
+    # --- sending / closing ------------------------------------------------------------------
+    def send(self, frame: SendFrame) -> None:
+        self.out.push(frame.data)
 
-    def reply_ok(self, id: int | None, result: Any) -> None:
-        self.send(wire.REPLY, {"ok": True, "result": result}, id=id)
+    def close(self, code: CloseCode, reason: str = "") -> None:
+        """Server-side close from outside the state machine (4010, 4011, kicks ...)."""
+        if self.close_code is None:
+            self._close(self.proto.close(code, reason))
 
-    def reply_error(self, id: int | None, code: str, message: str) -> None:
-        self.send(wire.REPLY, {"ok": False, "error": {"code": code, "message": message}}, id=id)
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Write what is queued, then close with ``code`` (safe from sync callbacks)."""
+    def _close(self, action: Close) -> None:
+        """Write what is queued, then the close frame (safe from sync callbacks)."""
         if self.close_code is not None:
             return
-        self.close_code = code
-        metrics.CLOSES.labels(str(code)).inc()
+        self.close_code = int(action.code)
+        metrics.closed(self.close_code)
         if not self.out.closed:
             self.out.flush()  # frames queued before the close frame must precede it
             self.out.discard()
-        self.gw.hub.spawn(self.ws.close(code, reason))
+        self.gw.hub.spawn(self.ws.close(int(action.code), action.reason))
 
     def _on_overflow(self) -> None:
-        self.close(wire.Close.SLOW_CONSUMER, "slow consumer")
+        self.close(CloseCode.SLOW_CONSUMER)
+
+    def poll(self, now: float) -> None:
+        """Heartbeat timeout check (the sweeper calls this; ops in progress don't time out)."""
+        if not self.busy:
+            for action in self.proto.poll(now):
+                if isinstance(action, Close):
+                    self._close(action)
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
-        s = self.gw.settings
-        self.send(wire.HELLO, {"heartbeat_interval_ms": s.heartbeat_interval_ms,
-                               "gateway_id": self.gw.gateway_id})
+        self.send(self.proto.hello())
         try:
             while self.close_code is None:
                 try:
                     data = await self.ws.recv(decode=False)
                 except ConnectionClosed:
                     return
-                now = time.monotonic()
-                self.last_rx = now
                 metrics.FRAMES_IN.inc()
+                actions = self.proto.receive(data, time.monotonic())
+                self.busy = True
                 try:
-                    if len(data) > s.max_frame_bytes:
-                        raise Closing(wire.Close.FRAME_TOO_LARGE, "frame too large")
-                    if not self.ops.take(now):
-                        raise Closing(wire.Close.RATE_LIMITED, "rate limited")
-                    try:
-                        env = wire.decode_envelope(self.encoding, data)
-                    except wire.DecodeError as exc:
-                        raise Closing(wire.Close.DECODE_ERROR, "decode error") from exc
-                    self.busy = True
-                    try:
-                        await self.handle(env)
-                    finally:
-                        self.busy = False
-                        self.last_rx = time.monotonic()
-                except Closing as exc:
+                    await self._perform(actions)
+                except _Closing as exc:
                     self.close(exc.code, exc.reason)
-                except wire.DecodeError:
-                    self.close(wire.Close.DECODE_ERROR, "decode error")
                 except Exception:
                     log.exception("op failed")
-                    self.close(wire.Close.INTERNAL, "internal error")
-            # Closed by us: let the close handshake (spawned by close()) finish before the
+                    self.close(CloseCode.INTERNAL_ERROR)
+                finally:
+                    self.busy = False
+                    self.proto.last_received_at = time.monotonic()
+            # Closed by us: let the close handshake (spawned by _close) finish before the
             # handler returns, or websockets would close with 1000 first.
             await self.ws.wait_closed()
         finally:
             await self.gw.end_connection(self)
 
-    async def handle(self, env: wire.Envelope) -> None:
-        op = env.op
-        if self.session is None and op not in _PRE_IDENTIFY_OK:
-            if op in _SERVER_OPS or op > wire.REPLY:
-                raise Closing(wire.Close.UNKNOWN_OPCODE, "unknown opcode")
-            raise Closing(wire.Close.NOT_IDENTIFIED, "not identified")
-        if op == wire.HEARTBEAT:
-            if env.d is not None and not isinstance(env.d, int):
-                raise wire.DecodeError("heartbeat d must be an int or null")
-            if self.session is not None:
-                self.session.ack(env.d)
-            self.send(wire.HEARTBEAT_ACK)
-        elif op == wire.IDENTIFY:
-            await self.identify(wire.payload(env.d, wire.IdentifyData))
-        elif op == wire.RESUME:
-            await self.resume(wire.payload(env.d, wire.ResumeData))
-        elif op == wire.SUBSCRIBE:
-            await self.subscribe(wire.payload(env.d, wire.SubscribeData), env.id)
-        elif op == wire.UNSUBSCRIBE:
-            data = wire.payload(env.d, wire.UnsubscribeData)
-            assert self.session is not None
-            for rid in data.rooms:
-                self.gw.hub.unsubscribe(self.session, wire.room_id_of(rid))
-            if env.id is not None:
-                self.reply_ok(env.id, None)
-        elif op == wire.SEND:
-            await self.send_message(wire.payload(env.d, wire.SendData), env.id)
-        elif op == wire.TYPING:
-            data_t = wire.payload(env.d, wire.TypingData)
-            assert self.session is not None
-            room_id = wire.room_id_of(data_t.room_id)
-            if room_id in self.session.rooms:  # only where it could have been sent from
-                await self.gw.hub.publish_typing(self.session, room_id)
-        elif op == wire.PRESENCE_UPDATE:
-            data_p = wire.payload(env.d, wire.PresenceData)
-            assert self.session is not None
-            await self.gw.registry.set_presence(self.session.user_id, data_p.status,
-                                                self.gw.settings.resume_window_s)
-            await self.gw.hub.publish_presence(self.session, data_p.status)
-        else:
-            raise Closing(wire.Close.UNKNOWN_OPCODE, "unknown opcode")
+    async def _perform(self, actions: list[Action]) -> None:
+        session = self.session
+        if session is not None and self.proto.client_seq is not None:
+            session.ack(self.proto.client_seq)
+        for action in actions:
+            if isinstance(action, SendFrame):
+                self.send(action)
+            elif isinstance(action, Close):
+                self._close(action)
+            elif isinstance(action, Authenticate):
+                await self._identify(action)
+            elif isinstance(action, DoResume):
+                await self._resume(action)
+            elif isinstance(action, DoSubscribe):
+                await self._subscribe(action)
+            elif isinstance(action, DoUnsubscribe):
+                assert session is not None
+                for unsub_id in action.rooms:
+                    self.gw.hub.unsubscribe(session, int(unsub_id))
+            elif isinstance(action, DoSend):
+                await self._send_message(action)
+            elif isinstance(action, DoTyping):
+                assert session is not None
+                typing_id = int(action.room_id)  # Snowflake -> int: str() must be decimal
+                if typing_id in session.rooms:  # only where it could have been sent from
+                    await self.gw.hub.publish_typing(session, typing_id)
+            elif isinstance(action, DoPresence):
+                assert session is not None
+                await self.gw.registry.set_presence(
+                    session.user_id, action.status, self.gw.settings.resume_window_s
+                )
+                await self.gw.hub.publish_presence(session, action.status)
 
-    # --- ops --------------------------------------------------------------------------------
+    # --- IDENTIFY -------------------------------------------------------------------------
     def _authenticate(self, token: str) -> int:
-        if self.session is not None:
-            raise Closing(wire.Close.ALREADY_IDENTIFIED, "already identified")
         if not self.gw.identify_limits.take(self.ip, time.monotonic()):
-            raise Closing(wire.Close.RATE_LIMITED, "identify rate limited")
+            raise _Closing(CloseCode.RATE_LIMITED, "identify rate limited")
         try:
             return self.gw.auth.verify_access(token)
         except ChatError as exc:
-            raise Closing(wire.Close.AUTH_FAILED, "authentication failed") from exc
+            raise _Closing(CloseCode.AUTHENTICATION_FAILED) from exc
 
-    async def identify(self, data: wire.IdentifyData) -> None:
-        user_id = self._authenticate(data.token)
+    async def _identify(self, action: Authenticate) -> None:
+        user_id = self._authenticate(action.token)
         user = await self.gw.auth.get_user(user_id)
         if user is None:
-            raise Closing(wire.Close.AUTH_FAILED, "authentication failed")
+            raise _Closing(CloseCode.AUTHENTICATION_FAILED)
         rooms = await self.gw.chat.list_rooms(user_id)
         session = Session(new_session_id(), user_id, self.encoding, self.out)
-        self.session = session
-        self.gw.hub.add_session(session)
-        session.dispatch("READY", {
+        ready = {
             "session_id": session.session_id,
             "user": {"id": str(user.id), "username": user.username, "status": "online"},
             "rooms": [{"id": str(r.id), "name": r.name, "last_seq": r.last_seq} for r in rooms],
             "resume_url": self.gw.url,
-        })
+        }
+        self.send(
+            self.proto.accept_identify(session_id=session.session_id, user_id=user_id, ready=ready)
+        )
+        session.numbered([None], self.proto.dispatch_seq)  # READY is s = 1
+        self.session = session
+        self.gw.hub.add_session(session, self)
         by_id = {r.id: r for r in rooms}
         wanted: list[int] = []
-        if data.subscribe == "all":
+        if action.subscribe == "all":
             wanted = list(by_id)
-        elif isinstance(data.subscribe, list):
-            wanted = [wire.room_id_of(r) for r in data.subscribe]
-        elif isinstance(data.subscribe, str):
-            raise wire.DecodeError("subscribe must be 'all' or a list of room ids")
+        elif action.subscribe is not None:
+            wanted = [int(r) for r in action.subscribe if r in by_id]  # non-members: nothing to do
         for room_id in wanted:
-            if room_id not in by_id:
-                continue  # not a member: nothing to subscribe to
             seq, recovered = await self.gw.hub.subscribe(session, room_id, None, by_id[room_id])
-            session.dispatch("ROOM_SUBSCRIBED", {"room_id": str(room_id), "seq": seq,
-                                                 "recovered": recovered})
-        self.gw.save_soon(session)
+            session.dispatch(
+                "ROOM_SUBSCRIBED", {"room_id": str(room_id), "seq": seq, "recovered": recovered}
+            )
+        # Saved at once (owner = this gateway) so a RESUME elsewhere can find and take it
+        # even within the first second; later saves are periodic (Gateway._sweep_loop).
+        await self.gw.save_now(session)
 
-    async def resume(self, data: wire.ResumeData) -> None:
-        user_id = self._authenticate(data.token)
-        raw = await self.gw.registry.load_session(data.session_id)
-        blob = load_blob(raw) if raw is not None else None
-        if blob is None or blob.user_id != user_id or data.session_id in self.gw.hub.sessions:
-            self.send(wire.INVALID_SESSION, {"resumable": False})
+    # --- RESUME ---------------------------------------------------------------------------
+    async def _resume(self, action: DoResume) -> None:
+        user_id = self._authenticate(action.token)
+        blob = await self.gw.take_session(action.session_id)
+        if self.close_code is not None:
             return
-        positions = resume_positions(blob, data.seq)
-        session = Session(data.session_id, user_id, self.encoding, self.out,
-                          s=max(blob.s, data.seq or 0))
-        self.session = session
-        self.gw.hub.add_session(session)
-        before = session.s
-        for room_id, after in sorted(positions.items()):
+        # A blob released by a live gateway is exact: a seq beyond it is a confused client.
+        # A blob still owned by a crashed gateway may lag the client: its seq is then trusted.
+        if blob is None or blob.user_id != user_id or (action.seq > blob.s and not blob.owner):
+            self.send(self.proto.invalid_session(False))
+            return
+        positions = resume_positions(blob, min(action.seq, blob.s))
+        replay: list[RoomEvent] = []
+        rooms = {}
+        for room_id, pos in sorted(positions.items()):
             try:
-                await self.gw.hub.subscribe(session, room_id, after)
+                rooms[room_id] = room = await self.gw.chat.get_room(user_id, room_id)
             except ChatError:
                 continue  # no longer a member: the room is simply gone from the session
-        replayed = session.s - before
-        session.dispatch("RESUMED", {"replayed": replayed})
-        self.gw.save_soon(session)
+            missed = await self._missed(room_id, pos, room.last_seq)
+            if self.close_code is not None:
+                return
+            if missed is None:  # retention: can't replay, the client starts over
+                self.send(self.proto.invalid_session(False))
+                return
+            replay.extend(missed)
+        frames = self.proto.accept_resume(
+            user_id=user_id,
+            replay=[DispatchEvent(e.type, e.data) for e in replay],
+            session_id=action.session_id,
+        )
+        session = Session(
+            action.session_id, user_id, self.encoding, self.out, s=action.seq, epoch=blob.epoch + 1
+        )
+        for frame in frames:
+            self.send(frame)
+        events: list[RoomEvent | None] = [*replay, None]  # ... then RESUMED
+        session.numbered(events, self.proto.dispatch_seq)
+        self.session = session
+        self.gw.hub.add_session(session, self)
+        last = dict(positions)
+        for event in replay:
+            last[event.room_id] = event.seq
+        for room_id, room in rooms.items():
+            # Live from the last replayed seq; the client's own position stays the acked
+            # baseline because the replayed frames are not acknowledged yet.
+            try:
+                await self.gw.hub.subscribe(
+                    session, room_id, last[room_id], room, acked_seq=positions[room_id]
+                )
+            except ChatError:
+                continue  # left the room meanwhile
+        await self.gw.save_now(session)  # claims the session (owner, epoch) at once
 
-    async def subscribe(self, data: wire.SubscribeData, req_id: int | None) -> None:
+    async def _missed(self, room_id: int, after: int, upto: int) -> list[RoomEvent] | None:
+        """Events ``after+1 .. upto`` of a room, from the local ring or the Store."""
+        if upto - after > MAX_RECOVER:
+            return None
+        room = self.gw.hub.rooms.get(room_id)
+        if room is not None and room.last_seq is not None and room.last_seq >= upto:
+            ring = room.ring_after(after, upto)
+            if ring is not None:
+                return ring
+        out: list[RoomEvent] = []
+        pos = after
+        while pos < upto:
+            page = await self.gw.chat.events_after(room_id, pos, min(upto - pos, FETCH_PAGE))
+            page = [e for e in page if e.seq <= upto]
+            if not page or page[0].seq != pos + 1:
+                return None
+            for event in page:
+                if event.seq != pos + 1:
+                    return None
+                out.append(event)
+                pos = event.seq
+        return out
+
+    # --- traffic --------------------------------------------------------------------------
+    async def _subscribe(self, action: DoSubscribe) -> None:
         session = self.session
         assert session is not None
         done: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        for item in data.rooms:
-            room_id = wire.room_id_of(item.room_id)
+        for item in action.rooms:
+            room_id = int(item.room_id)
             try:
                 seq, recovered = await self.gw.hub.subscribe(session, room_id, item.after_seq)
             except ChatError as exc:
@@ -244,29 +316,24 @@ class ClientConnection:
             done.append(entry)
         self.gw.save_soon(session)
         if failed and not done:
-            self.reply_error(req_id, failed[0]["code"], failed[0]["message"])
+            self.send(
+                self.proto.reply_error(action.request_id, failed[0]["code"], failed[0]["message"])
+            )
         else:
-            self.reply_ok(req_id, {"rooms": done, "failed": failed})
+            self.send(self.proto.reply_ok(action.request_id, {"rooms": done, "failed": failed}))
 
-    async def send_message(self, data: wire.SendData, req_id: int | None) -> None:
+    async def _send_message(self, action: DoSend) -> None:
         session = self.session
         assert session is not None
-        room_id = wire.room_id_of(data.room_id)
-        s = self.gw.settings
-        if len(data.nonce.encode()) > s.max_nonce_bytes or not data.nonce:
-            self.reply_error(req_id, "BAD_USER_INPUT", "nonce is required, at most 32 bytes")
-            return
-        if len(data.content) > s.max_content_chars:
-            self.reply_error(req_id, "BAD_USER_INPUT", "content too long")
-            return
         try:
-            msg = await self.gw.chat.send_message(session.user_id, room_id, data.content,
-                                                  data.nonce)
+            msg = await self.gw.chat.send_message(
+                session.user_id, int(action.room_id), action.content, action.nonce
+            )
         except ChatError as exc:
-            self.reply_error(req_id, exc.code, exc.message)
+            self.send(self.proto.reply_error(action.request_id, exc.code, exc.message))
             return
         except Exception:
             log.exception("send_message failed")
-            self.reply_error(req_id, "INTERNAL", "internal error")
+            self.send(self.proto.reply_error(action.request_id, "INTERNAL", "internal error"))
             return
-        self.reply_ok(req_id, message_create(msg, msg.seq))
+        self.send(self.proto.reply_ok(action.request_id, message_create(msg, msg.seq)))

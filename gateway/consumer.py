@@ -5,7 +5,8 @@ the key the outbox appends with). Partitions are reference-counted by local room
 assigned at the current end (subscribers catch up from the ring/Store by seq), one whose last
 room went away is unassigned after ``linger_s`` (a room re-subscribed within it costs nothing).
 Assignment changes are applied by the fetch loop itself, batched, between fetches, because a
-reader is not safe to reassign while a fetch is in flight.
+reader is not safe to reassign while a fetch is in flight. The same loop samples the
+partitions' end offsets every ``lag_every_s`` for ``shardchat_gateway_partition_lag``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class PartitionConsumer:
         *,
         linger_s: float = 5.0,
         fetch_timeout_ms: int = 50,
+        lag_every_s: float = 5.0,
     ) -> None:
         self._log = event_log
         self._on_event = on_event
@@ -45,8 +47,12 @@ class PartitionConsumer:
         self._release_at: dict[int, float] = {}  # partition -> monotonic time to unassign
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lag_every_s = lag_every_s
+        self._lag_at = 0.0  # monotonic time of the next lag sample
+        self._position: dict[int, int] = {}  # partition -> next offset this gateway will read
+        self.lag: dict[int, int] = {}  # partition -> last sampled lag
         self.consumed = 0
-        self.wasted = 0
+        self.unrouted = 0
 
     def partition_of(self, room_id: int) -> int:
         return self._log.partition_for(str(room_id).encode())
@@ -99,6 +105,10 @@ class PartitionConsumer:
         if drop:
             for p in drop:
                 del self._release_at[p]
+                self._position.pop(p, None)
+                self.lag.pop(p, None)
+                with contextlib.suppress(KeyError):  # never sampled yet
+                    metrics.PARTITION_LAG.remove(str(p))
             await reader.unassign(drop)
         if self._to_assign:
             batch, self._to_assign = self._to_assign, {}
@@ -112,7 +122,25 @@ class PartitionConsumer:
             for fut in batch.values():
                 if not fut.done():
                     fut.set_result(None)
+            self._lag_at = 0.0  # sample the new partitions' positions right away
         metrics.ASSIGNED_PARTITIONS.set(len(reader.assignment()))
+
+    async def _sample_lag(self) -> None:
+        """Lag = end offset - our position. A partition assigned at its end has no position
+        until its first record: the first sample takes the end offset as the position (records
+        appended in between may briefly under-report lag, never over-report it)."""
+        reader = self._reader
+        assert reader is not None
+        self._lag_at = time.monotonic() + self._lag_every_s
+        assigned = sorted(reader.assignment())
+        if not assigned:
+            return
+        ends = await reader.end_offsets(assigned)
+        for p, end in ends.items():
+            pos = self._position.setdefault(p, end)
+            lag = max(0, end - pos)
+            self.lag[p] = lag
+            metrics.PARTITION_LAG.labels(str(p)).set(lag)
 
     async def _run(self) -> None:
         reader = self._reader
@@ -129,6 +157,8 @@ class PartitionConsumer:
                 records = await reader.fetch(self._fetch_timeout_ms)
                 if records:
                     self._route(records)
+                if time.monotonic() >= self._lag_at:
+                    await self._sample_lag()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -137,7 +167,10 @@ class PartitionConsumer:
 
     def _route(self, records: list[LogRecord]) -> None:
         wasted = 0
+        position = self._position
         for rec in records:
+            if rec.offset >= position.get(rec.partition, 0):
+                position[rec.partition] = rec.offset + 1
             try:
                 event = decode_event(rec.value)
             except Exception:
@@ -147,7 +180,7 @@ class PartitionConsumer:
             if not self._on_event(event):
                 wasted += 1
         self.consumed += len(records)
-        self.wasted += wasted
+        self.unrouted += wasted
         metrics.RECORDS_CONSUMED.inc(len(records))
         if wasted:
-            metrics.RECORDS_WASTED.inc(wasted)
+            metrics.RECORDS_UNROUTED.inc(wasted)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -21,6 +21,7 @@ from gateway.outbound import Flusher
 from gateway.ports import ChatPort
 from gateway.rooms import RoomState, RoomTable
 from gateway.session import Session
+from protocol.close_codes import CloseCode
 from shardchat.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 def events_channel(gateway_id: str) -> str:
     """Where other gateways publish ephemeral events (typing, presence) for this one."""
     return f"gateway:{gateway_id}:events"
+
+
+class Holder(Protocol):
+    """The connection holding a session (closed when the session is resumed elsewhere)."""
+
+    def close(self, code: CloseCode, reason: str = "") -> None: ...
 
 
 class Ephemeral(msgspec.Struct):
@@ -60,12 +67,19 @@ class Hub:
         self.rooms = RoomTable(chat.events_after, self._deliver, ring_size)
         self.consumer: PartitionConsumer = consumer_factory(self.rooms.on_event)
         self.sessions: dict[str, Session] = {}
+        self.holders: dict[str, Holder] = {}
         self._room_ttl_s = room_ttl_s
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- live delivery --------------------------------------------------------------------
     def _deliver(self, room: RoomState, event: RoomEvent) -> None:
         fanout(event, room.live, self.flusher)
+        if event.type == "MEMBER_LEAVE":
+            # The leaver's sessions got their own MEMBER_LEAVE above and now stop receiving
+            # the room (they could not SUBSCRIBE to it again either).
+            user_id = event.data.get("user_id")
+            for sess in [s for s in room.live if str(s.user_id) == user_id]:
+                self.unsubscribe(sess, room.room_id)
 
     def spawn(self, coro: Any) -> None:
         """Fire-and-forget registry writes; kept referenced until done."""
@@ -80,9 +94,19 @@ class Hub:
 
     # --- subscriptions ---------------------------------------------------------------------
     async def subscribe(
-        self, session: Session, room_id: int, after_seq: int | None, known: Room | None = None
+        self,
+        session: Session,
+        room_id: int,
+        after_seq: int | None,
+        known: Room | None = None,
+        *,
+        acked_seq: int | None = None,
     ) -> tuple[int, bool]:
-        """Membership check, catch-up from ``after_seq``, then live. Raises ChatError."""
+        """Membership check, catch-up from ``after_seq``, then live. Raises ChatError.
+
+        ``acked_seq`` is the room position the client is known to hold when it differs from
+        ``after_seq`` (RESUME: the replayed events are dispatched but not yet acknowledged).
+        """
         if known is None:
             await self.chat.get_room(session.user_id, room_id)  # NotFound / Forbidden
         if room_id in session.rooms:
@@ -93,7 +117,7 @@ class Hub:
         try:
             await self._ensure_ready(session, room)
             if after_seq is not None:
-                session.acked[room_id] = after_seq
+                session.acked[room_id] = after_seq if acked_seq is None else acked_seq
             seq, recovered = await self.rooms.attach(room, session, after_seq)
         except BaseException:
             room.attaching -= 1
@@ -106,8 +130,10 @@ class Hub:
         if after_seq is None or not recovered:
             # Resume baseline is where the session went live; nothing before it is owed.
             session.acked[room_id] = seq
-            if session.tail:
-                session.tail = [e for e in session.tail if e[1] != room_id]
+            if session.tail:  # older frames of the room must not move the baseline back
+                session.tail = [
+                    None if e is not None and e.room_id == room_id else e for e in session.tail
+                ]
         session.dirty = True
         metrics.SUBSCRIPTIONS.inc()
         return seq, recovered
@@ -141,8 +167,7 @@ class Hub:
         if room_id not in session.rooms:
             return
         session.rooms.discard(room_id)
-        session.acked.pop(room_id, None)
-        session.skip.pop(room_id, None)
+        session.forget_room(room_id)
         session.dirty = True
         metrics.SUBSCRIPTIONS.dec()
         room = self.rooms.get(room_id)
@@ -164,10 +189,12 @@ class Hub:
             self.unsubscribe(session, room_id)
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
+            self.holders.pop(session.session_id, None)
             metrics.SESSIONS.dec()
 
-    def add_session(self, session: Session) -> None:
+    def add_session(self, session: Session, holder: Holder) -> None:
         self.sessions[session.session_id] = session
+        self.holders[session.session_id] = holder
         metrics.SESSIONS.inc()
 
     # --- ephemeral events (typing, presence) ------------------------------------------------
@@ -210,8 +237,10 @@ class Hub:
                     continue
                 seen.add(sess)
                 if msg.kind == "typing":
-                    sess.dispatch("TYPING_START", {"room_id": str(room_id),
-                                                   "user_id": str(msg.user_id)})
+                    sess.dispatch(
+                        "TYPING_START", {"room_id": str(room_id), "user_id": str(msg.user_id)}
+                    )
                 else:
-                    sess.dispatch("PRESENCE_UPDATE", {"user_id": str(msg.user_id),
-                                                      "status": msg.status})
+                    sess.dispatch(
+                        "PRESENCE_UPDATE", {"user_id": str(msg.user_id), "status": msg.status}
+                    )

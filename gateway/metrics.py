@@ -1,36 +1,102 @@
-"""Prometheus metrics of the gateway (names are what dashboards read; keep them stable)."""
+"""Prometheus metrics of the gateway: names, types, labels and buckets EXACTLY as
+deploy/grafana/METRICS.md lists them (the dashboards read these names; a test scrapes /metrics
+and checks every gateway name of that table is exported).
+
+Counters are declared without ``_total``: prometheus_client appends it on export.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 CONNECTIONS = Gauge("shardchat_gateway_connections", "Open WebSocket connections")
-SESSIONS = Gauge("shardchat_gateway_sessions", "Identified or resumed sessions")
-SUBSCRIPTIONS = Gauge("shardchat_gateway_subscriptions", "Live room subscriptions")
-FRAMES_IN = Counter("shardchat_gateway_frames_in", "Frames received from clients")
+SESSIONS = Gauge("shardchat_gateway_sessions", "Identified sessions held (live connection)")
+SUBSCRIPTIONS = Gauge("shardchat_gateway_subscriptions", "(session, room) subscriptions held")
+FRAMES_IN = Counter("shardchat_gateway_frames_in", "Client frames received")
 FRAMES_OUT = Counter("shardchat_gateway_frames_out", "Frames written to clients")
-BYTES_OUT = Counter("shardchat_gateway_bytes_out", "Bytes written to client transports")
-FANOUT_BATCH = Histogram(
-    "shardchat_gateway_fanout_batch",
-    "Recipients of one room event on this gateway",
+BYTES_OUT = Counter("shardchat_gateway_bytes_out", "Payload bytes written to client sockets")
+FANOUT_BATCH_SIZE = Histogram(
+    "shardchat_gateway_fanout_batch_size",
+    "Connections one room event is written to on this gateway (encoded once for all)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
 )
 DELIVERY_LATENCY = Histogram(
     "shardchat_gateway_delivery_latency_seconds",
-    "Room event created_at_ms to its frames written on this gateway",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    "Room event creation (commit time in the record) to socket write",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 SLOW_CONSUMER_CUTS = Counter(
     "shardchat_gateway_slow_consumer_cuts", "Connections closed with 4010 (outbound over limit)"
 )
 ASSIGNED_PARTITIONS = Gauge(
-    "shardchat_gateway_assigned_partitions", "Event-log partitions this gateway consumes"
+    "shardchat_gateway_assigned_partitions", "Event-log partitions assign()ed to this gateway"
 )
-RECORDS_CONSUMED = Counter("shardchat_gateway_records_consumed", "Event-log records consumed")
-RECORDS_WASTED = Counter(
-    "shardchat_gateway_records_wasted",
-    "Consumed records of rooms with no local subscriber (waste ratio = wasted / consumed)",
+RECORDS_CONSUMED = Counter("shardchat_gateway_records_consumed", "Event-log records read")
+RECORDS_UNROUTED = Counter(
+    "shardchat_gateway_records_unrouted",
+    "Records read that no local session wanted (waste ratio = unrouted / consumed)",
 )
 GAP_FILLS = Counter("shardchat_gateway_gap_fills", "Room seq gaps filled from the Store")
-DUPLICATES_DROPPED = Counter("shardchat_gateway_duplicates_dropped", "Room events deduped by seq")
+DUPLICATES_DROPPED = Counter(
+    "shardchat_gateway_duplicates_dropped", "Room events dropped as duplicates by seq"
+)
 CLOSES = Counter("shardchat_gateway_closes", "Connections closed by the server", ["code"])
+PARTITION_LAG = Gauge(
+    "shardchat_gateway_partition_lag",
+    "High watermark minus this gateway's position, per assigned partition",
+    ["partition"],
+)
+
+FRAMES_PER_WRITE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class FramesPerWrite(Collector):
+    """``shardchat_gateway_frames_per_write``, observed once per connection write.
+
+    Why a custom collector: ``Histogram.observe`` takes a lock and costs about a microsecond;
+    the flusher observes once per connection per tick, so it only bumps a list slot here and
+    the histogram is built when Prometheus scrapes.
+    """
+
+    name = "shardchat_gateway_frames_per_write"
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(FRAMES_PER_WRITE_BUCKETS) + 1)  # last slot: +Inf
+        self.total = 0
+        top = FRAMES_PER_WRITE_BUCKETS[-1]
+        # frames -> bucket slot, precomputed: the flusher pays one index per write.
+        self._slot = [bisect_left(FRAMES_PER_WRITE_BUCKETS, n) for n in range(top + 1)]
+        self._overflow = len(FRAMES_PER_WRITE_BUCKETS)
+
+    def observe(self, frames: int) -> None:
+        slot = self._slot[frames] if frames < len(self._slot) else self._overflow
+        self.counts[slot] += 1
+        self.total += frames
+
+    def collect(self) -> Iterable[Metric]:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(
+            [*map(str, FRAMES_PER_WRITE_BUCKETS), "+Inf"], self.counts, strict=True
+        ):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family = HistogramMetricFamily(
+            self.name, "Frames coalesced into one connection write", unit=""
+        )
+        family.add_metric([], buckets, float(self.total))
+        yield family
+
+
+FRAMES_PER_WRITE = FramesPerWrite()
+REGISTRY.register(FRAMES_PER_WRITE)
+
+
+def closed(code: int) -> None:
+    """Count a server-side close (``code`` is from ``protocol.close_codes.CloseCode``)."""
+    CLOSES.labels(str(code)).inc()

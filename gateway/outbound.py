@@ -1,15 +1,18 @@
 """Per-connection outbound buffers, flushed once per event-loop tick with one write each.
 
 Why not ``await connection.send()``: that is one task switch, one frame build and one syscall
-per message per recipient. Here frames are appended to a list and a single ``call_soon``
-callback writes every dirty connection's frames with one ``transport.write``.
+per message per recipient. Here complete WebSocket frames (header + payload) are appended to a
+list and a single ``call_soon`` callback writes every dirty connection with one
+``b"".join`` and one ``transport.write``.
 
-Why writing to the transport directly is safe: the server never compresses (``compression=None``,
-so frames need no extension processing), never fragments, and server frames are unmasked, so a
-frame is ``header + payload``. websockets itself writes whole frames per ``transport.write``, so
-its own writes (close, pong) interleave with ours at frame boundaries only, exactly like
-``websockets.asyncio.server.broadcast`` which also bypasses ``send``. A connection with
-extensions falls back to ``protocol.send_text/send_binary`` + ``data_to_send()``.
+Why writing to the transport directly is safe: the server never negotiates extensions
+(``compression=None``), never fragments, and server frames are unmasked, so a frame is
+``header + payload``. websockets writes whole frames per ``transport.write`` too, so its own
+writes (close, pong) interleave with ours at frame boundaries only, exactly like
+``websockets.asyncio.server.broadcast``, which also bypasses ``send``.
+
+``fanout.py`` appends to ``parts`` inline (no method call per recipient): the fields it touches
+are public for that reason and their invariants are documented on the class.
 """
 
 from __future__ import annotations
@@ -17,28 +20,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
-
-from websockets.asyncio.server import ServerConnection
-from websockets.protocol import State
+from typing import Any, Final, Protocol
 
 from gateway import metrics
 
-_OPEN: Final = State.OPEN
+TEXT: Final = 0x81  # FIN + text opcode
+BINARY: Final = 0x82  # FIN + binary opcode
 
 
-class FrameSink(Protocol):
-    """Where a session's frames go (an Outbound; tests and benchmarks may collect them)."""
+class Transport(Protocol):
+    """The part of ``asyncio.Transport`` the flusher uses (tests pass fakes)."""
 
-    closed: bool
+    def write(self, data: Any) -> None: ...
 
-    def push(self, payload: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
 
-    def push3(self, a: bytes, b: bytes, c: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
 
 
 def frame_header(opcode_byte: int, length: int) -> bytes:
-    """RFC 6455 header of an unmasked, final frame (``opcode_byte`` = 0x81 text, 0x82 binary)."""
+    """RFC 6455 header of an unmasked, final frame (``opcode_byte`` = TEXT or BINARY)."""
     if length < 126:
         return bytes((opcode_byte, length))
     if length < 65536:
@@ -47,117 +48,101 @@ def frame_header(opcode_byte: int, length: int) -> bytes:
 
 
 class Outbound:
-    """Frames due to one connection; bytes queued here + in the transport are bounded."""
+    """Frames due to one connection; bytes queued here + in the transport stay under ``limit``.
+
+    Invariants (kept by ``push_frame`` and by ``fanout``, which inlines it):
+    ``parts`` holds complete frames not yet written, ``pending`` their byte count, ``frames``
+    their number; ``dirty`` is True iff this Outbound is in the flusher's list for this tick;
+    ``base`` is the transport's buffer size when the tick's first frame was queued.
+    """
 
     __slots__ = (
-        "_base",
-        "_conn",
-        "_dirty",
-        "_flusher",
-        "_limit",
-        "_on_overflow",
-        "_opbyte",
-        "_parts",
-        "_pending",
-        "_raw",
-        "_text",
-        "_transport",
+        "base",
         "closed",
+        "dirty",
+        "flusher",
         "frames",
+        "limit",
+        "on_overflow",
+        "opcode",
+        "parts",
+        "pending",
+        "transport",
     )
 
     def __init__(
         self,
-        conn: ServerConnection,
+        transport: Transport,
         flusher: Flusher,
         *,
         text: bool,
         limit: int,
         on_overflow: Callable[[], None],
     ) -> None:
-        self._conn = conn
-        self._transport = conn.transport
-        self._flusher = flusher
-        self._text = text
-        self._opbyte = 0x81 if text else 0x82
-        self._limit = limit
-        self._on_overflow = on_overflow
-        # Raw frame writes only when no extension would have to transform the payload.
-        self._raw = not conn.protocol.extensions
-        self._parts: list[bytes] = []
-        self._pending = 0  # payload bytes in _parts
-        self._base = 0  # transport buffer size when this tick's first frame was queued
-        self._dirty = False
-        self.frames = 0  # frames in _parts
+        self.transport = transport
+        self.flusher = flusher
+        self.opcode = TEXT if text else BINARY
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.parts: list[bytes] = []
+        self.pending = 0
+        self.base = 0
+        self.dirty = False
+        self.frames = 0
         self.closed = False
 
-    def push(self, payload: bytes) -> None:
-        self.push3(payload, b"", b"")
+    def mark(self) -> None:
+        """First frame of this tick: remember the transport backlog, schedule the flush."""
+        self.dirty = True
+        self.base = self.transport.get_write_buffer_size()
+        self.flusher.mark(self)
 
-    def push3(self, a: bytes, b: bytes, c: bytes) -> None:
-        """Queue one frame whose payload is ``a + b + c`` (a DISPATCH template and its ``s``)."""
+    def push(self, payload: bytes) -> None:
+        """Queue one message (a whole envelope) as one frame."""
+        self.push_frame(frame_header(self.opcode, len(payload)) + payload)
+
+    def push_frame(self, frame: bytes) -> None:
+        """Queue one complete WebSocket frame (header included)."""
         if self.closed:
             return
-        n = len(a) + len(b) + len(c)
-        if not self._dirty:
-            self._dirty = True
-            self._base = self._transport.get_write_buffer_size()
-            self._flusher.mark(self)
-        self._pending += n
-        if self._base + self._pending > self._limit:
+        if not self.dirty:
+            self.mark()
+        self.pending += len(frame)
+        if self.base + self.pending > self.limit:
             self.cut()
             return
-        parts = self._parts
-        if self._raw:
-            parts.append(frame_header(self._opbyte, n))
-            parts.append(a)
-            if b:
-                parts.append(b)
-            if c:
-                parts.append(c)
-        else:
-            parts.append(a + b + c)
+        self.parts.append(frame)
         self.frames += 1
 
     def cut(self) -> None:
         """Over the limit: drop what is queued and let the owner close with 4010."""
         if self.closed:
             return
-        self.closed = True
-        self._parts.clear()
-        self._pending = 0
-        self.frames = 0
+        self.discard()
         metrics.SLOW_CONSUMER_CUTS.inc()
-        self._on_overflow()
+        self.on_overflow()
 
     def discard(self) -> None:
         """The connection is going away: stop queueing."""
         self.closed = True
-        self._parts.clear()
-        self._pending = 0
+        self.parts = []
+        self.pending = 0
         self.frames = 0
 
     def flush(self) -> tuple[int, int]:
         """Write queued frames in one ``transport.write``; returns ``(frames, bytes)``."""
-        self._dirty = False
-        parts = self._parts
+        self.dirty = False
+        parts = self.parts
         if not parts:
             return 0, 0
         frames = self.frames
-        self._parts = []
-        self._pending = 0
+        self.parts = []
+        self.pending = 0
         self.frames = 0
-        conn = self._conn
-        if self.closed or conn.protocol.state is not _OPEN or self._transport.is_closing():
+        if self.closed or self.transport.is_closing():
             return 0, 0
-        if self._raw:
-            data = b"".join(parts)
-        else:
-            send = conn.protocol.send_text if self._text else conn.protocol.send_binary
-            for payload in parts:
-                send(payload)
-            data = b"".join(conn.protocol.data_to_send())
-        self._transport.write(data)
+        data = parts[0] if frames == 1 else b"".join(parts)
+        self.transport.write(data)
         return frames, len(data)
 
 
@@ -189,19 +174,23 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         frames = nbytes = 0
+        per_write = metrics.FRAMES_PER_WRITE.observe
         for out in dirty:
             try:
                 f, b = out.flush()
             except Exception:  # a transport that broke mid-tick must not stop the others
                 out.discard()
                 continue
-            frames += f
-            nbytes += b
+            if f:
+                frames += f
+                nbytes += b
+                per_write(f)
         if frames:
             metrics.FRAMES_OUT.inc(frames)
             metrics.BYTES_OUT.inc(nbytes)
         if self._latencies:
             now_ms = time.time() * 1000.0
+            observe = metrics.DELIVERY_LATENCY.observe
             for created in self._latencies:
-                metrics.DELIVERY_LATENCY.observe(max(0.0, now_ms - created) / 1000.0)
+                observe(max(0.0, now_ms - created) / 1000.0)
             self._latencies = []

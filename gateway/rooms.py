@@ -172,8 +172,9 @@ class RoomTable:
                 if retries > _FILL_RETRIES:
                     # The Store lacks the range (retention): skip to the held events rather
                     # than stall the room forever. Sessions resync via after_seq if they care.
-                    log.warning("room %s: seq %s..%s unrecoverable", room.room_id, last + 1,
-                                first_held - 1)
+                    log.warning(
+                        "room %s: seq %s..%s unrecoverable", room.room_id, last + 1, first_held - 1
+                    )
                     room.last_seq = first_held - 1
                     self._drain(room)
                     retries = 0
@@ -189,9 +190,9 @@ class RoomTable:
             room.filling = asyncio.get_running_loop().create_task(self._fill(room))
 
     # --- subscriptions ----------------------------------------------------------------------
-    async def attach(self, room: RoomState, session: Session, after_seq: int | None) -> tuple[
-        int, bool
-    ]:
+    async def attach(
+        self, room: RoomState, session: Session, after_seq: int | None
+    ) -> tuple[int, bool]:
         """Catch ``session`` up from ``after_seq`` and make it live.
 
         Returns ``(seq, recovered)``: the room seq the session is at when it goes live, and

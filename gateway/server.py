@@ -18,13 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from gateway import metrics, wire
+from gateway import metrics
 from gateway.connection import ClientConnection
 from gateway.consumer import PartitionConsumer
 from gateway.hub import Hub, events_channel
+from gateway.limits import KeyedBuckets
 from gateway.ports import AuthPort, ChatPort
-from gateway.ratelimit import KeyedBuckets
-from gateway.session import Session
+from gateway.session import Session, SessionBlob, load_blob
+from protocol.close_codes import CloseCode
+from protocol.codec import negotiate
+from protocol.errors import ProtocolError
 from shardchat.config import Settings
 from shardchat.eventlog import EventLog
 from shardchat.registry import (
@@ -36,8 +39,12 @@ from shardchat.registry import (
 
 log = logging.getLogger(__name__)
 
-#: Session-ending close codes from the client (PROTOCOL.md 2: 1000/1001 end the session).
-_CLIENT_ENDS = {1000, 1001}
+#: Control-channel prefix asking the gateway that holds a session to release it (the client
+#: RESUMEd it elsewhere): it saves the exact state, marks it released and kicks the old socket.
+TAKE_PREFIX = b"take:"
+#: How long a RESUME waits for the holding gateway to release the session. A crashed holder
+#: never answers: the resume then goes on from the last saved state (see gateway/session.py).
+TAKE_WAIT_S = 0.5
 
 
 class Gateway:
@@ -63,8 +70,7 @@ class Gateway:
         self.hub: Hub
         self.conns: set[ClientConnection] = set()
         self.identify_limits = KeyedBuckets(
-            settings.identify_per_window,
-            settings.identify_per_window / settings.identify_window_s,
+            settings.identify_per_window, settings.identify_window_s, settings.identify_per_window
         )
         self.draining = False
         self.ready = False
@@ -81,8 +87,14 @@ class Gateway:
         def make_consumer(on_event: Any) -> PartitionConsumer:
             return PartitionConsumer(self.event_log, on_event, linger_s=self._linger_s)
 
-        self.hub = Hub(self.gateway_id, self.chat, self.registry, make_consumer,
-                       ring_size=s.ring_buffer_events, room_ttl_s=s.gateway_ttl_s)
+        self.hub = Hub(
+            self.gateway_id,
+            self.chat,
+            self.registry,
+            make_consumer,
+            ring_size=s.ring_buffer_events,
+            room_ttl_s=s.gateway_ttl_s,
+        )
         self.hub.consumer.start()
         self._server = await serve(
             self._handler,
@@ -120,9 +132,7 @@ class Gateway:
         if self._server is not None:
             self._server.close(close_connections=False)
         for conn in list(self.conns):
-            if conn.session is not None:
-                await self._save(conn.session)
-            conn.close(1001, "gateway shutting down")
+            conn.close(CloseCode.SERVER_DRAINING, "gateway shutting down")
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -155,58 +165,129 @@ class Gateway:
         metrics.CONNECTIONS.inc()
         try:
             assert ws.request is not None
-            query = parse_qs(urlsplit(ws.request.path).query)
-            version = query.get("v", ["1"])[0]
-            encoding = query.get("encoding", ["json"])[0]
-            if version != "1" or encoding not in wire.ENCODINGS:
-                metrics.CLOSES.labels("4504").inc()
-                await ws.close(wire.Close.BAD_VERSION_OR_ENCODING, "unsupported v or encoding")
+            # keep_blank_values: an empty ``encoding=`` is not json (4504), not "absent".
+            query = parse_qs(urlsplit(ws.request.path).query, keep_blank_values=True)
+            try:
+                encoding = negotiate(query.get("v", [None])[0], query.get("encoding", [None])[0])
+            except ProtocolError as exc:
+                metrics.closed(exc.close_code)
+                await ws.close(int(exc.close_code), exc.reason)
                 return
             allowed = self.settings.allowed_origins
             if allowed and ws.request.headers.get("Origin") not in allowed:
-                metrics.CLOSES.labels("4503").inc()
-                await ws.close(wire.Close.ORIGIN_NOT_ALLOWED, "origin not allowed")
+                metrics.closed(CloseCode.ORIGIN_NOT_ALLOWED)
+                await ws.close(CloseCode.ORIGIN_NOT_ALLOWED, "origin not allowed")
                 return
             if self.draining:
-                await ws.close(wire.Close.DRAINING, "draining")
+                metrics.closed(CloseCode.SERVER_DRAINING)
+                await ws.close(CloseCode.SERVER_DRAINING, "draining")
                 return
-            conn = ClientConnection(self, ws, "json" if encoding == "json" else "msgpack")
+            conn = ClientConnection(self, ws, encoding)
             self.conns.add(conn)
             await conn.run()
         finally:
             metrics.CONNECTIONS.dec()
 
     async def end_connection(self, conn: ClientConnection) -> None:
-        """The connection is gone: keep the session resumable, or end it (1000/1001, 45xx)."""
+        """The connection is gone: keep the session resumable (released), or end it."""
         self.conns.discard(conn)
         conn.out.discard()
+        if conn.close_code is None:
+            rcvd = conn.ws.protocol.close_rcvd
+            conn.proto.connection_lost(rcvd.code if rcvd is not None else None)
         session = conn.session
         if session is None:
             return
-        window = self.settings.resume_window_s
-        blob = session.to_blob(window)  # before unsubscribing empties the session's rooms
+        resumable = conn.proto.resumable
+        blob = session.to_blob(self.settings.resume_window_s, "")  # before rooms are emptied
         self.hub.remove_session(session)
-        if conn.close_code is not None:
-            ends = conn.close_code >= 4500
-        else:
-            rcvd = conn.ws.protocol.close_rcvd
-            ends = rcvd is not None and rcvd.code in _CLIENT_ENDS
         self._last_save.pop(session.session_id, None)
+        if session.taken:
+            return  # resumed on another connection, which owns the saved state now
         try:
-            if ends:
-                await self.registry.delete_session(session.session_id)
+            if not await self._still_ours(session):
+                return
+            if resumable:
+                await self.registry.save_session(
+                    session.session_id, blob, self.settings.resume_window_s
+                )
             else:
-                await self.registry.save_session(session.session_id, blob, window)
+                await self.registry.delete_session(session.session_id)
         except Exception:
             log.warning("could not save/delete session %s", session.session_id, exc_info=True)
 
     def save_soon(self, session: Session) -> None:
         session.dirty = True
 
+    async def save_now(self, session: Session) -> None:
+        await self._save(session)
+
     async def _save(self, session: Session) -> None:
+        """Save while live (owner = this gateway); never over a newer resume elsewhere."""
+        if session.taken or not await self._still_ours(session):
+            return
         window = self.settings.resume_window_s
-        await self.registry.save_session(session.session_id, session.to_blob(window), window)
+        await self.registry.save_session(
+            session.session_id, session.to_blob(window, self.gateway_id), window
+        )
         self._last_save[session.session_id] = time.monotonic()
+
+    async def _still_ours(self, session: Session) -> bool:
+        """False when the session was resumed elsewhere (a higher epoch was saved): then the
+        local copy is stale, and its connection is kicked instead of overwriting the blob.
+
+        Best effort (read, then write: no compare-and-set in the Registry port); the TAKE
+        handshake below is what normally stops a stale holder first."""
+        raw = await self.registry.load_session(session.session_id)
+        blob = load_blob(raw) if raw is not None else None
+        if blob is None or blob.epoch <= session.epoch:
+            return True
+        self._kick(session)
+        return False
+
+    def _kick(self, session: Session) -> None:
+        """Stop the stale copy now: no more fan-out to it, its socket closed with 4000."""
+        session.taken = True
+        holder = self.hub.holders.get(session.session_id)
+        if self.hub.sessions.get(session.session_id) is session:
+            self.hub.remove_session(session)  # before the new copy registers under the id
+        if holder is not None:
+            holder.close(CloseCode.INTERNAL_ERROR, "session resumed on another connection")
+
+    async def _release(self, session_id: str) -> None:
+        """Hand a live session over to a RESUME: save its exact state as released, kick it."""
+        session = self.hub.sessions.get(session_id)
+        if session is None or session.taken:
+            return
+        window = self.settings.resume_window_s
+        blob = session.to_blob(window, "")
+        self._kick(session)
+        await self.registry.save_session(session_id, blob, window)
+
+    async def take_session(self, session_id: str) -> SessionBlob | None:
+        """The saved state of a session for RESUME, released by whoever holds it.
+
+        Local holder: released at once. Remote holder: asked over its control channel and
+        waited for (up to TAKE_WAIT_S), so the state covers everything that socket was sent.
+        """
+        if session_id in self.hub.sessions:
+            await self._release(session_id)
+        raw = await self.registry.load_session(session_id)
+        blob = load_blob(raw) if raw is not None else None
+        if blob is None or not blob.owner or blob.owner == self.gateway_id:
+            return blob
+        owner, epoch = blob.owner, blob.epoch
+        await self.registry.publish(
+            gateway_control_channel(owner), TAKE_PREFIX + session_id.encode()
+        )
+        deadline = time.monotonic() + TAKE_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            raw = await self.registry.load_session(session_id)
+            fresh = load_blob(raw) if raw is not None else None
+            if fresh is None or fresh.owner != owner or fresh.epoch != epoch:
+                return fresh
+        return blob
 
     # --- background loops -------------------------------------------------------------------
     async def _listen(self, sub: Any, handle: Any) -> None:
@@ -219,6 +300,8 @@ class Gateway:
     def _on_control(self, payload: bytes) -> None:
         if payload == DRAIN_MESSAGE:
             self.hub.spawn(self.drain())
+        elif payload.startswith(TAKE_PREFIX):
+            self.hub.spawn(self._release(payload[len(TAKE_PREFIX) :].decode(errors="replace")))
 
     async def _beat(self) -> None:
         """Full state every beat: this also rebuilds the maps after a registry loss."""
@@ -244,14 +327,12 @@ class Gateway:
         """Zombie connections (4001) and periodic session saves."""
         interval = self.settings.heartbeat_interval_ms / 1000
         period = min(1.0, interval / 4)
-        timeout = 1.5 * interval
         refresh = self.settings.resume_window_s / 3
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for conn in list(self.conns):
-                if conn.close_code is None and not conn.busy and now - conn.last_rx > timeout:
-                    conn.close(wire.Close.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                conn.poll(now)
             for session in list(self.hub.sessions.values()):
                 last = self._last_save.get(session.session_id, 0.0)
                 changed = session.dirty or session.s != session.saved_s
@@ -271,20 +352,20 @@ class Gateway:
         url: str | None = None
         with contextlib.suppress(Exception):
             await self._beat()
-            others = [g for g in await self.registry.live_gateways()
-                      if g.gateway_id != self.gateway_id and not g.draining]
+            others = [
+                g
+                for g in await self.registry.live_gateways()
+                if g.gateway_id != self.gateway_id and not g.draining
+            ]
             if others:
                 url = min(others, key=lambda g: g.sessions).url
         for conn in list(self.conns):
-            conn.send(wire.RECONNECT, {"url": url} if url else {})
+            conn.send(conn.proto.reconnect(url))
         deadline = time.monotonic() + self.drain_grace_s
         while self.conns and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a set
             await asyncio.sleep(0.05)
         for conn in list(self.conns):
-            if conn.session is not None:
-                with contextlib.suppress(Exception):
-                    await self._save(conn.session)
-            conn.close(wire.Close.DRAINING, "draining")
+            conn.close(CloseCode.SERVER_DRAINING, "draining")
 
 
 async def serve_gateway(

@@ -1,37 +1,54 @@
-"""A session: who it is, its dispatch counter ``s``, its rooms and what resume needs.
+"""A resumable session: who it is, its dispatch counter ``s``, its rooms, what resume needs.
 
-Resume exactness: every room event dispatched to the session is remembered in ``tail`` as
-``(s, room_id, room_seq)`` until the client acknowledges ``s`` (HEARTBEAT ``d``), then it is
-folded into ``acked`` (room -> last acknowledged room seq). On RESUME with the client's last
-``s``, entries with ``s <= client_s`` were received and the rest are replayed from the Store,
-so a frame written to a socket that then died is never lost and never sent twice.
+This is the state that outlives one connection (``protocol.Session`` is the per-connection
+state machine). After READY/RESUMED the gateway numbers every DISPATCH here, because fan-out
+is a tight loop that must not call into the state machine once per recipient.
+
+Resume exactness: ``tail[i]`` is what DISPATCH ``s = tail_base + 1 + i`` carried: the room
+event, or None for a non-room frame (READY, ROOM_SUBSCRIBED, TYPING_START ...). When the client
+acknowledges ``s`` (HEARTBEAT ``d``) the entries up to it fold into ``acked`` (room -> last room
+seq received). On RESUME the client's ``seq`` decides: entries with ``s <= seq`` were received,
+the rest are replayed from the ring/Store, so a frame written to a socket that then died is
+never lost and never sent twice, provided the saved blob covers the client's ``seq``. After a
+gateway CRASH the last saved blob may be older than the client's ``seq``; then positions come
+from the blob alone and the replay may repeat events the client has: clients drop room events
+whose ``seq`` they already have (docs/protocol.md, "Resume after a gateway crash").
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Final
 
 import msgspec
 
 from chat_core.models import RoomEvent
-from gateway import wire
-from gateway.outbound import FrameSink
+from gateway.outbound import Outbound
+from protocol.codec import Codec, Encoding
 
 #: Unacknowledged dispatches kept per session; past this the oldest are dropped, which can only
 #: cause duplicates on resume (replay from an older seq), never a loss.
-MAX_TAIL = 50_000
+MAX_TAIL: Final = 50_000
+
+_CODECS: Final = {e: Codec(e) for e in Encoding}
 
 
 class SessionBlob(msgspec.Struct):
-    """What the Registry keeps between connections (``save_session``)."""
+    """What the Registry keeps between connections (``save_session``).
+
+    ``owner`` is the gateway holding the live connection ("" when none); ``epoch`` grows by one
+    on every RESUME, so a gateway can tell that the session moved on without it.
+    """
 
     user_id: int
     s: int
     acked: dict[int, int]  # room -> last room seq the client acknowledged (or was caught up to)
     tail: list[tuple[int, int, int]]  # (s, room_id, room_seq) dispatched, not yet acknowledged
     expires_at_ms: int
+    owner: str = ""
+    epoch: int = 0
+    encoding: str = "json"
 
 
 _blob_enc = msgspec.msgpack.Encoder()
@@ -47,9 +64,11 @@ class Session:
 
     __slots__ = (
         "acked",
+        "codec",
         "dirty",
         "enc_index",
         "encoding",
+        "epoch",
         "out",
         "rooms",
         "s",
@@ -57,6 +76,8 @@ class Session:
         "session_id",
         "skip",
         "tail",
+        "tail_base",
+        "taken",
         "user_id",
     )
 
@@ -64,78 +85,93 @@ class Session:
         self,
         session_id: str,
         user_id: int,
-        encoding: wire.Encoding,
-        out: FrameSink,
+        encoding: Encoding,
+        out: Outbound,
         *,
         s: int = 0,
-        acked: dict[int, int] | None = None,
+        epoch: int = 0,
     ) -> None:
         self.session_id = session_id
         self.user_id = user_id
-        self.encoding: wire.Encoding = encoding
-        self.enc_index = 0 if encoding == "json" else 1
+        self.encoding = encoding
+        self.codec = _CODECS[encoding]
+        self.enc_index = 0 if encoding is Encoding.JSON else 1
         self.out = out
         self.s = s
+        self.epoch = epoch
         self.saved_s = -1  # s at the last save_session; differs => state to save
-        self.acked: dict[int, int] = acked or {}
-        self.tail: list[tuple[int, int, int]] = []
+        self.acked: dict[int, int] = {}
+        self.tail: list[RoomEvent | None] = []
+        self.tail_base = s  # s of the frame just before tail[0]
         self.rooms: set[int] = set()  # rooms subscribed (catching up or live)
         self.skip: dict[int, int] = {}  # room -> live events up to this seq are already known
         self.dirty = True
+        self.taken = False  # resumed on another connection: never save this copy again
 
     # --- frames ---------------------------------------------------------------------------
-    def dispatch(self, t: str, d: Any) -> int:
-        """Queue one non-room DISPATCH (READY, ROOM_SUBSCRIBED, TYPING_START ...)."""
+    def dispatch(self, t: str, d: object) -> int:
+        """Queue one non-room DISPATCH (ROOM_SUBSCRIBED, TYPING_START ...); returns its ``s``."""
         self.s += 1
-        self.out.push(wire.encode(self.encoding, wire.DISPATCH, d, s=self.s, t=t))
+        self.tail.append(None)
+        self.out.push(self.codec.encode_dispatch(t, d, self.s))
         return self.s
 
     def dispatch_event(self, event: RoomEvent) -> None:
-        """Queue one room event outside fan-out (catch-up, replay)."""
-        prefix, suffix = wire.dispatch_template(self.encoding, event.type, event.data)
+        """Queue one room event outside fan-out (catch-up after SUBSCRIBE)."""
         self.s += 1
-        self.tail.append((self.s, event.room_id, event.seq))
-        self.out.push3(prefix, wire.seq_bytes(self.encoding, self.s), suffix)
+        self.tail.append(event)
+        self.out.push(self.codec.encode_dispatch(event.type, event.data, self.s))
         self.dirty = True
 
-    def send(self, op: int, d: Any = None, *, id: int | None = None) -> None:
-        self.out.push(wire.encode(self.encoding, op, d, id=id))
+    def numbered(self, events: list[RoomEvent | None], last_s: int) -> None:
+        """Record frames the state machine numbered (RESUME replay + RESUMED) up to ``last_s``."""
+        self.tail.extend(events)
+        self.s = last_s
+        self.dirty = True
 
     # --- acknowledgements and resume --------------------------------------------------------
     def ack(self, client_s: int | None) -> None:
         """Fold dispatches the client says it received into ``acked``."""
-        if client_s is None or not self.tail:
+        if client_s is None:
+            return
+        n = min(client_s - self.tail_base, len(self.tail))
+        if n <= 0:
             return
         tail = self.tail
-        i = 0
-        n = len(tail)
         acked = self.acked
-        while i < n and tail[i][0] <= client_s:
-            _, room, seq = tail[i]
-            acked[room] = seq
-            i += 1
-        if i:
-            del tail[:i]
-            self.dirty = True
+        for i in range(n):
+            event = tail[i]
+            if event is not None:
+                acked[event.room_id] = event.seq
+        del tail[:n]
+        self.tail_base += n
+        self.dirty = True
 
-    def room_seq(self, room_id: int) -> int | None:
-        """Last room seq dispatched to this session (acknowledged or not)."""
-        for _, room, seq in reversed(self.tail):
-            if room == room_id:
-                return seq
-        return self.acked.get(room_id)
+    def forget_room(self, room_id: int) -> None:
+        self.acked.pop(room_id, None)
+        self.skip.pop(room_id, None)
 
-    def to_blob(self, resume_window_s: float) -> bytes:
+    def to_blob(self, resume_window_s: float, owner: str) -> bytes:
         if len(self.tail) > MAX_TAIL:
-            del self.tail[: len(self.tail) - MAX_TAIL]
+            cut = len(self.tail) - MAX_TAIL
+            del self.tail[:cut]
+            self.tail_base += cut
         expires = int((time.time() + resume_window_s) * 1000)
         # Subscribed rooms never dispatched to still need a resume position: what the
         # subscription started from is in ``acked`` already (set at subscribe time).
         acked = {r: s for r, s in self.acked.items() if r in self.rooms}
-        tail = [e for e in self.tail if e[1] in self.rooms]
+        base = self.tail_base + 1
+        tail = [
+            (base + i, e.room_id, e.seq)
+            for i, e in enumerate(self.tail)
+            if e is not None and e.room_id in self.rooms
+        ]
         self.dirty = False
         self.saved_s = self.s
-        return _blob_enc.encode(SessionBlob(self.user_id, self.s, acked, tail, expires))
+        blob = SessionBlob(
+            self.user_id, self.s, acked, tail, expires, owner, self.epoch, self.encoding.value
+        )
+        return _blob_enc.encode(blob)
 
 
 def load_blob(raw: bytes) -> SessionBlob | None:
@@ -148,10 +184,10 @@ def load_blob(raw: bytes) -> SessionBlob | None:
     return blob
 
 
-def resume_positions(blob: SessionBlob, client_s: int | None) -> dict[int, int]:
+def resume_positions(blob: SessionBlob, client_s: int) -> dict[int, int]:
     """Per room, the last room seq the client received, given its last ``s``."""
     positions = dict(blob.acked)
     for s, room, seq in blob.tail:
-        if client_s is not None and s <= client_s:
+        if s <= client_s:
             positions[room] = seq
     return positions

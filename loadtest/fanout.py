@@ -5,6 +5,8 @@ path is timed (``time.process_time`` around fan-out + flush, or around ``broadca
 clients' own CPU is not charged to the gateway. Prints JSON.
 
     python -m loadtest.fanout --members 10 100 1000 --events 200
+
+Writes the JSON to ``loadtest/results/fanout.json`` as well (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -22,6 +26,7 @@ from chat_core.models import RoomEvent
 from gateway.fanout import fanout
 from gateway.outbound import Flusher, Outbound
 from gateway.session import Session
+from protocol.codec import Encoding
 
 PAYLOAD = "x" * 60  # about a 120-byte event once enveloped
 
@@ -59,8 +64,12 @@ async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
         # --- gateway fan-out: template once, per-session s, coalesced write per tick --------
         flusher = Flusher()
         sessions = [
-            Session(str(i), i, "json",
-                    Outbound(ws, flusher, text=True, limit=1 << 30, on_overflow=lambda: None))
+            Session(
+                str(i),
+                i,
+                Encoding.JSON,
+                Outbound(ws.transport, flusher, text=True, limit=1 << 30, on_overflow=lambda: None),
+            )
             for i, ws in enumerate(conns)
         ]
         expected, got = members * events, 0
@@ -75,7 +84,7 @@ async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
             flusher.flush()
             cpu += time.process_time() - t0
             for s in sessions:
-                s.tail.clear()  # acked: keep the benchmark's memory flat
+                s.ack(s.s)  # the client acknowledges: keeps the benchmark's memory flat
             await asyncio.sleep(0)
         await asyncio.wait_for(done.wait(), 60)
         result["gateway_frames_per_cpu_s"] = round(members * events / cpu)
@@ -93,33 +102,52 @@ async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
                 await asyncio.sleep(0)
         await asyncio.wait_for(done.wait(), 60)
         result["broadcast_frames_per_cpu_s"] = round(members * events / cpu)
-        result["speedup"] = round(result["gateway_frames_per_cpu_s"]
-                                  / result["broadcast_frames_per_cpu_s"], 2)
+        result["speedup"] = round(
+            result["gateway_frames_per_cpu_s"] / result["broadcast_frames_per_cpu_s"], 2
+        )
         for ws in conns:
             await ws.close()
         await asyncio.gather(*readers, return_exceptions=True)
     return result
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace) -> str:
     out = [await _run(m, args.events, args.per_tick) for m in args.members]
-    print(json.dumps({"benchmark": "fanout", "events_per_tick": args.per_tick, "runs": out},
-                     indent=2))
+    report = {
+        "benchmark": "fanout",
+        "events_per_tick": args.per_tick,
+        "python": platform.python_version(),
+        "runs": out,
+    }
+    return json.dumps(report, indent=2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--members", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--events", type=int, default=200)
-    parser.add_argument("--per-tick", type=int, default=10,
-                        help="room events fanned out per loop tick (coalesced per write)")
+    parser.add_argument(
+        "--per-tick",
+        type=int,
+        default=10,
+        help="room events fanned out per loop tick (coalesced per write)",
+    )
+    parser.add_argument(
+        "--out",
+        default="loadtest/results/fanout.json",
+        help="where to write the JSON too ('' = stdout only)",
+    )
     args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(_main(args))
+        text = uvloop.run(_main(args))
     except ImportError:  # pragma: no cover
-        asyncio.run(_main(args))
+        text = asyncio.run(_main(args))
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

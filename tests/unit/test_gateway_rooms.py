@@ -7,23 +7,62 @@ import asyncio
 import msgspec
 
 from chat_core.models import RoomEvent
-from gateway import wire
+from gateway.fanout import fanout
+from gateway.outbound import Flusher, Outbound
 from gateway.rooms import RoomState, RoomTable
 from gateway.session import Session, load_blob, resume_positions
+from protocol.codec import Encoding
 
 
-class ListSink:
-    """A FrameSink collecting frames (JSON) in memory."""
+class FakeTransport:
+    """Collects what the flusher writes; ``frames()`` parses the WebSocket frames."""
 
     def __init__(self) -> None:
-        self.closed = False
-        self.frames: list[dict] = []
+        self.data = bytearray()
+        self.writes = 0
 
-    def push(self, payload: bytes) -> None:
-        self.frames.append(msgspec.json.decode(payload))
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes += 1
 
-    def push3(self, a: bytes, b: bytes, c: bytes) -> None:
-        self.push(a + b + c)
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def payloads(self) -> list[bytes]:
+        out, buf, i = [], bytes(self.data), 0
+        while i < len(buf):
+            n = buf[i + 1] & 0x7F
+            i += 2
+            if n == 126:
+                n, i = int.from_bytes(buf[i : i + 2], "big"), i + 2
+            elif n == 127:
+                n, i = int.from_bytes(buf[i : i + 8], "big"), i + 8
+            out.append(buf[i : i + n])
+            i += n
+        return out
+
+
+class Sink:
+    """A real Outbound on a FakeTransport, with the frames decoded (JSON)."""
+
+    def __init__(self, limit: int = 1 << 30) -> None:
+        self.transport = FakeTransport()
+        self.flusher = Flusher()
+        self.out = Outbound(
+            self.transport, self.flusher, text=True, limit=limit, on_overflow=lambda: None
+        )
+
+    @property
+    def frames(self) -> list[dict]:
+        self.flusher.flush()
+        return [msgspec.json.decode(p) for p in self.transport.payloads()]
+
+
+def session(sid: str, sink: Sink) -> Session:
+    return Session(sid, 1, Encoding.JSON, sink.out)
 
 
 def ev(room: int, seq: int) -> RoomEvent:
@@ -105,8 +144,8 @@ async def test_attach_catches_up_from_ring_then_store_then_live() -> None:
     table.initialise(room, 20)
     for seq in range(21, 41):
         table.on_event(ev(7, seq))  # ring now holds 25..40
-    sink = ListSink()
-    sess = Session("sid", 1, "json", sink)
+    sink = Sink()
+    sess = session("sid", sink)
     sess.rooms.add(7)
     seq, recovered = await table.attach(room, sess, 30)  # from the ring
     assert (seq, recovered) == (40, True)
@@ -114,8 +153,8 @@ async def test_attach_catches_up_from_ring_then_store_then_live() -> None:
     assert [f["s"] for f in sink.frames] == list(range(1, 11))
     assert store.calls == []
 
-    sink2 = ListSink()
-    sess2 = Session("sid2", 1, "json", sink2)
+    sink2 = Sink()
+    sess2 = session("sid2", sink2)
     sess2.rooms.add(7)
     seq, recovered = await table.attach(room, sess2, 3)  # older than the ring: Store
     assert (seq, recovered) == (40, True)
@@ -130,8 +169,8 @@ async def test_attach_sees_events_arriving_during_store_catch_up() -> None:
     table = make_table(store, delivered, ring=4)
     room = table.get_or_create(7)
     table.initialise(room, 10)
-    sink = ListSink()
-    sess = Session("sid", 1, "json", sink)
+    sink = Sink()
+    sess = session("sid", sink)
     sess.rooms.add(7)
     task = asyncio.create_task(table.attach(room, sess, 0))
     await asyncio.sleep(0)  # attach is awaiting the Store now
@@ -144,24 +183,74 @@ async def test_attach_sees_events_arriving_during_store_catch_up() -> None:
 
 
 async def test_resume_positions_use_client_s() -> None:
-    sink = ListSink()
-    sess = Session("sid", 1, "json", sink)
+    sink = Sink()
+    sess = session("sid", sink)
     sess.rooms.update({7, 8})
     sess.acked = {7: 0, 8: 5}
     for seq in (1, 2, 3):
         sess.dispatch_event(ev(7, seq))  # s 1..3
-    sess.dispatch_event(ev(8, 6))  # s 4
+    sess.dispatch("TYPING_START", {"room_id": "8", "user_id": "2"})  # s 4: not a room event
+    sess.dispatch_event(ev(8, 6))  # s 5
     sess.ack(2)
-    blob = load_blob(sess.to_blob(60))
-    assert blob is not None and blob.s == 4
+    assert sess.acked == {7: 2, 8: 5} and sess.tail_base == 2
+    blob = load_blob(sess.to_blob(60, "gw-1"))
+    assert blob is not None and blob.s == 5 and blob.owner == "gw-1"
+    assert blob.tail == [(3, 7, 3), (5, 8, 6)]
     assert resume_positions(blob, 3) == {7: 3, 8: 5}
-    assert resume_positions(blob, None) == {7: 2, 8: 5}
-    assert resume_positions(blob, 4) == {7: 3, 8: 6}
+    assert resume_positions(blob, 2) == {7: 2, 8: 5}
+    assert resume_positions(blob, 5) == {7: 3, 8: 6}
+    assert [f["s"] for f in sink.frames] == [1, 2, 3, 4, 5]
+
+
+async def test_fanout_splices_s_and_writes_once_per_connection_per_tick() -> None:
+    flusher = Flusher()
+    transports = [FakeTransport() for _ in range(4)]
+    sessions = [
+        Session(
+            str(i),
+            i,
+            enc,
+            Outbound(
+                t, flusher, text=enc is Encoding.JSON, limit=1 << 30, on_overflow=lambda: None
+            ),
+        )
+        for i, (t, enc) in enumerate(
+            zip(transports, [Encoding.JSON] * 3 + [Encoding.MSGPACK], strict=True)
+        )
+    ]
+    sessions[1].s = 10  # sessions differ in s: each gets its own spliced s
+    for seq in (1, 2):
+        assert fanout(ev(7, seq), sessions, flusher) == 4
+    flusher.flush()
+    assert [t.writes for t in transports] == [1, 1, 1, 1]  # 2 frames, one write each
+    got = [[msgspec.json.decode(p) for p in t.payloads()] for t in transports[:3]]
+    assert [[(f["s"], f["d"]["seq"]) for f in fs] for fs in got] == [
+        [(1, 1), (2, 2)],
+        [(11, 1), (12, 2)],
+        [(1, 1), (2, 2)],
+    ]
+    frames = [msgspec.msgpack.decode(p) for p in transports[3].payloads()]
+    assert [(f["s"], f["d"]["seq"]) for f in frames] == [(1, 1), (2, 2)]
+    assert sessions[1].s == 12 and [e.seq for e in sessions[1].tail if e] == [1, 2]
+
+
+async def test_outbound_cuts_over_the_limit() -> None:
+    cut: list[bool] = []
+    transport = FakeTransport()
+    out = Outbound(transport, Flusher(), text=True, limit=100, on_overflow=lambda: cut.append(True))
+    out.push(b"x" * 60)
+    assert not cut
+    out.push(b"y" * 60)
+    assert cut == [True] and out.closed
+    out.flush()
+    assert transport.writes == 0
 
 
 def test_dispatch_template_round_trips() -> None:
-    for enc in ("json", "msgpack"):
-        prefix, suffix = wire.dispatch_template(enc, "MESSAGE_CREATE", {"x": [1, "2"]})
-        raw = prefix + wire.seq_bytes(enc, 70000) + suffix
-        dec = msgspec.json.decode(raw) if enc == "json" else msgspec.msgpack.decode(raw)
-        assert dec == {"op": 0, "t": "MESSAGE_CREATE", "id": None, "d": {"x": [1, "2"]}, "s": 70000}
+    from protocol.codec import DispatchEvent
+
+    event = DispatchEvent("MESSAGE_CREATE", {"x": [1, "2"]})
+    for enc in Encoding:
+        raw = event.frame(70000, enc)
+        dec = msgspec.json.decode(raw) if enc is Encoding.JSON else msgspec.msgpack.decode(raw)
+        assert dec == {"op": 0, "t": "MESSAGE_CREATE", "s": 70000, "id": None, "d": {"x": [1, "2"]}}

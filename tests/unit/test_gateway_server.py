@@ -1,43 +1,49 @@
-"""The gateway end to end: real websockets clients, real SQLite store, memory log/registry."""
+"""The gateway end to end: real websockets clients, the real AuthService/ChatService on a SQLite
+store, memory log and registry (shardchat.runtime.Core), one or more in-process gateways."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+import msgspec
 import pytest
 
+from chat_core.models import RoomEvent
 from gateway import metrics
-from tests.unit.test_gateway_harness import Client, Cluster
+from shardchat.registry import gateway_control_channel
+from tests.gateway_client import Client, Cluster, is_msg
+
+METRICS_MD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "METRICS.md"
 
 
 @pytest.fixture
-async def cluster(tmp_path):
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path)
     await c.start()
     yield c
     await c.close()
 
 
-def is_msg(frame) -> bool:
-    return frame.get("t") == "MESSAGE_CREATE"
-
-
 async def test_lifecycle_identify_send_and_fanout(cluster: Cluster) -> None:
     gw = await cluster.gateway()
     alice, atok = await cluster.user("alice")
     bob, btok = await cluster.user("bob")
-    room = await cluster.chat.create_room("general", [alice.id, bob.id])
-    a = await Client.open(gw)
-    b = await Client.open(gw, "?v=1&encoding=json")
+    room = await cluster.room(alice, bob, name="general")
+    a = await Client.open(gw.port)
+    b = await Client.open(gw.port)
     ready = await a.identify(atok)
-    assert ready["s"] == 1
+    assert ready["s"] == 1 and list(ready) == ["op", "t", "s", "id", "d"]
     d = ready["d"]
-    assert d["user"]["id"] == str(alice.id) and d["resume_url"] == gw.url
+    assert d["user"] == {"id": str(alice.id), "username": alice.username, "status": "online"}
+    assert d["resume_url"] == gw.url
     assert d["rooms"] == [{"id": str(room.id), "name": "general", "last_seq": 2}]
     sub = await a.recv()
-    assert sub["t"] == "ROOM_SUBSCRIBED" and sub["d"]["room_id"] == str(room.id)
-    assert sub["d"]["seq"] == 2 and sub["s"] == 2
+    assert sub["t"] == "ROOM_SUBSCRIBED" and sub["s"] == 2
+    assert sub["d"] == {"room_id": str(room.id), "seq": 2, "recovered": False}
     await b.identify(btok)
     await b.recv()  # ROOM_SUBSCRIBED
 
@@ -47,7 +53,7 @@ async def test_lifecycle_identify_send_and_fanout(cluster: Cluster) -> None:
     result = reply["d"]["result"]
     assert result["content"] == "hi" and result["seq"] == 3 and result["room_id"] == str(room.id)
     got = await b.until(is_msg)
-    assert got["d"]["seq"] == 3 and got["d"]["content"] == "hi" and got["s"] == 3
+    assert got["d"] == result and got["s"] == 3
     echo = await a.until(is_msg)
     assert echo["d"]["id"] == result["id"]
 
@@ -63,25 +69,29 @@ async def test_lifecycle_identify_send_and_fanout(cluster: Cluster) -> None:
     typing = await b.until(lambda f: f.get("t") == "TYPING_START")
     assert typing["d"] == {"room_id": str(room.id), "user_id": str(alice.id)}
 
-    # non-member send is a REPLY error, not a close
-    other = await cluster.chat.create_room("other", [bob.id])
+    # business errors are REPLY errors, not closes
+    other = await cluster.room(bob, name="other")
     await a.request(8, {"room_id": str(other.id), "content": "x", "nonce": "n2"})
     err = await a.until(lambda f: f["op"] == 13)
-    assert err["d"] == {"ok": False, "error": {"code": "FORBIDDEN", "message": "not a member"}}
+    assert err["d"]["ok"] is False and err["d"]["error"]["code"] == "FORBIDDEN"
+    await a.request(8, {"room_id": str(room.id), "content": "x", "nonce": "n" * 33})
+    err = await a.until(lambda f: f["op"] == 13)
+    assert err["d"]["error"]["code"] == "BAD_USER_INPUT"
     await a.ws.close()
     await b.ws.close()
 
 
 async def test_many_messages_arrive_in_seq_order_without_gaps(cluster: Cluster) -> None:
     gw = await cluster.gateway()
-    alice, _atok = await cluster.user("alice")
+    alice, _ = await cluster.user("alice")
     bob, btok = await cluster.user("bob")
-    room = await cluster.chat.create_room("r", [alice.id, bob.id])
-    b = await Client.open(gw)
+    room = await cluster.room(alice, bob)
+    b = await Client.open(gw.port)
     await b.identify(btok)
     await b.recv()
-    for i in range(50):
-        await cluster.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")
+    await asyncio.gather(
+        *(cluster.core.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}") for i in range(50))
+    )
     seqs = [(await b.until(is_msg))["d"]["seq"] for _ in range(50)]
     assert seqs == list(range(3, 53))
     await b.ws.close()
@@ -91,27 +101,35 @@ async def test_gap_in_log_is_filled_from_store(cluster: Cluster) -> None:
     gw = await cluster.gateway()
     alice, _ = await cluster.user("alice")
     bob, btok = await cluster.user("bob")
-    room = await cluster.chat.create_room("r", [alice.id, bob.id])
-    b = await Client.open(gw)
+    room = await cluster.room(alice, bob)
+    b = await Client.open(gw.port)
     await b.identify(btok)
     await b.recv()
-    cluster.chat.publish = False  # seq 3, 4 stored but never published (lagging relay)
-    await cluster.chat.send_message(alice.id, room.id, "lost1", "l1")
-    await cluster.chat.send_message(alice.id, room.id, "lost2", "l2")
-    cluster.chat.publish = True
-    await cluster.chat.send_message(alice.id, room.id, "live", "l3")
+    chat = cluster.core.chat
+    publish = chat.on_commit
+
+    def lagging(events: Sequence[RoomEvent]) -> None:  # stored, not published yet
+        return None
+
+    chat.on_commit = lagging
+    await chat.send_message(alice.id, room.id, "lost1", "l1")
+    await chat.send_message(alice.id, room.id, "lost2", "l2")
+    chat.on_commit = publish
+    before = metrics.GAP_FILLS._value.get()
+    await chat.send_message(alice.id, room.id, "live", "l3")
     got = [(await b.until(is_msg))["d"]["content"] for _ in range(3)]
     assert got == ["lost1", "lost2", "live"]
+    assert metrics.GAP_FILLS._value.get() > before
     await b.ws.close()
 
 
 async def test_subscribe_after_seq_recovers_exactly(cluster: Cluster) -> None:
     gw = await cluster.gateway()
     alice, atok = await cluster.user("alice")
-    room = await cluster.chat.create_room("r", [alice.id])
+    room = await cluster.room(alice)
     for i in range(10):
-        await cluster.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")  # seq 2..11
-    a = await Client.open(gw)
+        await cluster.core.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")  # seq 2..11
+    a = await Client.open(gw.port)
     await a.identify(atok, subscribe=[])
     rid = await a.request(4, {"rooms": [{"room_id": str(room.id), "after_seq": 6}]})
     frames = [await a.recv() for _ in range(7)]
@@ -119,68 +137,123 @@ async def test_subscribe_after_seq_recovers_exactly(cluster: Cluster) -> None:
     assert frames[5]["t"] == "ROOM_SUBSCRIBED"
     assert frames[5]["d"] == {"room_id": str(room.id), "seq": 11, "recovered": True}
     assert frames[6]["op"] == 13 and frames[6]["id"] == rid and frames[6]["d"]["ok"]
-    await cluster.chat.send_message(alice.id, room.id, "live", "live")
+    await cluster.core.chat.send_message(alice.id, room.id, "live", "live")
     assert (await a.until(is_msg))["d"]["seq"] == 12
     # unsubscribe: no more events
     await a.send(5, {"rooms": [str(room.id)]})
-    await cluster.chat.send_message(alice.id, room.id, "after", "after")
+    await cluster.core.chat.send_message(alice.id, room.id, "after", "after")
     await a.send(1, None)
     assert (await a.recv())["op"] == 11
     await a.ws.close()
 
 
+async def _resume_frames(gw_port: int, token: str, sid: str, seq: int) -> tuple[Client, list]:
+    c = await Client.open(gw_port)
+    return c, await c.resume(token, sid, seq)
+
+
 async def test_resume_on_another_gateway_gets_exactly_the_missed(cluster: Cluster) -> None:
     gw1 = await cluster.gateway()
     gw2 = await cluster.gateway()
-    alice, _atok = await cluster.user("alice")
+    alice, _ = await cluster.user("alice")
     bob, btok = await cluster.user("bob")
-    room = await cluster.chat.create_room("r", [alice.id, bob.id])
-    b = await Client.open(gw1)
+    room = await cluster.room(alice, bob)
+    chat = cluster.core.chat
+    b = await Client.open(gw1.port)
     ready = await b.identify(btok)
+    sid = ready["d"]["session_id"]
     await b.recv()
-    await cluster.chat.send_message(alice.id, room.id, "seen", "s0")
+    await chat.send_message(alice.id, room.id, "seen", "s0")
     assert (await b.until(is_msg))["d"]["seq"] == 3
     last_s = b.last_s
+    assert last_s is not None
     await b.ws.close(4000)  # a resumable close
     await asyncio.sleep(0.1)
     for i in range(100):
-        await cluster.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")
-    b2 = await Client.open(gw2)
-    assert (await b2.recv())["op"] == 10
-    await b2.send(6, {"token": btok, "session_id": ready["d"]["session_id"], "seq": last_s})
-    frames = []
-    while True:
-        f = await b2.recv()
-        frames.append(f)
-        if f.get("t") == "RESUMED":
-            break
+        await chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")
+    b2, frames = await _resume_frames(gw2.port, btok, sid, last_s)
     msgs = [f for f in frames if is_msg(f)]
     assert [m["d"]["seq"] for m in msgs] == list(range(4, 104))
-    assert [m["s"] for m in msgs] == list(range(last_s + 1, last_s + 101))
+    assert [f["s"] for f in frames] == list(range(last_s + 1, last_s + 102))
     assert frames[-1]["d"] == {"replayed": 100}
-    await cluster.chat.send_message(alice.id, room.id, "live", "live")
+    await chat.send_message(alice.id, room.id, "live", "live")
     assert (await b2.until(is_msg))["d"]["seq"] == 104
     # the session is now on gw2; a normal close ends it
     await b2.ws.close(1000)
     await asyncio.sleep(0.1)
-    b3 = await Client.open(gw1)
-    await b3.recv()
-    await b3.send(6, {"token": btok, "session_id": ready["d"]["session_id"], "seq": 1})
-    assert (await b3.recv()) ["op"] == 9
+    b3, frames = await _resume_frames(gw1.port, btok, sid, 1)
+    assert frames[-1] == {"op": 9, "t": None, "s": None, "id": None, "d": {"resumable": False}}
     await b3.ws.close()
+
+
+async def test_resume_kicks_the_old_connection_and_continues_exactly(cluster: Cluster) -> None:
+    gw1 = await cluster.gateway()
+    gw2 = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)
+    chat = cluster.core.chat
+    old = await Client.open(gw1.port)
+    sid = (await old.identify(btok))["d"]["session_id"]
+    await old.recv()
+    for i in range(5):
+        await chat.send_message(alice.id, room.id, f"a{i}", f"a{i}")
+    got = [(await old.until(is_msg))["d"]["seq"] for _ in range(3)]  # reads only 3 of 5
+    assert got == [3, 4, 5]
+    seen = old.last_s
+    assert seen is not None
+    # The old socket is a zombie to the client: it RESUMEs on gw2 while gw1 still holds it.
+    new, frames = await _resume_frames(gw2.port, btok, sid, seen)
+    assert [f["d"]["seq"] for f in frames if is_msg(f)] == [6, 7]
+    assert await old.close_code() == 4000  # kicked
+    for i in range(3):
+        await chat.send_message(alice.id, room.id, f"b{i}", f"b{i}")
+    assert [(await new.until(is_msg))["d"]["seq"] for _ in range(3)] == [8, 9, 10]
+    # Same gateway: a RESUME of a session live here kicks the local holder too.
+    again, frames = await _resume_frames(gw2.port, btok, sid, new.last_s or 0)
+    assert frames[-1]["d"] == {"replayed": 0}
+    assert await new.close_code() == 4000
+    await again.ws.close()
+
+
+async def test_resume_ahead_of_a_released_session_is_invalid(cluster: Cluster) -> None:
+    gw = await cluster.gateway()
+    _, tok = await cluster.user("u")
+    c = await Client.open(gw.port)
+    sid = (await c.identify(tok))["d"]["session_id"]
+    await c.ws.close(4000)
+    await asyncio.sleep(0.1)
+    c2, frames = await _resume_frames(gw.port, tok, sid, 50)
+    assert frames[-1]["op"] == 9
+    await c2.ws.close()
 
 
 async def test_resume_unknown_session_is_invalid(cluster: Cluster) -> None:
     gw = await cluster.gateway()
     _, tok = await cluster.user("u")
-    c = await Client.open(gw)
-    await c.recv()
-    await c.send(6, {"token": tok, "session_id": "nope", "seq": 3})
-    assert await c.recv() == {"op": 9, "d": {"resumable": False}, "s": None, "t": None,
-                              "id": None}
+    c = await Client.open(gw.port)
+    frames = await c.resume(tok, "nope", 3)
+    assert frames == [{"op": 9, "t": None, "s": None, "id": None, "d": {"resumable": False}}]
     await c.send(2, {"token": tok})  # the connection stays usable: IDENTIFY instead
     assert (await c.recv())["t"] == "READY"
     await c.ws.close()
+
+
+async def test_member_leave_ends_the_subscription(cluster: Cluster) -> None:
+    gw = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)
+    b = await Client.open(gw.port)
+    await b.identify(btok)
+    await b.recv()
+    await cluster.core.chat.leave_room(bob.id, room.id)
+    leave = await b.until(lambda f: f.get("t") == "MEMBER_LEAVE")
+    assert leave["d"]["user_id"] == str(bob.id)
+    await cluster.core.chat.send_message(alice.id, room.id, "secret", "s")
+    await b.send(1, None)
+    assert (await b.recv())["op"] == 11  # the message never came
+    await b.ws.close()
 
 
 @pytest.mark.parametrize(
@@ -190,13 +263,14 @@ async def test_resume_unknown_session_is_invalid(cluster: Cluster) -> None:
         (['{"op": 2}'], 4002),  # IDENTIFY without a token
         (['{"op": 8, "d": {"room_id": "1", "content": "x", "nonce": "n"}}'], 4003),
         (['{"op": 99}'], 4005),
+        (['{"op": 0}'], 4005),  # a server op from a client
         (['{"op": 2, "d": {"token": "forged"}}'], 4501),
         (["x" * 20000], 4502),
     ],
 )
-async def test_close_codes_before_identify(cluster: Cluster, frames, code) -> None:
+async def test_close_codes_before_identify(cluster: Cluster, frames: list[str], code: int) -> None:
     gw = await cluster.gateway()
-    c = await Client.open(gw)
+    c = await Client.open(gw.port)
     await c.recv()
     for f in frames:
         await c.ws.send(f)
@@ -205,15 +279,18 @@ async def test_close_codes_before_identify(cluster: Cluster, frames, code) -> No
 
 async def test_already_identified_4004_and_rate_limit_4008(cluster: Cluster) -> None:
     gw = await cluster.gateway(ops_burst=5, ops_per_window=5, ops_window_s=60.0)
-    _, tok = await cluster.user("u")
-    c = await Client.open(gw)
+    alice, tok = await cluster.user("u")
+    room = await cluster.room(alice)
+    c = await Client.open(gw.port)
     await c.identify(tok)
     await c.send(2, {"token": tok})
     assert await c.close_code() == 4004
-    c = await Client.open(gw)
-    await c.identify(tok)
-    for _ in range(6):
+    c = await Client.open(gw.port)
+    await c.identify(tok)  # one token
+    for _ in range(10):  # heartbeats never count against the limit
         await c.send(1, None)
+    for _ in range(5):  # 4 typing ops fit, the 5th is over
+        await c.send(12, {"room_id": str(room.id)})
     assert await c.close_code() == 4008
 
 
@@ -221,10 +298,10 @@ async def test_identify_flood_per_ip_4008(cluster: Cluster) -> None:
     gw = await cluster.gateway(identify_per_window=2, identify_window_s=60.0)
     _, tok = await cluster.user("u")
     for _ in range(2):
-        c = await Client.open(gw)
+        c = await Client.open(gw.port)
         await c.identify(tok)
         await c.ws.close()
-    c = await Client.open(gw)
+    c = await Client.open(gw.port)
     await c.recv()
     await c.send(2, {"token": tok})
     assert await c.close_code() == 4008
@@ -232,39 +309,35 @@ async def test_identify_flood_per_ip_4008(cluster: Cluster) -> None:
 
 async def test_query_and_origin_checks(cluster: Cluster) -> None:
     gw = await cluster.gateway(allowed_origins=("https://chat.example",))
-    c = await Client.open(gw, "?v=2&encoding=json")
-    assert await c.close_code() == 4504
-    c = await Client.open(gw, "?v=1&encoding=xml", origin="https://chat.example")
-    assert await c.close_code() == 4504
-    c = await Client.open(gw, "?v=1&encoding=json", origin="https://evil.example")
+    for query in ("?v=2&encoding=json", "?v=1&encoding=xml", "?v=1&encoding="):
+        c = await Client.open(gw.port, query, origin="https://chat.example")
+        assert await c.close_code() == 4504, query
+    c = await Client.open(gw.port, "?v=1&encoding=json", origin="https://evil.example")
     assert await c.close_code() == 4503
-    c = await Client.open(gw, "?v=1&encoding=json", origin="https://chat.example")
+    c = await Client.open(gw.port, "", origin="https://chat.example")  # defaults: v1, json
     assert (await c.recv())["op"] == 10
     await c.ws.close()
 
 
 async def test_heartbeat_timeout_4001(cluster: Cluster) -> None:
     gw = await cluster.gateway(heartbeat_interval_ms=200)
-    c = await Client.open(gw)
+    c = await Client.open(gw.port)
     hello = await c.recv()
     assert hello["d"] == {"heartbeat_interval_ms": 200, "gateway_id": gw.gateway_id}
     assert await c.close_code() == 4001
 
 
 async def test_msgpack_encoding(cluster: Cluster) -> None:
-    import msgspec
-
     gw = await cluster.gateway()
     alice, tok = await cluster.user("alice")
-    room = await cluster.chat.create_room("r", [alice.id])
-    c = await Client.open(gw, "?v=1&encoding=msgpack")
-    hello = msgspec.msgpack.decode(await c.ws.recv())
-    assert hello["op"] == 10
-    await c.ws.send(msgspec.msgpack.encode({"op": 2, "d": {"token": tok, "subscribe": "all"}}))
-    assert msgspec.msgpack.decode(await c.ws.recv())["t"] == "READY"
-    assert msgspec.msgpack.decode(await c.ws.recv())["t"] == "ROOM_SUBSCRIBED"
-    await cluster.chat.send_message(alice.id, room.id, "hi", "n")
-    frame = msgspec.msgpack.decode(await c.ws.recv())
+    room = await cluster.room(alice)
+    c = await Client.open(gw.port, "?v=1&encoding=msgpack")
+    await c.identify(tok)
+    assert (await c.recv())["t"] == "ROOM_SUBSCRIBED"
+    await cluster.core.chat.send_message(alice.id, room.id, "hi", "n")
+    raw = await c.ws.recv()
+    assert isinstance(raw, bytes)  # binary frames for msgpack
+    frame = msgspec.msgpack.decode(raw)
     assert frame["t"] == "MESSAGE_CREATE" and frame["s"] == 3 and frame["d"]["content"] == "hi"
     await c.ws.close()
 
@@ -273,32 +346,31 @@ async def test_slow_consumer_is_cut_while_others_keep_receiving(cluster: Cluster
     gw = await cluster.gateway(outbound_buffer_bytes=64 * 1024, heartbeat_interval_ms=60_000)
     alice, atok = await cluster.user("alice")
     slow_u, stok = await cluster.user("slow")
-    room = await cluster.chat.create_room("r", [alice.id, slow_u.id])
-    fast = await Client.open(gw)
+    room = await cluster.room(alice, slow_u)
+    fast = await Client.open(gw.port)
     await fast.identify(atok)
     await fast.recv()
-    # max_queue=1 and a tiny receive buffer: the slow client stops reading after READY.
-    slow = await Client.open(gw, max_queue=1)
+    # max_queue=1: the slow client stops reading after READY; the socket buffers fill up.
+    slow = await Client.open(gw.port, max_queue=1)
     await slow.identify(stok)
     await slow.recv()
     cuts = metrics.SLOW_CONSUMER_CUTS._value.get()
     big = "x" * 3900
-    received = 0
-    for i in range(4000):
-        await cluster.chat.send_message(alice.id, room.id, big, f"n{i}")
-        if i % 20 == 0:
-            while True:  # the fast client keeps up
-                try:
-                    await asyncio.wait_for(fast.ws.recv(), 0.2)
-                    received += 1
-                except TimeoutError:
-                    break
+    chat = cluster.core.chat
+    for i in range(0, 4000, 5):
+        await asyncio.gather(
+            *(chat.send_message(alice.id, room.id, big, f"n{i + j}") for j in range(5))
+        )
+        while True:  # the fast client keeps up
+            try:
+                await asyncio.wait_for(fast.ws.recv(), 0.05)
+            except TimeoutError:
+                break
         if metrics.SLOW_CONSUMER_CUTS._value.get() > cuts:
             break
     assert metrics.SLOW_CONSUMER_CUTS._value.get() == cuts + 1
-    # the fast client still gets new messages
-    await cluster.chat.send_message(alice.id, room.id, "after", "after")
-    assert (await fast.until(lambda f: f.get("d", {}).get("content") == "after"))
+    await chat.send_message(alice.id, room.id, "after", "after")
+    assert await fast.until(lambda f: f.get("d", {}).get("content") == "after")
     assert await slow.close_code(wait_s=10) == 4010
     await fast.ws.close()
 
@@ -307,22 +379,48 @@ async def test_drain_sends_reconnect_then_4011(cluster: Cluster) -> None:
     gw1 = await cluster.gateway()
     gw2 = await cluster.gateway()
     _, tok = await cluster.user("u")
-    c = await Client.open(gw1)
+    c = await Client.open(gw1.port)
     await c.identify(tok)
-    await cluster.registry.publish(f"gateway:{gw1.gateway_id}:control", b"drain")
+    await cluster.core.registry.publish(gateway_control_channel(gw1.gateway_id), b"drain")
     rec = await c.until(lambda f: f["op"] == 7)
     assert rec["d"] == {"url": gw2.url}
     assert await c.close_code() == 4011
 
 
-async def test_http_probes(cluster: Cluster) -> None:
+def _get(port: int, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as resp:
+        return int(resp.status), resp.read().decode()
+
+
+def gateway_metric_names() -> list[str]:
+    """Every metric name of the Gateway table of deploy/grafana/METRICS.md."""
+    text = METRICS_MD.read_text()
+    section = text.split("## Gateway", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(shardchat_gateway_[a-z_]+)`", section, flags=re.M)
+
+
+async def test_http_probes_and_every_contract_metric_is_exported(cluster: Cluster) -> None:
     gw = await cluster.gateway()
-
-    def get(path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}{path}") as resp:
-            return resp.status, resp.read().decode()
-
-    assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")
-    assert (await asyncio.to_thread(get, "/readyz"))[0] == 200
-    status, body = await asyncio.to_thread(get, "/metrics")
-    assert status == 200 and "shardchat_gateway_connections" in body
+    alice, tok = await cluster.user("alice")
+    room = await cluster.room(alice)
+    c = await Client.open(gw.port)
+    await c.identify(tok)
+    await c.recv()
+    await cluster.core.chat.send_message(alice.id, room.id, "hi", "n")
+    await c.until(is_msg)
+    await asyncio.sleep(0.3)  # the consumer samples partition lag right after assigning
+    assert await asyncio.to_thread(_get, gw.port, "/healthz") == (200, "ok\n")
+    assert (await asyncio.to_thread(_get, gw.port, "/readyz"))[0] == 200
+    status, body = await asyncio.to_thread(_get, gw.port, "/metrics")
+    assert status == 200
+    names = gateway_metric_names()
+    assert len(names) >= 17
+    exported = set(
+        re.findall(
+            r"^(shardchat_gateway_[a-z_]+?)(?:_bucket|_count|_sum|_created)?[{ ]", body, flags=re.M
+        )
+    )
+    missing = [n for n in names if n not in exported]
+    assert not missing, missing
+    assert re.search(r'^shardchat_gateway_partition_lag\{partition="\d+"\} ', body, re.M)
+    await c.ws.close()
