@@ -112,7 +112,9 @@ class Client:
     async def recv(self, wait_s: float = 5.0) -> Frame:
         raw = await asyncio.wait_for(self.ws.recv(), wait_s)
         frame: Frame = (
-            msgspec.json.decode(raw) if self.encoding == "json" else msgspec.msgpack.decode(raw)
+            msgspec.json.decode(raw)
+            if self.encoding == "json"
+            else msgspec.msgpack.decode(raw if isinstance(raw, bytes) else raw.encode())
         )
         if frame.get("s") is not None:
             self.last_s = frame["s"]

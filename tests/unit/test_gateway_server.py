@@ -15,7 +15,7 @@ import pytest
 from chat_core.models import RoomEvent
 from gateway import metrics
 from shardchat.registry import gateway_control_channel
-from tests.gateway_client import Client, Cluster, is_msg
+from tests.gateway_client import Client, Cluster, Frame, is_msg
 
 METRICS_MD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "METRICS.md"
 
@@ -147,7 +147,7 @@ async def test_subscribe_after_seq_recovers_exactly(cluster: Cluster) -> None:
     await a.ws.close()
 
 
-async def _resume_frames(gw_port: int, token: str, sid: str, seq: int) -> tuple[Client, list]:
+async def _resume_frames(gw_port: int, token: str, sid: str, seq: int) -> tuple[Client, list[Frame]]:
     c = await Client.open(gw_port)
     return c, await c.resume(token, sid, seq)
 
