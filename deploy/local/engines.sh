@@ -347,6 +347,14 @@ tools_install() {
 		log "docker-compose: installing Debian package"
 		apt_install docker-compose
 	fi
+	# The browser tests drive Debian's chromium through Playwright's own driver (a Python
+	# package); Playwright's downloaded browsers are never used, so this is the only browser.
+	if [[ -x /usr/bin/chromium ]]; then
+		log "chromium: present"
+	else
+		log "chromium: installing Debian package"
+		apt_install chromium
+	fi
 }
 
 kafka_install() {

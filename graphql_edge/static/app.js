@@ -5,7 +5,7 @@ import { Gateway } from "./gateway.js";
 const $ = (s) => document.querySelector(s);
 const api = new Api();
 let gw = null;
-const state = { me: null, rooms: new Map(), current: null, users: new Map(), typing: new Map() };
+const state = { me: null, rooms: new Map(), current: null, users: new Map(), typing: new Map(), status: new Map() };
 // per room: { id, name, lastSeq, msgs: Map(id -> msg), pending: Map(nonce -> msg), loaded, hasMore, unread }
 
 const MSG = "id roomId seq authorId content nonce createdAt editedAt deleted reactions { emoji count me } author { id username }";
@@ -29,6 +29,9 @@ async function startChat() {
   gw = new Gateway(() => api.token());
   gw.addEventListener("status", (e) => { $("#conn").textContent = e.detail; $("#conn").className = `badge ${e.detail}`; });
   gw.addEventListener("READY", () => { if (gw.rooms.size === 0 && state.rooms.size) gw.subscribe([...state.rooms.keys()]); });
+  // The gateway learns our status only from PRESENCE_UPDATE: announce it on every (re)connect,
+  // or everyone (us included) shows as offline.
+  for (const t of ["READY", "RESUMED"]) gw.addEventListener(t, () => gw.presence($("#status").value));
   gw.addEventListener("closed", () => { api.clear(); location.reload(); });
   for (const t of ["MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE", "REACTION_ADD", "REACTION_REMOVE", "MEMBER_JOIN", "MEMBER_LEAVE", "TYPING_START", "PRESENCE_UPDATE"])
     gw.addEventListener(t, (e) => onEvent(t, e.detail));
@@ -68,9 +71,20 @@ async function selectRoom(id) {
   renderRooms();
   if (!r.loaded) await loadHistory(id);
   render(true);
+  renderMembers();
+  await loadMembers(id);
+}
+
+async function loadMembers(id) {
   const d = await api.gql(`query($id: ID!) { room(id: $id) { members { id username status } } }`, { id });
-  d.room?.members.forEach((u) => state.users.set(u.id, u.username));
-  $("#members").textContent = (d.room?.members || []).map((u) => `${u.username} (${u.status})`).join(", ");
+  const members = d.room?.members || [];
+  members.forEach((u) => { state.users.set(u.id, u.username); state.status.set(u.id, u.status); });
+  state.rooms.get(id).members = members.map((u) => u.id);
+  renderMembers();
+}
+function renderMembers() {
+  const r = state.rooms.get(state.current);
+  $("#members").textContent = (r?.members || []).map((u) => `${state.users.get(u) || u} (${state.status.get(u) || "offline"})`).join(", ");
 }
 
 // History: newest page first, older pages on scroll-back. The gateway resumes after the
@@ -93,9 +107,14 @@ $("#messages").addEventListener("scroll", async (e) => {
 
 // ---------- live events ----------
 function onEvent(t, d) {
-  if (t === "PRESENCE_UPDATE") return;
+  if (t === "PRESENCE_UPDATE") { state.status.set(d.user_id, d.status); return renderMembers(); }
   const r = state.rooms.get(d.room_id);
   if (!r) return;
+  if (t === "MEMBER_JOIN" || t === "MEMBER_LEAVE") {
+    // the member list shown is the current room's: refetch it (names and statuses come along)
+    if (d.room_id === state.current) loadMembers(d.room_id).catch(() => {});
+    return;
+  }
   if (t === "TYPING_START") {
     if (d.user_id === state.me.id) return;
     clearTimeout(state.typing.get(d.user_id)?.timer);

@@ -1,0 +1,103 @@
+"""Wiring: build the adapters and services that Settings name, and run each service.
+
+``Core`` is what every service process needs (store, event log, registry, auth, chat and the
+outbox publisher + relay). In ``shardchat dev`` one Core is shared by the edge, the router and a
+gateway in one process; in a cluster each service process opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from chat_core.outbox import OutboxPublisher, OutboxRelay
+from chat_core.service import ChatService
+from shardchat.config import Settings
+from shardchat.eventlog import EventLog
+from shardchat.ids import IdGenerator
+from shardchat.migrate import migrate
+from shardchat.registry import Registry
+from shardchat.store import Store, open_store
+from user_core.service import AuthService
+
+log = logging.getLogger("shardchat")
+
+
+def open_event_log(settings: Settings) -> EventLog:
+    """The EventLog adapter Settings.event_log names (not started)."""
+    if settings.event_log == "kafka":
+        from shardchat.adapters.kafka_log import KafkaEventLog
+
+        return KafkaEventLog(
+            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions
+        )
+    from shardchat.adapters.memory_log import MemoryEventLog
+
+    return MemoryEventLog(settings.kafka_partitions, settings.kafka_topic)
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The Registry adapter Settings.registry names (not started)."""
+    if settings.registry == "redis":
+        from shardchat.adapters.redis_registry import RedisRegistry
+
+        return RedisRegistry(settings.redis_url)
+    from shardchat.adapters.memory_registry import MemoryRegistry
+
+    return MemoryRegistry()
+
+
+@dataclass
+class Core:
+    settings: Settings
+    store: Store
+    event_log: EventLog
+    registry: Registry
+    auth: AuthService
+    chat: ChatService
+    publisher: OutboxPublisher
+    relay: OutboxRelay
+
+    @classmethod
+    async def open(cls, settings: Settings, *, apply_migrations: bool = True) -> Core:
+        """Start every adapter and service; on failure, close what was started."""
+        ids = IdGenerator(settings.worker_id if settings.worker_id >= 0 else None)
+        store = open_store(settings)
+        event_log = open_event_log(settings)
+        registry = open_registry(settings)
+        await store.start()
+        try:
+            if apply_migrations:
+                applied = await migrate(store)
+                if applied:
+                    log.info("migrations applied: %s", ", ".join(applied))
+            await event_log.start()
+            await registry.start()
+        except BaseException:
+            await store.close()
+            raise
+        publisher = OutboxPublisher(event_log, store)
+        relay = OutboxRelay(
+            event_log,
+            store,
+            owner=f"{settings.gateway_id or 'proc'}-{secrets.token_hex(4)}",
+            after_ms=settings.outbox_relay_after_ms,
+            publisher=publisher,
+        )
+        await publisher.start()
+        await relay.start()
+        auth = AuthService(store, settings, ids=ids)
+        chat = ChatService(store, settings, ids=ids, on_commit=publisher.submit)
+        return cls(settings, store, event_log, registry, auth, chat, publisher, relay)
+
+    async def close(self) -> None:
+        """Flush queued sends and publications, then close the adapters."""
+        await self.chat.close()
+        for closer in (self.relay.close, self.publisher.close):
+            with contextlib.suppress(Exception):
+                await closer()
+        await self.registry.close()
+        await self.event_log.close()
+        await self.store.close()
