@@ -1,0 +1,193 @@
+"""Start and stop a cluster of shardchat service processes for one benchmark run.
+
+``shardchat migrate`` first, then M ``shardchat gateway`` processes on ephemeral ports, each
+ready when it printed its listening line and ``/readyz`` answers 200. On the local engines every
+run gets a fresh PostgreSQL database and a fresh Kafka topic, so runs never see each other's
+rooms or offsets; the embedded mode (SQLite + memory adapters) runs ONE gateway, since the
+memory log and registry live inside that process.
+Stop: SIGTERM (the gateway drains), then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardchat.config import Settings, load_settings
+
+_LISTENING = re.compile(r"listening on (ws://\S+)")
+
+
+@dataclass
+class GatewayProc:
+    index: int
+    proc: subprocess.Popen[bytes]
+    stdout: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://", 1).rsplit("/", 1)[0]
+
+
+@dataclass
+class Cluster:
+    run_id: str
+    env: dict[str, str]  # SHARDCHAT_* for every process of the run
+    gateways: int
+    log_dir: Path
+    database: str | None = None  # created fresh (PostgreSQL), dropped by stop()
+    admin_dsn: str = ""
+    procs: list[GatewayProc] = field(default_factory=list)
+
+    @classmethod
+    def on_engines(cls, run_id: str, gateways: int, log_dir: Path,
+                   overrides: dict[str, str] | None = None) -> Cluster:
+        """PostgreSQL + Kafka + Redis of deploy/local (or whatever SHARDCHAT_* env names)."""
+        base = load_settings()
+        database = f"bench_{run_id}"
+        dsn = re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", base.postgres_dsn.split("://", 1)[1])
+        env = _bench_env(run_id) | {
+            "SHARDCHAT_STORE": "postgres",
+            "SHARDCHAT_POSTGRES_DSN": base.postgres_dsn.split("://", 1)[0] + "://" + dsn,
+            "SHARDCHAT_EVENT_LOG": "kafka",
+            "SHARDCHAT_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+            "SHARDCHAT_KAFKA_TOPIC": f"bench-{run_id}",
+            "SHARDCHAT_REGISTRY": "redis",
+            "SHARDCHAT_REDIS_URL": base.redis_url,
+        } | (overrides or {})
+        return cls(run_id, env, gateways, log_dir, database=database,
+                   admin_dsn=base.postgres_dsn)
+
+    @classmethod
+    def embedded(cls, run_id: str, log_dir: Path,
+                 overrides: dict[str, str] | None = None) -> Cluster:
+        """One gateway on SQLite + in-memory log and registry (no engines needed)."""
+        env = _bench_env(run_id) | {
+            "SHARDCHAT_STORE": "sqlite",
+            "SHARDCHAT_SQLITE_PATH": str(log_dir / f"bench-{run_id}.sqlite3"),
+            "SHARDCHAT_EVENT_LOG": "memory",
+            "SHARDCHAT_REGISTRY": "memory",
+        } | (overrides or {})
+        return cls(run_id, env, 1, log_dir)
+
+    def settings(self) -> Settings:
+        """The run's Settings as seen by the harness process (for setup through Core)."""
+        return load_settings(env=self.env)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def migrate(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.database:
+            _psql(self.admin_dsn, f'CREATE DATABASE "{self.database}"')
+        subprocess.run(self._cmd("migrate"), env=self._env(), check=True, timeout=120,
+                       stdout=subprocess.DEVNULL)
+
+    def start_gateways(self, ready_timeout_s: float = 60.0) -> list[GatewayProc]:
+        for i in range(self.gateways):
+            self.procs.append(self._spawn(i))
+        deadline = time.monotonic() + ready_timeout_s
+        for gw in self.procs:
+            self._wait_ready(gw, deadline)
+        return self.procs
+
+    def _spawn(self, i: int) -> GatewayProc:
+        out = self.log_dir / f"gateway{i}.out"
+        env = self._env() | {
+            "SHARDCHAT_GATEWAY_ID": f"bench-{self.run_id}-gw{i}",
+            "SHARDCHAT_WORKER_ID": str(100 + i),  # snowflake workers: unique per writer
+        }
+        with out.open("wb") as stdout, (self.log_dir / f"gateway{i}.err").open("wb") as err:
+            proc = subprocess.Popen(self._cmd("gateway"), env=env, stdout=stdout, stderr=err,
+                                    start_new_session=True)  # our signals only, not the tty's
+        return GatewayProc(i, proc, out)
+
+    def _wait_ready(self, gw: GatewayProc, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if gw.proc.poll() is not None:
+                raise RuntimeError(f"gateway {gw.index} exited with {gw.proc.returncode}; "
+                                   f"see {self.log_dir}/gateway{gw.index}.err")
+            found = _LISTENING.search(gw.stdout.read_text(errors="replace"))
+            if found:
+                gw.url = found.group(1)
+                with contextlib.suppress(OSError), urllib.request.urlopen(
+                        gw.http + "/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway {gw.index} not ready in time")
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.procs[index].proc.send_signal(sig)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for gw in self.procs:
+            if gw.proc.poll() is None:
+                gw.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for gw in self.procs:
+            try:
+                gw.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                gw.proc.kill()
+                gw.proc.wait(5)
+        if self.database:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                _psql(self.admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    @property
+    def pids(self) -> list[int]:
+        return [gw.pid for gw in self.procs if gw.proc.poll() is None]
+
+    @property
+    def urls(self) -> list[str]:
+        return [gw.url for gw in self.procs]
+
+    def _env(self) -> dict[str, str]:
+        keep = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
+        return keep | self.env
+
+    @staticmethod
+    def _cmd(*args: str) -> list[str]:
+        return [sys.executable, "-m", "shardchat.cli", *args]
+
+
+def _bench_env(run_id: str) -> dict[str, str]:
+    """Settings every benchmark cluster shares.
+
+    The per-IP IDENTIFY limit and per-connection op limit protect a real deployment from one
+    abusive client; here thousands of clients share a few source addresses, so both are lifted.
+    A shared JWT key lets the harness mint tokens the gateways accept.
+    """
+    return {
+        "SHARDCHAT_JWT_KEYS": json.dumps({f"bench-{run_id}": secrets.token_urlsafe(32)}),
+        "SHARDCHAT_HOST": "127.0.0.1",
+        "SHARDCHAT_GATEWAY_PORT": "0",
+        "SHARDCHAT_IDENTIFY_PER_WINDOW": "1000000",
+        "SHARDCHAT_OPS_PER_WINDOW": "1000000",
+        "SHARDCHAT_OPS_BURST": "10000",
+        "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(4 * 1024 * 1024),
+        "SHARDCHAT_LOG_LEVEL": "WARNING",
+    }
+
+
+def _psql(dsn: str, sql: str) -> None:
+    """One admin statement through the psql client: the harness stays free of DB drivers
+    (only shardchat/adapters import asyncpg)."""
+    subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True,
+                   timeout=60, stdout=subprocess.DEVNULL)

@@ -1,0 +1,1 @@
+"""Load-test scenarios: each has ``add_arguments(parser)`` and ``run(args) -> BenchResult``."""

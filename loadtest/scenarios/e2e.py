@@ -1,0 +1,45 @@
+"""e2e: send -> PostgreSQL -> Kafka -> gateway -> every member, latency at the receiver.
+
+Latency is receive time minus send time; the send time (``time.monotonic_ns()``, one clock for
+every process on Linux) travels in the message content. Every member, the sender included,
+counts; lost/duplicated are per (room, seq) per receiver over every acknowledged message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from loadtest.report import BenchResult, now_iso
+from loadtest.scenarios.common import add_common, bench_run, counters_of, finish
+from loadtest.zipf import room_sizes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, connections=1000, duration=15, rate=100)
+    p.add_argument("--account-wait", type=float, default=15.0,
+                   help="seconds to wait for the last deliveries before counting lost")
+
+
+def sizes_of(args: argparse.Namespace) -> list[int]:
+    return room_sizes(args.connections, args.room_size, args.zipf, max_size=args.max_room)
+
+
+def run(args: argparse.Namespace, scenario: str = "e2e") -> BenchResult:
+    started = now_iso()
+    sizes = sizes_of(args)
+    with bench_run(scenario, args, sizes) as r:
+        identified, failed, connect_s = r.start_clients()
+        t0 = time.monotonic()
+        acked = r.harness.run(args.duration, args.rate)
+        merged = r.harness.account(acked, args.account_wait)
+        elapsed = time.monotonic() - t0
+    counters = counters_of(merged)
+    return finish(scenario, args, started_at=started, duration_s=elapsed, counters=counters,
+                  merged=merged, extra={
+                      "rooms": len(sizes), "largest_room": max(sizes), "smallest_room": min(sizes),
+                      "identified": identified, "connect_failed": failed,
+                      "connect_s": round(connect_s, 2),
+                      # one sender per room, served round robin: rate x mean room size
+                      "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
+                  })

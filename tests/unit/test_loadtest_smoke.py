@@ -1,0 +1,31 @@
+"""End-to-end smoke of the harness: one ``shardchat gateway`` subprocess on SQLite + memory
+adapters, 20 client sessions in two worker processes, 5 s of sends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from loadtest.cli import main
+from loadtest.report import BenchResult
+
+
+def test_e2e_smoke_embedded(tmp_path: Path) -> None:
+    code = main(["e2e", "--embedded", "--connections", "20", "--duration", "5", "--rate", "10",
+                 "--workers", "2", "--sources", "2", "--out", str(tmp_path),
+                 "--log-dir", str(tmp_path / "logs"), "--no-progress"])
+    raw = (tmp_path / "e2e.json").read_bytes()
+    result = msgspec.json.decode(raw, type=BenchResult)  # the schema of loadtest/report.py
+    c = result.counters
+    assert code == 0
+    assert c["delivered"] > 0
+    assert c["lost"] == 0
+    assert c["duplicated"] == 0
+    assert c["acked"] > 0
+    assert c["delivered"] == c["expected"]  # every member saw every acknowledged message
+    assert result.scenario == "e2e"
+    assert result.latency_ms["count"] == c["delivered"]
+    assert set(json.loads(raw)) >= {"schema_version", "params", "machine", "counters",
+                                    "throughput", "latency_ms", "timeline", "extra"}
