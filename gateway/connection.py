@@ -164,6 +164,7 @@ class ClientConnection:
                 assert session is not None
                 for unsub_id in action.rooms:
                     self.gw.hub.unsubscribe(session, int(unsub_id))
+                await self._save_quietly(session)
             elif isinstance(action, DoSend):
                 await self._send_message(action)
             elif isinstance(action, DoTyping):
@@ -217,9 +218,10 @@ class ClientConnection:
             session.dispatch(
                 "ROOM_SUBSCRIBED", {"room_id": str(room_id), "seq": seq, "recovered": recovered}
             )
-        # Saved at once (owner = this gateway) so a RESUME elsewhere can find and take it
-        # even within the first second; later saves are periodic (Gateway._sweep_loop).
-        await self.gw.save_now(session)
+        # Saved at once, with the rooms just subscribed (owner = this gateway), so a RESUME
+        # elsewhere can find and take it even within the first second; later saves are
+        # periodic (Gateway._sweep_loop) or follow SUBSCRIBE/UNSUBSCRIBE.
+        await self._save_quietly(session)
 
     # --- RESUME ---------------------------------------------------------------------------
     async def _resume(self, action: DoResume) -> None:
@@ -233,6 +235,12 @@ class ClientConnection:
             self.send(self.proto.invalid_session(False))
             return
         positions = resume_positions(blob, min(action.seq, blob.s))
+        if action.rooms is not None:
+            # The client's own positions are exact; the saved ones may lag a crashed gateway
+            # by up to a second (a replay from them repeats events). Rooms it lists that the
+            # saved state lacks (subscribed just before a crash) are taken back, each after the
+            # membership check below; saved rooms it doesn't list keep their saved position.
+            positions.update({int(room_id): seq for room_id, seq in action.rooms.items()})
         replay: list[RoomEvent] = []
         rooms = {}
         for room_id, pos in sorted(positions.items()):
@@ -314,13 +322,29 @@ class ClientConnection:
             entry = {"room_id": str(room_id), "seq": seq, "recovered": recovered}
             session.dispatch("ROOM_SUBSCRIBED", entry)
             done.append(entry)
-        self.gw.save_soon(session)
+        # Saved before the REPLY, not on the next sweep: a gateway crash right after a
+        # SUBSCRIBE must not resume the session without the room (a client that sends no
+        # RESUME ``rooms`` would silently miss its live events).
+        await self._save_quietly(session)
         if failed and not done:
             self.send(
                 self.proto.reply_error(action.request_id, failed[0]["code"], failed[0]["message"])
             )
         else:
             self.send(self.proto.reply_ok(action.request_id, {"rooms": done, "failed": failed}))
+
+    async def _save_quietly(self, session: Session) -> None:
+        """Save the session now, after its rooms changed (IDENTIFY, SUBSCRIBE, UNSUBSCRIBE).
+
+        A Registry failure doesn't fail the op (the session itself works; closing it with 4000
+        would only turn a slow Registry into a reconnect storm): the session stays dirty and
+        the sweep retries within a second or so.
+        """
+        try:
+            await self.gw.save_now(session)
+        except Exception:
+            session.dirty = True
+            log.warning("could not save session %s", session.session_id, exc_info=True)
 
     async def _send_message(self, action: DoSend) -> None:
         session = self.session

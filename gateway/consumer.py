@@ -17,28 +17,29 @@ import logging
 import time
 from collections.abc import Callable
 
-from chat_core.models import decode_event
+from chat_core.models import RoomEvent, decode_event
 from gateway import metrics
 from shardchat.eventlog import EventLog, LogReader, LogRecord
 
 log = logging.getLogger(__name__)
 
-#: Routes one decoded event; returns False when no local room wanted it (waste).
-OnEvent = Callable[..., bool]
+#: Routes a fetch's decoded events (a batch lets a room's events fan out together); returns
+#: how many no local room wanted (waste).
+OnEvents = Callable[[list[RoomEvent]], int]
 
 
 class PartitionConsumer:
     def __init__(
         self,
         event_log: EventLog,
-        on_event: OnEvent,
+        on_events: OnEvents,
         *,
         linger_s: float = 5.0,
         fetch_timeout_ms: int = 50,
         lag_every_s: float = 5.0,
     ) -> None:
         self._log = event_log
-        self._on_event = on_event
+        self._on_events = on_events
         self._linger_s = linger_s
         self._fetch_timeout_ms = fetch_timeout_ms
         self._reader: LogReader | None = None
@@ -168,17 +169,16 @@ class PartitionConsumer:
     def _route(self, records: list[LogRecord]) -> None:
         wasted = 0
         position = self._position
+        events: list[RoomEvent] = []
         for rec in records:
             if rec.offset >= position.get(rec.partition, 0):
                 position[rec.partition] = rec.offset + 1
             try:
-                event = decode_event(rec.value)
+                events.append(decode_event(rec.value))
             except Exception:
                 log.warning("undecodable record p%s@%s", rec.partition, rec.offset)
                 wasted += 1
-                continue
-            if not self._on_event(event):
-                wasted += 1
+        wasted += self._on_events(events)
         self.consumed += len(records)
         self.unrouted += wasted
         metrics.RECORDS_CONSUMED.inc(len(records))

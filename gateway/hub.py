@@ -65,21 +65,27 @@ class Hub:
         self.registry = registry
         self.flusher = Flusher()
         self.rooms = RoomTable(chat.events_after, self._deliver, ring_size)
-        self.consumer: PartitionConsumer = consumer_factory(self.rooms.on_event)
+        self.consumer: PartitionConsumer = consumer_factory(self.rooms.on_events)
         self.sessions: dict[str, Session] = {}
         self.holders: dict[str, Holder] = {}
         self._room_ttl_s = room_ttl_s
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- live delivery --------------------------------------------------------------------
-    def _deliver(self, room: RoomState, event: RoomEvent) -> None:
-        fanout(event, room.live, self.flusher)
-        if event.type == "MEMBER_LEAVE":
-            # The leaver's sessions got their own MEMBER_LEAVE above and now stop receiving
-            # the room (they could not SUBSCRIBE to it again either).
-            user_id = event.data.get("user_id")
-            for sess in [s for s in room.live if str(s.user_id) == user_id]:
-                self.unsubscribe(sess, room.room_id)
+    def _deliver(self, room: RoomState, events: list[RoomEvent]) -> None:
+        start = 0
+        for i, event in enumerate(events):
+            if event.type == "MEMBER_LEAVE":
+                # The leaver's sessions get their own MEMBER_LEAVE (the batch is cut right
+                # after it) and then stop receiving the room (they could not SUBSCRIBE to it
+                # again either).
+                fanout(events[start : i + 1], room.live, self.flusher)
+                start = i + 1
+                user_id = event.data.get("user_id")
+                for sess in [s for s in room.live if str(s.user_id) == user_id]:
+                    self.unsubscribe(sess, room.room_id)
+        if start < len(events):
+            fanout(events[start:] if start else events, room.live, self.flusher)
 
     def spawn(self, coro: Any) -> None:
         """Fire-and-forget registry writes; kept referenced until done."""

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
+from chat_core.models import RoomEvent
 from gateway import metrics
 
 TEXT: Final = 0x81  # FIN + text opcode
@@ -50,9 +51,10 @@ def frame_header(opcode_byte: int, length: int) -> bytes:
 class Outbound:
     """Frames due to one connection; bytes queued here + in the transport stay under ``limit``.
 
-    Invariants (kept by ``push_frame`` and by ``fanout``, which inlines it):
-    ``parts`` holds complete frames not yet written, ``pending`` their byte count, ``frames``
-    their number; ``dirty`` is True iff this Outbound is in the flusher's list for this tick;
+    Invariants (kept by ``push_frames`` and by ``fanout``, which inlines it):
+    ``parts`` holds complete frames not yet written (an item may hold several frames),
+    ``pending`` their byte count, ``frames`` the number of frames; ``dirty`` is True iff this
+    Outbound is in the flusher's list for this tick;
     ``base`` is the transport's buffer size when the tick's first frame was queued.
     """
 
@@ -103,16 +105,21 @@ class Outbound:
 
     def push_frame(self, frame: bytes) -> None:
         """Queue one complete WebSocket frame (header included)."""
+        self.push_frames(frame, 1)
+
+    def push_frames(self, data: bytes, frames: int) -> bool:
+        """Queue ``frames`` complete WebSocket frames, concatenated; False if not queued."""
         if self.closed:
-            return
+            return False
         if not self.dirty:
             self.mark()
-        self.pending += len(frame)
+        self.pending += len(data)
         if self.base + self.pending > self.limit:
             self.cut()
-            return
-        self.parts.append(frame)
-        self.frames += 1
+            return False
+        self.parts.append(data)
+        self.frames += frames
+        return True
 
     def cut(self) -> None:
         """Over the limit: drop what is queued and let the owner close with 4010."""
@@ -130,18 +137,21 @@ class Outbound:
         self.frames = 0
 
     def flush(self) -> tuple[int, int]:
-        """Write queued frames in one ``transport.write``; returns ``(frames, bytes)``."""
+        """Write queued frames in one ``transport.write``; returns ``(frames, bytes)``.
+
+        (``Flusher.flush`` inlines this for every dirty connection of a tick.)"""
         self.dirty = False
         parts = self.parts
         if not parts:
             return 0, 0
         frames = self.frames
-        self.parts = []
         self.pending = 0
         self.frames = 0
+        # Fan-out queues one chunk per room per tick: often the only item, so no copy.
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()  # reused: no new list per connection per tick (less GC churn)
         if self.closed or self.transport.is_closing():
             return 0, 0
-        data = parts[0] if frames == 1 else b"".join(parts)
         self.transport.write(data)
         return frames, len(data)
 
@@ -155,7 +165,7 @@ class Flusher:
         self._loop = loop or asyncio.get_running_loop()
         self._dirty: list[Outbound] = []
         self._scheduled = False
-        self._latencies: list[int] = []  # created_at_ms of room events fanned out this tick
+        self._latencies: list[Sequence[RoomEvent]] = []  # room events fanned out this tick
 
     def mark(self, out: Outbound) -> None:
         self._dirty.append(out)
@@ -163,9 +173,9 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
-    def note_event(self, created_at_ms: int) -> None:
-        """Observe this event's delivery latency when its frames are written (end of tick)."""
-        self._latencies.append(created_at_ms)
+    def note_events(self, events: Sequence[RoomEvent]) -> None:
+        """Observe these events' delivery latency when their frames are written (end of tick)."""
+        self._latencies.append(events)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
@@ -175,22 +185,38 @@ class Flusher:
         dirty, self._dirty = self._dirty, []
         frames = nbytes = 0
         per_write = metrics.FRAMES_PER_WRITE.observe
+        # Outbound.flush, inlined: this runs once per connection per tick, and a call plus the
+        # (frames, bytes) tuple it returns would allocate 1000s of objects per tick (GC churn).
         for out in dirty:
+            out.dirty = False
+            parts = out.parts
+            if not parts:
+                continue
+            f = out.frames
+            out.pending = 0
+            out.frames = 0
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            if out.closed:
+                continue
             try:
-                f, b = out.flush()
+                transport = out.transport
+                if transport.is_closing():
+                    continue
+                transport.write(data)
             except Exception:  # a transport that broke mid-tick must not stop the others
                 out.discard()
                 continue
-            if f:
-                frames += f
-                nbytes += b
-                per_write(f)
+            frames += f
+            nbytes += len(data)
+            per_write(f)
         if frames:
             metrics.FRAMES_OUT.inc(frames)
             metrics.BYTES_OUT.inc(nbytes)
         if self._latencies:
             now_ms = time.time() * 1000.0
             observe = metrics.DELIVERY_LATENCY.observe
-            for created in self._latencies:
-                observe(max(0.0, now_ms - created) / 1000.0)
+            for events in self._latencies:
+                for event in events:
+                    observe(max(0.0, now_ms - event.created_at_ms) / 1000.0)
             self._latencies = []

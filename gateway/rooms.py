@@ -8,6 +8,12 @@ no gap and no duplicate. The log may deliver duplicates (redelivery, relay + fas
 - ``seq > last_seq + 1``: held, and the missing range is fetched from the Store first.
 Invariant: every live session has received exactly the room's events ``..last_seq``; a session
 joins ``live`` only when its catch-up position equals ``last_seq`` (checked with no await between).
+
+Delivery is batched: events applied during one synchronous call (a log fetch routed with
+``on_events``, a gap-fill page) collect in their room's ``due`` list and each room's list goes to
+``deliver`` in one call before that call returns, so fan-out handles them in one pass per
+recipient. ``due`` is empty whenever control leaves this module, so the invariant above holds at
+every await and every ``attach``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from chat_core.models import RoomEvent
 from gateway import metrics
@@ -25,8 +31,8 @@ log = logging.getLogger(__name__)
 
 #: ``(room_id, after_seq, limit) -> events with seq > after_seq, ascending`` (ChatService).
 FetchEvents = Callable[[int, int, int], Awaitable[list[RoomEvent]]]
-#: Called with each event in order, for the room's live sessions.
-Deliver = Callable[["RoomState", RoomEvent], None]
+#: Called with a room's newly applied events (consecutive seqs, in order), for its live sessions.
+Deliver = Callable[["RoomState", list[RoomEvent]], None]
 
 FETCH_PAGE = 500
 #: A catch-up longer than this is not recovered (``recovered: false``): the client refetches
@@ -38,6 +44,7 @@ _FILL_RETRIES = 5
 class RoomState:
     __slots__ = (
         "attaching",
+        "due",
         "filling",
         "last_seq",
         "live",
@@ -56,6 +63,7 @@ class RoomState:
         self.filling: asyncio.Task[None] | None = None
         self.ready: asyncio.Future[None] | None = None
         self.attaching = 0  # sessions between subscribe and live (keeps the room alive)
+        self.due: list[RoomEvent] = []  # applied, not yet handed to deliver (see module doc)
 
     def ring_after(self, after_seq: int, upto: int) -> list[RoomEvent] | None:
         """Events ``after_seq+1 .. upto`` if the ring holds all of them, else None."""
@@ -74,6 +82,7 @@ class RoomTable:
         self._deliver = deliver
         self._ring_size = ring_size
         self.rooms: dict[int, RoomState] = {}
+        self._due_rooms: list[RoomState] = []  # rooms whose ``due`` is not empty
 
     def get(self, room_id: int) -> RoomState | None:
         return self.rooms.get(room_id)
@@ -98,10 +107,30 @@ class RoomTable:
         room.pending.clear()
         for _, event in held:
             self._on_room_event(room, event)
+        self._deliver_due()
 
     # --- live events ------------------------------------------------------------------------
+    def on_events(self, events: Iterable[RoomEvent]) -> int:
+        """Route a batch (one log fetch); returns how many no local room wanted (waste).
+
+        Each room's deliverable events of the batch are fanned out together, after routing."""
+        unrouted = 0
+        try:
+            for event in events:
+                if not self._route(event):
+                    unrouted += 1
+        finally:
+            self._deliver_due()
+        return unrouted
+
     def on_event(self, event: RoomEvent) -> bool:
         """Route one event; False when no local room wants it (the waste ratio's numerator)."""
+        try:
+            return self._route(event)
+        finally:
+            self._deliver_due()
+
+    def _route(self, event: RoomEvent) -> bool:
         room = self.rooms.get(event.room_id)
         if room is None:
             return False
@@ -129,7 +158,18 @@ class RoomTable:
     def _apply(self, room: RoomState, event: RoomEvent) -> None:
         room.last_seq = event.seq
         room.ring.append(event)
-        self._deliver(room, event)
+        if not room.due:
+            self._due_rooms.append(room)
+        room.due.append(event)
+
+    def _deliver_due(self) -> None:
+        """Hand every room's applied events to ``deliver``, one call per room, in seq order."""
+        while self._due_rooms:  # deliver may not apply events, but stay safe if it does
+            rooms, self._due_rooms = self._due_rooms, []
+            for room in rooms:
+                due, room.due = room.due, []
+                if due:
+                    self._deliver(room, due)
 
     def _drain(self, room: RoomState) -> None:
         pending = room.pending
@@ -154,6 +194,7 @@ class RoomTable:
                 first_held = min(room.pending)
                 if first_held <= last + 1:
                     self._drain(room)
+                    self._deliver_due()
                     continue
                 metrics.GAP_FILLS.inc()
                 want = min(first_held - last - 1, FETCH_PAGE)
@@ -165,6 +206,7 @@ class RoomTable:
                         self._apply(room, event)
                         progressed = True
                 self._drain(room)
+                self._deliver_due()  # before any await: see the module docstring
                 if progressed:
                     retries = 0
                     continue
@@ -177,6 +219,7 @@ class RoomTable:
                     )
                     room.last_seq = first_held - 1
                     self._drain(room)
+                    self._deliver_due()
                     retries = 0
                     continue
                 await asyncio.sleep(0.05 * retries)
@@ -185,6 +228,7 @@ class RoomTable:
         except Exception:
             log.exception("room %s: gap fill failed", room.room_id)
         finally:
+            self._deliver_due()
             room.filling = None
         if room.pending:  # an event arrived with a new gap while we were finishing
             room.filling = asyncio.get_running_loop().create_task(self._fill(room))

@@ -47,6 +47,19 @@ TAKE_PREFIX = b"take:"
 TAKE_WAIT_S = 0.5
 
 
+def _trim_handshake(conn: ServerConnection, request: Request, response: Response) -> None:
+    """Drop the handshake request's headers once websockets has answered them.
+
+    Why: websockets keeps the opening request alive for the whole connection (its parser
+    generator holds it), about 2 KiB of header objects per idle connection. Only ``Origin`` is
+    read afterwards (``Gateway._handler``); the path is a separate attribute and stays.
+    """
+    origin = request.headers.get("Origin")
+    request.headers.clear()
+    if origin is not None:
+        request.headers["Origin"] = origin
+
+
 class Gateway:
     def __init__(
         self,
@@ -101,9 +114,14 @@ class Gateway:
             s.host,
             s.gateway_port,
             process_request=self._process_request,
+            process_response=_trim_handshake,
             compression=None,  # fan-out writes pre-built frames; deflate would cost 64 KiB/conn
-            # Above the protocol limit so oversized frames reach us and get 4502, not 1009.
-            max_size=max(1 << 20, 4 * s.max_frame_bytes),
+            # Above the protocol limit so oversized frames reach us and get 4502, not 1009, but
+            # not far above: this is what one connection may make us buffer per frame.
+            max_size=2 * s.max_frame_bytes,
+            # Inbound frames buffered before websockets stops reading the socket; ops are
+            # handled one at a time and rate limited, so a deep queue only holds memory.
+            max_queue=4,
             ping_interval=None,  # the protocol's own heartbeats detect zombies
             close_timeout=5,
             server_header=None,
@@ -204,15 +222,15 @@ class Gateway:
         self._last_save.pop(session.session_id, None)
         if session.taken:
             return  # resumed on another connection, which owns the saved state now
+        # Conditional on the epoch: a False result means the session was resumed elsewhere
+        # meanwhile; its newer state stays, and this connection is gone already (nothing to kick).
         try:
-            if not await self._still_ours(session):
-                return
             if resumable:
-                await self.registry.save_session(
-                    session.session_id, blob, self.settings.resume_window_s
+                await self.registry.save_session_if(
+                    session.session_id, blob, session.epoch, self.settings.resume_window_s
                 )
             else:
-                await self.registry.delete_session(session.session_id)
+                await self.registry.delete_session_if(session.session_id, session.epoch)
         except Exception:
             log.warning("could not save/delete session %s", session.session_id, exc_info=True)
 
@@ -223,34 +241,31 @@ class Gateway:
         await self._save(session)
 
     async def _save(self, session: Session) -> None:
-        """Save while live (owner = this gateway); never over a newer resume elsewhere."""
-        if session.taken or not await self._still_ours(session):
+        """Save while live (owner = this gateway); never over a newer resume elsewhere.
+
+        One round trip: the Registry compares epochs and writes atomically. A False result means
+        a higher epoch was saved (the session was resumed elsewhere): the local copy is stale, and
+        its connection is kicked instead of overwriting the blob. The TAKE handshake below is
+        what normally stops a stale holder first; this catches a holder that missed it.
+        """
+        if session.taken:
             return
         window = self.settings.resume_window_s
-        await self.registry.save_session(
-            session.session_id, session.to_blob(window, self.gateway_id), window
-        )
+        blob = session.to_blob(window, self.gateway_id)
+        if not await self.registry.save_session_if(session.session_id, blob, session.epoch, window):
+            self._kick(session)
+            return
         self._last_save[session.session_id] = time.monotonic()
-
-    async def _still_ours(self, session: Session) -> bool:
-        """False when the session was resumed elsewhere (a higher epoch was saved): then the
-        local copy is stale, and its connection is kicked instead of overwriting the blob.
-
-        Best effort (read, then write: no compare-and-set in the Registry port); the TAKE
-        handshake below is what normally stops a stale holder first."""
-        raw = await self.registry.load_session(session.session_id)
-        blob = load_blob(raw) if raw is not None else None
-        if blob is None or blob.epoch <= session.epoch:
-            return True
-        self._kick(session)
-        return False
 
     def _kick(self, session: Session) -> None:
         """Stop the stale copy now: no more fan-out to it, its socket closed with 4000."""
         session.taken = True
+        if self.hub.sessions.get(session.session_id) is not session:
+            # Already gone, or the id now names a newer copy resumed on THIS gateway (a save of
+            # the old copy was in flight): the holder registered under the id is not ours.
+            return
         holder = self.hub.holders.get(session.session_id)
-        if self.hub.sessions.get(session.session_id) is session:
-            self.hub.remove_session(session)  # before the new copy registers under the id
+        self.hub.remove_session(session)  # before the new copy registers under the id
         if holder is not None:
             holder.close(CloseCode.INTERNAL_ERROR, "session resumed on another connection")
 
@@ -262,7 +277,8 @@ class Gateway:
         window = self.settings.resume_window_s
         blob = session.to_blob(window, "")
         self._kick(session)
-        await self.registry.save_session(session_id, blob, window)
+        # False: a newer owner saved already (it did not wait for us); its state stays.
+        await self.registry.save_session_if(session_id, blob, session.epoch, window)
 
     async def take_session(self, session_id: str) -> SessionBlob | None:
         """The saved state of a session for RESUME, released by whoever holds it.

@@ -10,9 +10,12 @@ acknowledges ``s`` (HEARTBEAT ``d``) the entries up to it fold into ``acked`` (r
 seq received). On RESUME the client's ``seq`` decides: entries with ``s <= seq`` were received,
 the rest are replayed from the ring/Store, so a frame written to a socket that then died is
 never lost and never sent twice, provided the saved blob covers the client's ``seq``. After a
-gateway CRASH the last saved blob may be older than the client's ``seq``; then positions come
-from the blob alone and the replay may repeat events the client has: clients drop room events
-whose ``seq`` they already have (docs/protocol.md, "Resume after a gateway crash").
+gateway CRASH the last saved blob may be older than the client's ``seq``: a client that sends
+RESUME ``rooms`` (its own last room seq per room) is replayed from those positions, exactly;
+for one that doesn't, positions come from the blob alone and the replay may repeat events the
+client has, which it must drop by room ``seq`` (docs/protocol.md, "Resume after a gateway
+crash"). The blob is saved at once whenever the session's rooms change, so it never lacks a
+room the client was told about for longer than that save takes.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ _CODECS: Final = {e: Codec(e) for e in Encoding}
 
 
 class SessionBlob(msgspec.Struct):
-    """What the Registry keeps between connections (``save_session``).
+    """What the Registry keeps between connections (``save_session_if``).
 
     ``owner`` is the gateway holding the live connection ("" when none); ``epoch`` grows by one
     on every RESUME, so a gateway can tell that the session moved on without it.
@@ -99,7 +102,7 @@ class Session:
         self.out = out
         self.s = s
         self.epoch = epoch
-        self.saved_s = -1  # s at the last save_session; differs => state to save
+        self.saved_s = -1  # s at the last save_session_if; differs => state to save
         self.acked: dict[int, int] = {}
         self.tail: list[RoomEvent | None] = []
         self.tail_base = s  # s of the frame just before tail[0]

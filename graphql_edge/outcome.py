@@ -22,5 +22,5 @@ def errors_body(errors: list[GraphQLError]) -> dict[str, Any]:
 
 
 def outcome_of(errors: list[GraphQLError] | None) -> str:
-    """"ok" or the first error's code in lower case (the label values of METRICS.md)."""
+    """ "ok" or the first error's code in lower case (the label values of METRICS.md)."""
     return error_code(errors[0]).lower() if errors else "ok"

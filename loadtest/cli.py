@@ -20,8 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="scenario", required=True)
     for name, help_text in SCENARIOS.items():
         module = importlib.import_module(f"loadtest.scenarios.{name}")
-        p = sub.add_parser(name, help=help_text, description=module.__doc__,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         module.add_arguments(p)
     return parser
 

@@ -55,34 +55,43 @@ class Cluster:
     procs: list[GatewayProc] = field(default_factory=list)
 
     @classmethod
-    def on_engines(cls, run_id: str, gateways: int, log_dir: Path,
-                   overrides: dict[str, str] | None = None) -> Cluster:
+    def on_engines(
+        cls, run_id: str, gateways: int, log_dir: Path, overrides: dict[str, str] | None = None
+    ) -> Cluster:
         """PostgreSQL + Kafka + Redis of deploy/local (or whatever SHARDCHAT_* env names)."""
         base = load_settings()
         database = f"bench_{run_id}"
         dsn = re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", base.postgres_dsn.split("://", 1)[1])
-        env = _bench_env(run_id) | {
-            "SHARDCHAT_STORE": "postgres",
-            "SHARDCHAT_POSTGRES_DSN": base.postgres_dsn.split("://", 1)[0] + "://" + dsn,
-            "SHARDCHAT_EVENT_LOG": "kafka",
-            "SHARDCHAT_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
-            "SHARDCHAT_KAFKA_TOPIC": f"bench-{run_id}",
-            "SHARDCHAT_REGISTRY": "redis",
-            "SHARDCHAT_REDIS_URL": base.redis_url,
-        } | (overrides or {})
-        return cls(run_id, env, gateways, log_dir, database=database,
-                   admin_dsn=base.postgres_dsn)
+        env = (
+            _bench_env(run_id)
+            | {
+                "SHARDCHAT_STORE": "postgres",
+                "SHARDCHAT_POSTGRES_DSN": base.postgres_dsn.split("://", 1)[0] + "://" + dsn,
+                "SHARDCHAT_EVENT_LOG": "kafka",
+                "SHARDCHAT_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+                "SHARDCHAT_KAFKA_TOPIC": f"bench-{run_id}",
+                "SHARDCHAT_REGISTRY": "redis",
+                "SHARDCHAT_REDIS_URL": base.redis_url,
+            }
+            | (overrides or {})
+        )
+        return cls(run_id, env, gateways, log_dir, database=database, admin_dsn=base.postgres_dsn)
 
     @classmethod
-    def embedded(cls, run_id: str, log_dir: Path,
-                 overrides: dict[str, str] | None = None) -> Cluster:
+    def embedded(
+        cls, run_id: str, log_dir: Path, overrides: dict[str, str] | None = None
+    ) -> Cluster:
         """One gateway on SQLite + in-memory log and registry (no engines needed)."""
-        env = _bench_env(run_id) | {
-            "SHARDCHAT_STORE": "sqlite",
-            "SHARDCHAT_SQLITE_PATH": str(log_dir / f"bench-{run_id}.sqlite3"),
-            "SHARDCHAT_EVENT_LOG": "memory",
-            "SHARDCHAT_REGISTRY": "memory",
-        } | (overrides or {})
+        env = (
+            _bench_env(run_id)
+            | {
+                "SHARDCHAT_STORE": "sqlite",
+                "SHARDCHAT_SQLITE_PATH": str(log_dir / f"bench-{run_id}.sqlite3"),
+                "SHARDCHAT_EVENT_LOG": "memory",
+                "SHARDCHAT_REGISTRY": "memory",
+            }
+            | (overrides or {})
+        )
         return cls(run_id, env, 1, log_dir)
 
     def settings(self) -> Settings:
@@ -94,8 +103,13 @@ class Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.database:
             _psql(self.admin_dsn, f'CREATE DATABASE "{self.database}"')
-        subprocess.run(self._cmd("migrate"), env=self._env(), check=True, timeout=120,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            self._cmd("migrate"),
+            env=self._env(),
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+        )
 
     def start_gateways(self, ready_timeout_s: float = 60.0) -> list[GatewayProc]:
         for i in range(self.gateways):
@@ -112,20 +126,25 @@ class Cluster:
             "SHARDCHAT_WORKER_ID": str(100 + i),  # snowflake workers: unique per writer
         }
         with out.open("wb") as stdout, (self.log_dir / f"gateway{i}.err").open("wb") as err:
-            proc = subprocess.Popen(self._cmd("gateway"), env=env, stdout=stdout, stderr=err,
-                                    start_new_session=True)  # our signals only, not the tty's
+            proc = subprocess.Popen(
+                self._cmd("gateway"), env=env, stdout=stdout, stderr=err, start_new_session=True
+            )  # our signals only, not the tty's
         return GatewayProc(i, proc, out)
 
     def _wait_ready(self, gw: GatewayProc, deadline: float) -> None:
         while time.monotonic() < deadline:
             if gw.proc.poll() is not None:
-                raise RuntimeError(f"gateway {gw.index} exited with {gw.proc.returncode}; "
-                                   f"see {self.log_dir}/gateway{gw.index}.err")
+                raise RuntimeError(
+                    f"gateway {gw.index} exited with {gw.proc.returncode}; "
+                    f"see {self.log_dir}/gateway{gw.index}.err"
+                )
             found = _LISTENING.search(gw.stdout.read_text(errors="replace"))
             if found:
                 gw.url = found.group(1)
-                with contextlib.suppress(OSError), urllib.request.urlopen(
-                        gw.http + "/readyz", timeout=2) as resp:
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(gw.http + "/readyz", timeout=2) as resp,
+                ):
                     if resp.status == 200:
                         return
             time.sleep(0.1)
@@ -189,5 +208,9 @@ def _bench_env(run_id: str) -> dict[str, str]:
 def _psql(dsn: str, sql: str) -> None:
     """One admin statement through the psql client: the harness stays free of DB drivers
     (only shardchat/adapters import asyncpg)."""
-    subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], check=True,
-                   timeout=60, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+        check=True,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+    )

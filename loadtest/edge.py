@@ -72,7 +72,12 @@ async def local_edge(log_path: Path) -> AsyncIterator[str]:
     with tempfile.TemporaryDirectory(prefix="shardchat-edge-bench-") as tmp:
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "shardchat.cli", "dev", "--data-dir", f"{tmp}/data",
+                sys.executable,
+                "-m",
+                "shardchat.cli",
+                "dev",
+                "--data-dir",
+                f"{tmp}/data",
                 cwd=tmp,
                 env=env,
                 stdout=log,
@@ -109,8 +114,9 @@ async def gql(
     http: httpx.AsyncClient, query: str, variables: dict[str, Any], token: str | None = None
 ) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = await http.post("/graphql", json={"query": query, "variables": variables},
-                           headers=headers)
+    resp = await http.post(
+        "/graphql", json={"query": query, "variables": variables}, headers=headers
+    )
     body = resp.json()
     if body.get("errors"):
         err = body["errors"][0]

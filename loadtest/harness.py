@@ -66,11 +66,20 @@ def plan_clients(pop: Population, urls: list[str], opts: HarnessOptions) -> list
         for rank, uid in enumerate(members):
             # Offsets by room index, or every room's first member (its sender) would land on
             # worker 0 and gateway 0 whenever the room size is a multiple of W or G.
-            spec = ClientSpec(uid, pop.tokens[uid], room_id, rank < opts.senders_per_room,
-                              (k + k // workers + rank) % gateways, source())
+            spec = ClientSpec(
+                uid,
+                pop.tokens[uid],
+                room_id,
+                rank < opts.senders_per_room,
+                (k + k // workers + rank) % gateways,
+                source(),
+            )
             per_worker[(k + rank) % workers].append(spec)
-    return [WorkerPlan(w, urls, clients, opts.connect_concurrency, opts.content_bytes)
-            for w, clients in enumerate(per_worker) if clients]
+    return [
+        WorkerPlan(w, urls, clients, opts.connect_concurrency, opts.content_bytes)
+        for w, clients in enumerate(per_worker)
+        if clients
+    ]
 
 
 class Harness:
@@ -91,8 +100,12 @@ class Harness:
         ctx = mp.get_context("spawn")  # no forked copies of the parent's loop, sockets or pools
         for plan in self.plans:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(plan, child), daemon=True,
-                               name=f"loadtest-worker-{plan.index}")
+            proc = ctx.Process(
+                target=worker_main,
+                args=(plan, child),
+                daemon=True,
+                name=f"loadtest-worker-{plan.index}",
+            )
             proc.start()
             child.close()
             self.pipes.append(parent)
@@ -144,9 +157,14 @@ class Harness:
 
     def show(self, **extra: Any) -> None:
         self.progress.update(
-            ready=self._sum_live("ready"), sent=self._sum_live("sent"),
-            acked=self._sum_live("acked"), delivered=self._sum_live("delivered"),
-            reconnects=self._sum_live("reconnects"), errors=self._sum_live("errors"), **extra)
+            ready=self._sum_live("ready"),
+            sent=self._sum_live("sent"),
+            acked=self._sum_live("acked"),
+            delivered=self._sum_live("delivered"),
+            reconnects=self._sum_live("reconnects"),
+            errors=self._sum_live("errors"),
+            **extra,
+        )
 
     # --- phases -------------------------------------------------------------------------------
     def wait_connected(self, timeout_s: float) -> tuple[int, int, float]:
@@ -158,14 +176,20 @@ class Harness:
             failed = sum(v[1] for v in self.connected.values())
             self.progress.update(connecting=f"{ready}/{self.total}", failed=failed)
             if len(self.connected) == len(self.pipes) and all(
-                    v[2] for v in self.connected.values()):
+                v[2] for v in self.connected.values()
+            ):
                 return ready, failed, time.monotonic() - t0
         ready = sum(v[0] for v in self.connected.values())
         failed = sum(v[1] for v in self.connected.values())
         return ready, failed, time.monotonic() - t0
 
-    def run(self, duration_s: float, rate: float, rooms: frozenset[int] | None = None,
-            during: Callable[[float], None] | None = None) -> dict[int, list[int]]:
+    def run(
+        self,
+        duration_s: float,
+        rate: float,
+        rooms: frozenset[int] | None = None,
+        during: Callable[[float], None] | None = None,
+    ) -> dict[int, list[int]]:
         """Send at ``rate`` msgs/s in total for ``duration_s``; the acknowledged seqs by room.
 
         ``during(elapsed_s)`` is called about 10 times a second (kills, memory samples).

@@ -26,8 +26,9 @@ class Population:
         return len(self.tokens)
 
 
-async def populate(settings: Settings, sizes: list[int], run_id: str,
-                   concurrency: int = 8) -> Population:
+async def populate(
+    settings: Settings, sizes: list[int], run_id: str, concurrency: int = 8
+) -> Population:
     """One room per entry of ``sizes``, each with that many fresh members."""
     core = await Core.open(settings, apply_migrations=False)
     try:
@@ -48,9 +49,14 @@ async def populate(settings: Settings, sizes: list[int], run_id: str,
             return room.id, members
 
         starts = [sum(sizes[:k]) for k in range(len(sizes))]
-        rooms = list(await asyncio.gather(*(
-            make_room(k, ids[start : start + size])
-            for k, (start, size) in enumerate(zip(starts, sizes, strict=True)))))
+        rooms = list(
+            await asyncio.gather(
+                *(
+                    make_room(k, ids[start : start + size])
+                    for k, (start, size) in enumerate(zip(starts, sizes, strict=True))
+                )
+            )
+        )
         tokens = {uid: core.auth.access.issue(uid) for uid in ids}
         await core.publisher.flush(30)
         return Population(tokens, rooms)

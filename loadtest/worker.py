@@ -4,8 +4,10 @@ Lean on purpose: raw ``websockets`` connections (``compression=None``: deflate c
 64 KiB per connection), one reader task per connection, ONE heartbeat task and ONE sender task
 per process (not a timer per connection), frames decoded with a typed msgspec decoder. The
 worker speaks PROTOCOL.md v1 directly: IDENTIFY with ``subscribe: "all"``, heartbeats, RESUME
-on any other gateway after a drop, RECONNECT, and idempotent re-sends of unacknowledged SENDs
-(same nonce) after a resume.
+on any other gateway after a drop (with ``rooms``, the last room seq held per subscribed room,
+so a replay after a gateway crash repeats nothing: docs/protocol.md section 8), RECONNECT, and
+idempotent re-sends of unacknowledged SENDs (same nonce) after a resume. The worker does NOT
+drop duplicates: it counts them (``duplicate_frames``), since they are what the run measures.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Client:
         "hb_s",
         "next_hb",
         "pending",
+        "positions",
         "ready",
         "seq",
         "session_id",
@@ -106,6 +109,7 @@ class Client:
         self.hb_s = 41.25
         self.next_hb = 0.0
         self.pending: dict[int, str] = {}  # request id -> SEND frame not yet acknowledged
+        self.positions: dict[int, int] = {}  # room -> last room seq held (RESUME ``rooms``)
 
 
 class Worker:
@@ -166,8 +170,7 @@ class Worker:
             self.mark = time.monotonic()
             self.resume_s.clear()
         elif kind == CMD_ACCOUNT:
-            self.tasks.append(asyncio.get_running_loop().create_task(
-                self._account(msg[1], msg[2])))
+            self.tasks.append(asyncio.get_running_loop().create_task(self._account(msg[1], msg[2])))
         elif kind == CMD_CLOSE:
             self.tasks.append(asyncio.get_running_loop().create_task(self._close()))
 
@@ -217,9 +220,16 @@ class Worker:
         url = self.plan.urls[c.url_idx] + "?v=1&encoding=json"
         async with self.sem:
             t0 = time.monotonic()
-            ws = await connect(url, compression=None, open_timeout=self.plan.open_timeout_s,
-                               ping_interval=None, close_timeout=2, max_size=1 << 22,
-                               max_queue=None, local_addr=(c.spec.source, 0))
+            ws = await connect(
+                url,
+                compression=None,
+                open_timeout=self.plan.open_timeout_s,
+                ping_interval=None,
+                close_timeout=2,
+                max_size=1 << 22,
+                max_queue=None,
+                local_addr=(c.spec.source, 0),
+            )
             c.ws = ws
             hello = _decode(await asyncio.wait_for(ws.recv(decode=False), 10))
             if hello.op != HELLO:
@@ -246,12 +256,22 @@ class Worker:
 
     def _hello_reply(self, c: Client) -> str:
         if c.session_id is not None:
-            return frame(RESUME, {"token": c.spec.token, "session_id": c.session_id,
-                                  "seq": c.seq})
+            rooms = {str(r): seq for r, seq in c.positions.items()}
+            return frame(
+                RESUME,
+                {"token": c.spec.token, "session_id": c.session_id, "seq": c.seq, "rooms": rooms},
+            )
         c.expect_rooms = 1 << 30
         c.subscribed = 0
-        return frame(IDENTIFY, {"token": c.spec.token, "subscribe": "all",
-                                "client": {"name": "shardchat-loadtest", "version": "1"}})
+        c.positions.clear()  # a new session: positions come with its ROOM_SUBSCRIBED
+        return frame(
+            IDENTIFY,
+            {
+                "token": c.spec.token,
+                "subscribe": "all",
+                "client": {"name": "shardchat-loadtest", "version": "1"},
+            },
+        )
 
     async def _handle(self, c: Client, raw: bytes | str) -> None:
         env = _decode(raw)
@@ -261,6 +281,12 @@ class Worker:
                 c.seq = env.s
             d = env.d
             t = env.t
+            if isinstance(d, dict) and "seq" in d and "room_id" in d:
+                room, seq = int(d["room_id"]), int(d["seq"])
+                if t == "ROOM_SUBSCRIBED" and not d.get("recovered"):
+                    c.positions[room] = seq  # from now: nothing before it is owed
+                elif seq > c.positions.get(room, 0):
+                    c.positions[room] = seq
             if t == "MESSAGE_CREATE":
                 self._delivered(c, d)
             elif isinstance(d, dict) and "seq" in d and t not in ("ROOM_SUBSCRIBED",):
@@ -342,8 +368,11 @@ class Worker:
 
     async def _run(self, phase: RunPhase) -> None:
         self.timeline = Timeline(start=phase.t0)
-        senders = [c for c in self.clients
-                   if c.spec.sender and (phase.rooms is None or c.spec.room_id in phase.rooms)]
+        senders = [
+            c
+            for c in self.clients
+            if c.spec.sender and (phase.rooms is None or c.spec.room_id in phase.rooms)
+        ]
         await asyncio.sleep(max(0.0, phase.t0 - time.monotonic()))
         self.measuring = True
         end = phase.t0 + phase.duration_s
@@ -372,8 +401,15 @@ class Worker:
     async def _send(self, c: Client, ws: ClientConnection) -> None:
         req = next(self.ids)
         now_ns = time.monotonic_ns()
-        raw = frame(SEND, {"room_id": str(c.spec.room_id), "content": f"{now_ns} {self.pad}",
-                           "nonce": f"w{self.plan.index}-{req}"}, id=req)
+        raw = frame(
+            SEND,
+            {
+                "room_id": str(c.spec.room_id),
+                "content": f"{now_ns} {self.pad}",
+                "nonce": f"w{self.plan.index}-{req}",
+            },
+            id=req,
+        )
         self.sent_at[req] = now_ns / 1e9
         self.owner[req] = c
         c.pending[req] = raw
@@ -387,8 +423,11 @@ class Worker:
         deadline = time.monotonic() + wait_s
         acked_sets = {room: frozenset(seqs) for room, seqs in acked.items()}
         while time.monotonic() < deadline:
-            if all(c.tracker.missing(c.spec.room_id, acked_sets.get(c.spec.room_id, ())) == 0
-                   for c in self.clients if not c.gave_up):
+            if all(
+                c.tracker.missing(c.spec.room_id, acked_sets.get(c.spec.room_id, ())) == 0
+                for c in self.clients
+                if not c.gave_up
+            ):
                 break
             await asyncio.sleep(0.2)
         self.measuring = False
@@ -400,9 +439,19 @@ class Worker:
         counters["identified"] = sum(1 for c in self.clients if c.session_id is not None)
         counters["gave_up"] = sum(1 for c in self.clients if c.gave_up)
         points = [(p.t, p.sent, p.delivered, p.p99_ms) for p in self.timeline.points()]
-        self.pipe.send((REP_RESULT, WorkerResult(
-            counters, self.latency.encode(), self.ack_latency.encode(),
-            self.connect_latency.encode(), points, list(self.resume_s))))
+        self.pipe.send(
+            (
+                REP_RESULT,
+                WorkerResult(
+                    counters,
+                    self.latency.encode(),
+                    self.ack_latency.encode(),
+                    self.connect_latency.encode(),
+                    points,
+                    list(self.resume_s),
+                ),
+            )
+        )
 
     async def _close(self) -> None:
         self.closing = True

@@ -55,6 +55,6 @@ def _fit(sizes: list[int], total: int, min_size: int, cap: int) -> None:
         if not shrink:  # cannot keep min_size: drop the last room into the others
             diff += sizes.pop()
             continue
-        for i in sorted(shrink, key=lambda i: -sizes[i])[: -diff]:
+        for i in sorted(shrink, key=lambda i: -sizes[i])[:-diff]:
             sizes[i] -= 1
             diff += 1

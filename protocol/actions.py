@@ -44,6 +44,8 @@ class DoResume(msgspec.Struct, frozen=True):
     token: str
     session_id: str
     seq: int
+    #: RESUME ``rooms``: room -> last room seq the client holds (None: not sent).
+    rooms: dict[Snowflake, int] | None = None
 
 
 class DoSubscribe(msgspec.Struct, frozen=True):

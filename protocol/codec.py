@@ -233,6 +233,18 @@ class DispatchTemplate:
         self._head = head
         self._tail = tail
 
+    @property
+    def head(self) -> bytes:
+        """The bytes before ``s``: ``frame(s) == head + <s in this encoding> + tail``.
+
+        Exposed so a fan-out can splice many ``s`` values into one buffer at once."""
+        return self._head
+
+    @property
+    def tail(self) -> bytes:
+        """The bytes after ``s`` (``id``, ``d`` and the envelope's end)."""
+        return self._tail
+
     def frame(self, s: int) -> bytes:
         raise NotImplementedError
 

@@ -93,12 +93,20 @@ class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True):
     rooms: tuple[Snowflake, ...]
 
 
-class Resume(msgspec.Struct, frozen=True, kw_only=True):
-    """op 6."""
+class Resume(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """op 6.
+
+    ``rooms`` (optional, a v1 extension; docs/protocol.md section 8): room id -> the last room
+    seq the client holds, for the rooms it is subscribed to. The gateway replays each listed
+    room from the CLIENT's position rather than from its own saved one, which may lag after a
+    gateway crash; so the replay has no duplicate and no gap. Omitted when None, so the frame
+    an older client sends is unchanged.
+    """
 
     token: str
     session_id: str
     seq: Seq
+    rooms: dict[Snowflake, Seq] | None = None
 
 
 class Send(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,12 +16,17 @@ class ReplayBuffer:
     resuming connection that picked another encoding.
     """
 
-    __slots__ = ("_events", "_last_seq")
+    __slots__ = ("_events", "_last_seq", "_maxlen")
+
+    #: Shared by every buffer that holds nothing yet: an empty deque costs ~760 bytes, a lot
+    #: per idle session (the gateway runs with ``maxlen=0`` and never fills one).
+    _EMPTY: deque[DispatchEvent] = deque(maxlen=0)
 
     def __init__(self, maxlen: int) -> None:
         if maxlen < 0:
             raise ValueError("maxlen must be >= 0")
-        self._events: deque[DispatchEvent] = deque(maxlen=maxlen)
+        self._maxlen = maxlen
+        self._events = self._EMPTY  # replaced by a real deque on the first append
         self._last_seq = 0
 
     @property
@@ -42,7 +47,9 @@ class ReplayBuffer:
             # A gap (the seq was restarted, say by a cross-node resume): older events can no
             # longer be replayed contiguously, so drop them rather than replay a hole.
             self._events.clear()
-        self._events.append(event)
+        if self._events is self._EMPTY and self._maxlen:
+            self._events = deque(maxlen=self._maxlen)
+        self._events.append(event)  # on _EMPTY (maxlen 0): kept nowhere, as intended
         self._last_seq = seq
 
     def reset(self, last_seq: int) -> None:

@@ -152,7 +152,7 @@ class Session:
                 return [Authenticate(d.token, d.client, d.subscribe)]
             if not isinstance(d, Resume):
                 raise AssertionError(f"op {op!r} with payload {d!r}")
-            self.pending_resume = DoResume(d.token, d.session_id, d.seq)
+            self.pending_resume = DoResume(d.token, d.session_id, d.seq, d.rooms)
             return [self.pending_resume]
         if state is not SessionState.READY:
             return [self.close(CloseCode.NOT_IDENTIFIED)]

@@ -11,10 +11,13 @@ IDENTIFY -> READY and heartbeats; ``subscribe({room: after_seq})``, ``send(room,
 (awaits the REPLY by request id), ``typing``, ``presence``; ``async for event in client`` yields
 DISPATCH events. Resume is built in: on a dropped connection, a missed HEARTBEAT_ACK, RECONNECT,
 or a close code outside 1000/1001 and 4500-4999, it reconnects (to a fresh ``/gateway`` url when a
-``discover`` callable is given) and RESUMEs; on INVALID_SESSION it IDENTIFYs again and
-re-SUBSCRIBEs each room after the last seq it delivered. Durable events are deduplicated by
-room seq, so the iterator never yields one twice. ``send`` retries across reconnects with the
-same nonce (sends are idempotent by nonce), so a send either returns the stored message or raises.
+``discover`` callable is given) and RESUMEs, listing in RESUME ``rooms`` the last room seq it
+holds per subscribed room so the replay is exact even after a gateway crash (docs/protocol.md
+section 8; ``resume_rooms=False`` sends the plain v1 RESUME); on INVALID_SESSION it IDENTIFYs
+again and re-SUBSCRIBEs each room after the last seq it delivered. Durable events are
+deduplicated by room seq, so the iterator never yields one twice. ``send`` retries across
+reconnects with the same nonce (sends are idempotent by nonce), so a send either returns the
+stored message or raises.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ Encoding = Literal["json", "msgpack"]
 # opcodes (PROTOCOL.md section 2); duplicated here so the client needs nothing server-side
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, SUBSCRIBE, UNSUBSCRIBE, RESUME = range(7)
 RECONNECT, SEND, INVALID_SESSION, HELLO, HEARTBEAT_ACK, TYPING, REPLY = range(7, 14)
+
+#: Rooms listed in RESUME ``rooms`` at most: about 30 bytes each keeps the frame well inside the
+#: gateway's 16 KiB limit; rooms beyond it fall back to the server's saved position (and the
+#: room-seq dedupe below).
+MAX_RESUME_ROOMS = 400
 
 
 class ShardchatError(Exception):
@@ -218,7 +226,12 @@ class _State:
     last_s: int | None = None
     resume_url: str | None = None
     room_seqs: dict[int, int] = field(default_factory=dict)  # last seq delivered per room
-    wanted: set[int] = field(default_factory=set)  # rooms to (re)subscribe
+    wanted: set[int] = field(default_factory=set)  # rooms subscribed (or to re-subscribe)
+
+    def resume_rooms(self) -> dict[str, int]:
+        """RESUME ``rooms``: the last seq held for each subscribed room that has one."""
+        held = (r for r in self.wanted if r in self.room_seqs)
+        return {str(r): self.room_seqs[r] for r in itertools.islice(held, MAX_RESUME_ROOMS)}
 
 
 def with_query(url: str, encoding: Encoding) -> str:
@@ -239,6 +252,7 @@ class GatewayClient:
         max_queue: int = 100_000,
         reconnect: bool = True,
         open_timeout: float = 10.0,
+        resume_rooms: bool = True,
     ) -> None:
         self.url = url
         self._token = token
@@ -247,6 +261,7 @@ class GatewayClient:
         self._client_name = client_name
         self._reconnect = reconnect
         self._open_timeout = open_timeout
+        self._resume_rooms = resume_rooms
         self.state = _State()
         self.ready: dict[str, Any] = {}
         self.user: dict[str, Any] = {}
@@ -472,7 +487,10 @@ class GatewayClient:
         st = self.state
         token = await self._token_value()
         if st.session_id is not None:
-            d = {"token": token, "session_id": st.session_id, "seq": st.last_s or 0}
+            d: dict[str, Any] = {"token": token, "session_id": st.session_id, "seq": st.last_s or 0}
+            rooms = st.resume_rooms() if self._resume_rooms else None
+            if rooms:
+                d["rooms"] = rooms
             await self._send_frame({"op": RESUME, "d": d}, force=True)
         else:
             await self._identify(token)
@@ -544,14 +562,21 @@ class GatewayClient:
         elif t == "RESUMED":
             self.resumes += 1
             self._set_connected()
-        elif t == "ROOM_SUBSCRIBED" and isinstance(d, dict) and not d.get("recovered", True):
-            # history was not recoverable; the app refetches it; continue from the head
-            st.room_seqs[int(d["room_id"])] = int(d["seq"])
+        elif t == "ROOM_SUBSCRIBED" and isinstance(d, dict):
+            room, seq = int(d["room_id"]), int(d["seq"])
+            st.wanted.add(room)  # subscribed here (IDENTIFY ``subscribe`` too): RESUME lists it
+            if not d.get("recovered", True):
+                # history was not recoverable; the app refetches it; continue from the head
+                st.room_seqs[room] = seq
+            else:  # caught up to ``seq``: the position RESUME reports even before any event
+                st.room_seqs[room] = max(seq, st.room_seqs.get(room, 0))
         elif isinstance(d, dict) and "seq" in d and "room_id" in d:
             room, seq = int(d["room_id"]), int(d["seq"])
             if seq <= st.room_seqs.get(room, 0):
                 return  # already delivered (replay overlap)
             st.room_seqs[room] = seq
+            if t == "MEMBER_LEAVE" and d.get("user_id") == self.user.get("id"):
+                st.wanted.discard(room)  # we left: the gateway ended the subscription
         await self._events.put(Dispatch(t, d, s))
 
     async def _resubscribe(self) -> None:

@@ -170,6 +170,9 @@ class Registry(Protocol):
     - presence and session blobs are held until their TTL passes (``get_presence`` omits
       users with no live entry; callers treat them as offline). A session saved on one
       gateway is loadable on every gateway (RESUME anywhere).
+    - session writes are conditional on an ownership ``epoch`` (``save_session_if``,
+      ``delete_session_if``): one atomic compare-and-set each, so two gateways racing for one
+      session cannot both win against a newer owner. See ``save_session_if``.
     - ``publish`` reaches every active ``subscribe`` iterator of that channel, in every
       process sharing the backend, at most once, in publish order per publisher; nothing is
       kept for late subscribers or across a backend outage. See :class:`Subscription`.
@@ -212,11 +215,41 @@ class Registry(Protocol):
 
     async def get_presence(self, user_ids: Sequence[int]) -> dict[int, str]: ...
 
-    async def save_session(self, session_id: str, blob: bytes, ttl_s: float) -> None: ...
+    async def save_session_if(self, session_id: str, blob: bytes, epoch: int, ttl_s: float) -> bool:
+        """Store ``blob`` with ``epoch`` for ``ttl_s``, unless a newer owner holds the session.
 
-    async def load_session(self, session_id: str) -> bytes | None: ...
+        ``epoch`` is the session's ownership counter (the gateway bumps it on every RESUME;
+        ``0 <= epoch < 2**53``). Guarantees:
+        - atomic compare-and-set in ONE round trip: the write happens only when no live stored
+          entry has an epoch HIGHER than ``epoch``; an equal epoch is overwritten (the owner's
+          own periodic saves, its release on hand-over). Blob and epoch are written together
+          and the TTL restarts at ``ttl_s``.
+        - True: written. False: a newer owner exists and nothing was changed; the caller's copy
+          of the session is stale (it lost the session).
+        - concurrent calls, from any processes sharing the backend, behave as if run one at a
+          time: the entry ends with a blob of the highest epoch written, and a lower epoch
+          never replaces a higher one.
+        - an expired or deleted entry counts as absent (any epoch may write). After a backend
+          loss a stale owner can therefore win once; the real owner's next save (higher epoch)
+          overwrites it and the stale owner's next save returns False.
+        """
+        ...
 
-    async def delete_session(self, session_id: str) -> None: ...
+    async def load_session(self, session_id: str) -> bytes | None:
+        """The blob last written by ``save_session_if``; None when absent or expired."""
+        ...
+
+    async def delete_session_if(self, session_id: str, epoch: int) -> bool:
+        """Delete the session unless a newer owner holds it; atomic like ``save_session_if``.
+
+        True: deleted, or nothing live was stored. False: a stored entry has an epoch higher
+        than ``epoch`` and was left as it is.
+        """
+        ...
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete unconditionally (administrative use; gateways use ``delete_session_if``)."""
+        ...
 
     async def publish(self, channel: str, payload: bytes) -> None: ...
 

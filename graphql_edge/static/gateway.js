@@ -1,7 +1,12 @@
 // Gateway protocol v1 client: HELLO/IDENTIFY/heartbeats, SUBSCRIBE with after_seq, SEND with
 // nonce, and resume: on a drop or a 4000-4499 close, reconnect via /gateway and RESUME with
-// session_id + last s; on INVALID_SESSION, IDENTIFY again and SUBSCRIBE each room after the last
-// seq we delivered. Durable events are deduplicated by room seq, so nothing shows twice.
+// session_id + last s + `rooms` (the last room seq we hold per subscribed room, so the replay is
+// exact even after a gateway crash: docs/protocol.md section 8); on INVALID_SESSION, IDENTIFY
+// again and SUBSCRIBE each room after the last seq we delivered. Durable events are also
+// deduplicated by room seq, so nothing shows twice whatever the server replays.
+// RESUME lists at most this many rooms (~30 bytes each, the frame limit is 16 KiB); the rest
+// resume from the server's saved position and rely on the room-seq dedupe.
+const MAX_RESUME_ROOMS = 400;
 const OP = { DISPATCH: 0, HEARTBEAT: 1, IDENTIFY: 2, PRESENCE: 3, SUBSCRIBE: 4, UNSUBSCRIBE: 5, RESUME: 6,
   RECONNECT: 7, SEND: 8, INVALID_SESSION: 9, HELLO: 10, ACK: 11, TYPING: 12, REPLY: 13 };
 
@@ -9,7 +14,7 @@ export class Gateway extends EventTarget {
   constructor(getToken) {
     super();
     this.getToken = getToken;      // async () => access token (refreshed when needed)
-    this.sessionId = null; this.seq = null; this.resumeUrl = null;
+    this.sessionId = null; this.seq = null; this.resumeUrl = null; this.userId = null;
     this.roomSeqs = new Map();     // room id -> last delivered seq
     this.rooms = new Set();        // rooms we want subscribed
     this.pending = new Map();      // request id -> {resolve, reject, frame}
@@ -47,7 +52,7 @@ export class Gateway extends EventTarget {
         };
         this.hbTimer = setTimeout(beat, every * Math.random());
         const token = await this.getToken();
-        if (this.sessionId) this.raw({ op: OP.RESUME, d: { token, session_id: this.sessionId, seq: this.seq ?? 0 } });
+        if (this.sessionId) this.raw({ op: OP.RESUME, d: { token, session_id: this.sessionId, seq: this.seq ?? 0, rooms: this.resumeRooms() } });
         else this.raw({ op: OP.IDENTIFY, d: { token, client: { name: "shardchat-web", version: "1" } } });
         break;
       }
@@ -72,16 +77,32 @@ export class Gateway extends EventTarget {
     if (s != null) this.seq = s;
     if (t === "READY") {
       const fresh = this.sessionId === null;
-      this.sessionId = d.session_id; this.resumeUrl = d.resume_url || null;
+      this.sessionId = d.session_id; this.resumeUrl = d.resume_url || null; this.userId = d.user?.id ?? null;
       this.onReady();
       if (fresh && this.rooms.size) this.subscribe([...this.rooms]);
     } else if (t === "RESUMED") this.onReady();
-    else if (t === "ROOM_SUBSCRIBED" && !d.recovered) this.roomSeqs.set(d.room_id, d.seq);
-    else if (d && d.seq != null && d.room_id) {
+    else if (t === "ROOM_SUBSCRIBED") {
+      this.rooms.add(d.room_id); // subscribed: RESUME lists it from now on
+      // not recovered: the app refetches history, continue from the head; recovered: we are
+      // caught up to d.seq, the position RESUME reports even before the room's next event
+      if (!d.recovered || d.seq > (this.roomSeqs.get(d.room_id) ?? 0)) this.roomSeqs.set(d.room_id, d.seq);
+    } else if (d && d.seq != null && d.room_id) {
       if (d.seq <= (this.roomSeqs.get(d.room_id) ?? 0)) return; // replay overlap: already shown
       this.roomSeqs.set(d.room_id, d.seq);
+      if (t === "MEMBER_LEAVE" && d.user_id === this.userId) this.rooms.delete(d.room_id); // we left
     }
     this.emit(t, d);
+  }
+
+  // RESUME `rooms`: {room_id: last seq we hold} for the subscribed rooms that have a position.
+  resumeRooms() {
+    const out = {};
+    let n = 0;
+    for (const r of this.rooms) {
+      if (n >= MAX_RESUME_ROOMS) break;
+      if (this.roomSeqs.has(r)) { out[r] = this.roomSeqs.get(r); n++; }
+    }
+    return out;
   }
 
   onReady() {

@@ -23,34 +23,63 @@ from loadtest.report import BenchResult, build_result, write_json, write_plot
 PER_WORKER = 5000  # connections per client process: well under the 20k fd limit, one core each
 
 
-def add_common(p: argparse.ArgumentParser, *, connections: int, duration: float, rate: float,
-               room_size: float = 10, gateways: int = 2) -> None:
+def add_common(
+    p: argparse.ArgumentParser,
+    *,
+    connections: int,
+    duration: float,
+    rate: float,
+    room_size: float = 10,
+    gateways: int = 2,
+) -> None:
     p.add_argument("--connections", type=int, default=connections, help="client sessions")
     p.add_argument("--gateways", type=int, default=gateways, help="gateway processes")
-    p.add_argument("--workers", type=int, default=0,
-                   help=f"client processes (0 = one per {PER_WORKER} connections, at least 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help=f"client processes (0 = one per {PER_WORKER} connections, at least 2)",
+    )
     p.add_argument("--duration", type=float, default=duration, help="seconds of sending")
     p.add_argument("--rate", type=float, default=rate, help="messages sent per second, total")
     p.add_argument("--room-size", type=float, default=room_size, help="mean members per room")
-    p.add_argument("--zipf", type=float, default=0.0,
-                   help="room-size exponent: 0 = equal rooms, 1 = Zipf (few big, many small)")
+    p.add_argument(
+        "--zipf",
+        type=float,
+        default=0.0,
+        help="room-size exponent: 0 = equal rooms, 1 = Zipf (few big, many small)",
+    )
     p.add_argument("--max-room", type=int, default=None, help="cap on one room's members")
     p.add_argument("--senders-per-room", type=int, default=1)
-    p.add_argument("--sources", type=int, default=4,
-                   help="client source addresses 127.0.0.2..: 28k ports per address pair")
+    p.add_argument(
+        "--sources",
+        type=int,
+        default=4,
+        help="client source addresses 127.0.0.2..: 28k ports per address pair",
+    )
     p.add_argument("--content-bytes", type=int, default=120)
     # 50: the gateway's Redis pool (redis-py default 100 connections) raises instead of
     # waiting when more registry calls are in flight, and each IDENTIFY/RESUME makes some.
-    p.add_argument("--connect-concurrency", type=int, default=50,
-                   help="handshakes (and closes) in flight per client process")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=50,
+        help="handshakes (and closes) in flight per client process",
+    )
     p.add_argument("--connect-timeout", type=float, default=300.0)
-    p.add_argument("--embedded", action="store_true",
-                   help="one gateway on SQLite + memory adapters instead of the local engines")
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="one gateway on SQLite + memory adapters instead of the local engines",
+    )
     p.add_argument("--out", default="loadtest/results", help="folder for JSON + PNG")
     p.add_argument("--name", default="", help="result file name (default: the scenario)")
     # Outside the repository: gateway logs of a big run are tens of MB, not results.
-    p.add_argument("--log-dir", default=str(Path(tempfile.gettempdir()) / "shardchat-bench"),
-                   help="gateway stdout/stderr, one folder per run")
+    p.add_argument(
+        "--log-dir",
+        default=str(Path(tempfile.gettempdir()) / "shardchat-bench"),
+        help="gateway stdout/stderr, one folder per run",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -91,9 +120,13 @@ def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iter
         connections = sum(sizes)
         workers = args.workers or max(2, math.ceil(connections / PER_WORKER))
         opts = HarnessOptions(
-            workers=min(workers, connections), senders_per_room=args.senders_per_room,
-            sources=source_addresses(args.sources), connect_concurrency=args.connect_concurrency,
-            content_bytes=args.content_bytes, progress=not args.no_progress)
+            workers=min(workers, connections),
+            senders_per_room=args.senders_per_room,
+            sources=source_addresses(args.sources),
+            connect_concurrency=args.connect_concurrency,
+            content_bytes=args.content_bytes,
+            progress=not args.no_progress,
+        )
         harness = Harness(scenario, plan_clients(population, cluster.urls, opts), opts)
         yield Run(run_id, cluster, population, harness, args)
     finally:
@@ -121,15 +154,31 @@ def counters_of(m: Merged) -> dict[str, int]:
     return c
 
 
-def finish(scenario: str, args: argparse.Namespace, *, started_at: str, duration_s: float,
-           counters: dict[str, int], merged: Merged | None, extra: dict[str, Any]) -> BenchResult:
+def finish(
+    scenario: str,
+    args: argparse.Namespace,
+    *,
+    started_at: str,
+    duration_s: float,
+    counters: dict[str, int],
+    merged: Merged | None,
+    extra: dict[str, Any],
+) -> BenchResult:
     if merged is not None:
-        extra = {"ack_latency_ms": merged.ack_latency.summary(),
-                 "connect_latency_ms": merged.connect_latency.summary()} | extra
-    result = build_result(scenario, started_at=started_at, duration_s=duration_s,
-                          params=params_of(args), counters=counters,
-                          latency=merged.latency if merged else None,
-                          timeline=merged.timeline if merged else None, extra=extra)
+        extra = {
+            "ack_latency_ms": merged.ack_latency.summary(),
+            "connect_latency_ms": merged.connect_latency.summary(),
+        } | extra
+    result = build_result(
+        scenario,
+        started_at=started_at,
+        duration_s=duration_s,
+        params=params_of(args),
+        counters=counters,
+        latency=merged.latency if merged else None,
+        timeline=merged.timeline if merged else None,
+        extra=extra,
+    )
     name = args.name or scenario
     out = Path(args.out)
     path = write_json(result, out / f"{name}.json")
@@ -138,6 +187,9 @@ def finish(scenario: str, args: argparse.Namespace, *, started_at: str, duration
     print(f"{scenario}: wrote {path}", file=sys.stderr)
     print(f"{scenario}: counters {result.counters}", file=sys.stderr)
     if lat.get("count"):
-        print(f"{scenario}: latency p50 {lat['p50']} ms p99 {lat['p99']} ms "
-              f"max {lat['max']} ms over {lat['count']}", file=sys.stderr)
+        print(
+            f"{scenario}: latency p50 {lat['p50']} ms p99 {lat['p99']} ms "
+            f"max {lat['max']} ms over {lat['count']}",
+            file=sys.stderr,
+        )
     return result

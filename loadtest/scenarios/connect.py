@@ -37,12 +37,21 @@ def run(args: argparse.Namespace) -> BenchResult:
         per_gw_after = {pid: total_rss_kib([pid]) for pid in pids}
         merged = r.harness.account({}, 1.0)
     counters = counters_of(merged) | {"identified": identified, "connect_failed": failed}
-    return finish("connect", args, started_at=started, duration_s=connect_s, counters=counters,
-                  merged=merged, extra={
-                      "sessions_held": identified,
-                      "connections_per_s": round(identified / connect_s, 1) if connect_s else 0,
-                      "gateway_rss_before_kib": before, "gateway_rss_after_kib": after,
-                      "idle_kib_per_session": per_session_kib(before, after, identified),
-                      "per_gateway_rss_kib": [
-                          {"before": per_gw_before[p], "after": per_gw_after[p]} for p in pids],
-                  })
+    return finish(
+        "connect",
+        args,
+        started_at=started,
+        duration_s=connect_s,
+        counters=counters,
+        merged=merged,
+        extra={
+            "sessions_held": identified,
+            "connections_per_s": round(identified / connect_s, 1) if connect_s else 0,
+            "gateway_rss_before_kib": before,
+            "gateway_rss_after_kib": after,
+            "idle_kib_per_session": per_session_kib(before, after, identified),
+            "per_gateway_rss_kib": [
+                {"before": per_gw_before[p], "after": per_gw_after[p]} for p in pids
+            ],
+        },
+    )

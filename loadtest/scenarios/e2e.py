@@ -17,8 +17,12 @@ from loadtest.zipf import room_sizes
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, connections=1000, duration=15, rate=100)
-    p.add_argument("--account-wait", type=float, default=15.0,
-                   help="seconds to wait for the last deliveries before counting lost")
+    p.add_argument(
+        "--account-wait",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the last deliveries before counting lost",
+    )
 
 
 def sizes_of(args: argparse.Namespace) -> list[int]:
@@ -35,11 +39,21 @@ def run(args: argparse.Namespace, scenario: str = "e2e") -> BenchResult:
         merged = r.harness.account(acked, args.account_wait)
         elapsed = time.monotonic() - t0
     counters = counters_of(merged)
-    return finish(scenario, args, started_at=started, duration_s=elapsed, counters=counters,
-                  merged=merged, extra={
-                      "rooms": len(sizes), "largest_room": max(sizes), "smallest_room": min(sizes),
-                      "identified": identified, "connect_failed": failed,
-                      "connect_s": round(connect_s, 2),
-                      # one sender per room, served round robin: rate x mean room size
-                      "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
-                  })
+    return finish(
+        scenario,
+        args,
+        started_at=started,
+        duration_s=elapsed,
+        counters=counters,
+        merged=merged,
+        extra={
+            "rooms": len(sizes),
+            "largest_room": max(sizes),
+            "smallest_room": min(sizes),
+            "identified": identified,
+            "connect_failed": failed,
+            "connect_s": round(connect_s, 2),
+            # one sender per room, served round robin: rate x mean room size
+            "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
+        },
+    )

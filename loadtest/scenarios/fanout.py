@@ -38,12 +38,25 @@ def run(args: argparse.Namespace) -> BenchResult:
             cpu = total_cpu_seconds(r.cluster.pids) - cpu0
             n = sum(len(v) for v in acked.values())
             frames = n * len(members)
-            phases.append({"members": len(members), "messages": n, "frames": frames,
-                           "gateway_cpu_s": round(cpu, 3),
-                           "frames_per_gateway_cpu_s": round(frames / cpu) if cpu else None})
+            phases.append(
+                {
+                    "members": len(members),
+                    "messages": n,
+                    "frames": frames,
+                    "gateway_cpu_s": round(cpu, 3),
+                    "frames_per_gateway_cpu_s": round(frames / cpu) if cpu else None,
+                }
+            )
             for room, seqs in acked.items():
                 acked_all.setdefault(room, []).extend(seqs)
         merged = r.harness.account(acked_all, args.account_wait)
         elapsed = time.monotonic() - t0
-    return finish("fanout", args, started_at=started, duration_s=elapsed,
-                  counters=counters_of(merged), merged=merged, extra={"phases": phases})
+    return finish(
+        "fanout",
+        args,
+        started_at=started,
+        duration_s=elapsed,
+        counters=counters_of(merged),
+        merged=merged,
+        extra={"phases": phases},
+    )

@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> BenchResult:
         merged = r.harness.account(acked, args.account_wait)
         elapsed = time.monotonic() - t0
     growth = samples[-1][1] - samples[0][1] if len(samples) > 1 else 0
-    return finish("soak", args, started_at=started, duration_s=elapsed,
-                  counters=counters_of(merged), merged=merged,
-                  extra={"gateway_rss_kib": samples, "rss_growth_kib": growth})
+    return finish(
+        "soak",
+        args,
+        started_at=started,
+        duration_s=elapsed,
+        counters=counters_of(merged),
+        merged=merged,
+        extra={"gateway_rss_kib": samples, "rss_growth_kib": growth},
+    )

@@ -46,14 +46,23 @@ def run(args: argparse.Namespace) -> BenchResult:
         elapsed = time.monotonic() - t0
     resume = merged.resume_s
     counters = counters_of(merged)
-    return finish("storm", args, started_at=started, duration_s=elapsed, counters=counters,
-                  merged=merged, extra={
-                      "rooms": len(sizes), "identified": identified, "connect_failed": failed,
-                      "connect_s": round(connect_s, 2),
-                      "killed_gateway": args.kill,
-                      "killed_at_s": round(killed_at[0], 3) if killed_at else None,
-                      "sessions_on_killed_gateway": victims,
-                      "resumed_after_kill": len(resume),
-                      "all_resumed_s": round(resume[-1], 3) if resume else None,
-                      "resume_p50_s": round(resume[len(resume) // 2], 3) if resume else None,
-                  })
+    return finish(
+        "storm",
+        args,
+        started_at=started,
+        duration_s=elapsed,
+        counters=counters,
+        merged=merged,
+        extra={
+            "rooms": len(sizes),
+            "identified": identified,
+            "connect_failed": failed,
+            "connect_s": round(connect_s, 2),
+            "killed_gateway": args.kill,
+            "killed_at_s": round(killed_at[0], 3) if killed_at else None,
+            "sessions_on_killed_gateway": victims,
+            "resumed_after_kill": len(resume),
+            "all_resumed_s": round(resume[-1], 3) if resume else None,
+            "resume_p50_s": round(resume[len(resume) // 2], 3) if resume else None,
+        },
+    )

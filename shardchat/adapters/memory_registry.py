@@ -28,7 +28,8 @@ class MemoryRegistry:
         self._rooms: dict[int, dict[str, float]] = {}
         self._partitions: dict[int, dict[str, float]] = {}
         self._presence: dict[int, tuple[str, float]] = {}
-        self._sessions: dict[str, tuple[bytes, float]] = {}
+        # session id -> (blob, ownership epoch, expires_at)
+        self._sessions: dict[str, tuple[bytes, int, float]] = {}
         # Weak: an abandoned, unreferenced Subscription is collected and unsubscribes itself.
         self._subs: dict[str, weakref.WeakSet[Subscription]] = {}
         self._closed = False
@@ -154,17 +155,31 @@ class MemoryRegistry:
                 out[user_id] = entry[0]
         return out
 
-    async def save_session(self, session_id: str, blob: bytes, ttl_s: float) -> None:
-        self._sessions[session_id] = (blob, self._clock() + ttl_s)
-
-    async def load_session(self, session_id: str) -> bytes | None:
+    def _live_session(self, session_id: str) -> tuple[bytes, int, float] | None:
         entry = self._sessions.get(session_id)
-        if entry is None:
-            return None
-        if entry[1] <= self._clock():
+        if entry is not None and entry[2] <= self._clock():
             del self._sessions[session_id]
             return None
-        return entry[0]
+        return entry
+
+    # Atomic without a lock: nothing awaits between the epoch check and the write.
+    async def save_session_if(self, session_id: str, blob: bytes, epoch: int, ttl_s: float) -> bool:
+        entry = self._live_session(session_id)
+        if entry is not None and entry[1] > epoch:
+            return False
+        self._sessions[session_id] = (blob, epoch, self._clock() + ttl_s)
+        return True
+
+    async def load_session(self, session_id: str) -> bytes | None:
+        entry = self._live_session(session_id)
+        return None if entry is None else entry[0]
+
+    async def delete_session_if(self, session_id: str, epoch: int) -> bool:
+        entry = self._live_session(session_id)
+        if entry is not None and entry[1] > epoch:
+            return False
+        self._sessions.pop(session_id, None)
+        return True
 
     async def delete_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

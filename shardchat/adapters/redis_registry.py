@@ -9,7 +9,11 @@ Lua scripts derive key names from the prefix):
 - ``P room:{id}`` / ``P part:{n}`` ZSET gateway id -> expiry (ms)
 - ``P gw:{id}:parts`` SET the partitions last set by that gateway (so ``set_partitions`` can
   drop the ones it gave up)
-- ``P presence:{uid}``, ``P session:{sid}`` strings with PX
+- ``P presence:{uid}`` string with PX
+- ``P sess:{sid}`` HASH {epoch, blob} with PX: the epoch sits next to the blob so that one
+  script compares and writes atomically (``save_session_if``). A new name, not ``session:``,
+  because older versions kept a string there, which HGET would reject (WRONGTYPE) until it
+  expired.
 - pub/sub channel ``P{channel}``
 
 Why expiry scores instead of one key per entry: ``live_gateways`` and the map lookups are one
@@ -175,6 +179,24 @@ return out
 """
 )
 
+# KEYS: sess:{sid}  ARGV: epoch, blob, ttl ms  -> 1 written, 0 a higher epoch is stored.
+# An expired key is absent to a script, so an expired owner never blocks a write.
+_SESSION_SAVE_IF = """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'blob', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: sess:{sid}  ARGV: epoch  -> 1 deleted or absent, 0 a higher epoch is stored
+_SESSION_DELETE_IF = """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 
 @contextlib.contextmanager
 def _translate_errors() -> Iterator[None]:
@@ -200,6 +222,8 @@ class RedisRegistry:
         poll_s: float = 1.0,
         ping_after_s: float = 5.0,
         reconnect_max_s: float = 2.0,
+        max_connections: int = 64,
+        pool_timeout_s: float = 5.0,
     ) -> None:
         self._url = url
         self._prefix = prefix
@@ -208,12 +232,21 @@ class RedisRegistry:
         self._ping_after_s = ping_after_s
         self._reconnect_max_s = reconnect_max_s
         # Commands: a pool, with a few quick retries so a Redis restart costs a blip only.
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        # A BLOCKING pool: in a connect storm (thousands of IDENTIFY/RESUME saving sessions at
+        # once) the default pool raises "Too many connections" past its cap, which failed the
+        # sessions (4000); here a caller waits up to ``pool_timeout_s`` for a free connection
+        # instead, and Redis sees at most ``max_connections`` sockets per process. A URL query
+        # ``?max_connections=N&timeout=S`` overrides both (redis-py parses it), so deployments
+        # tune them through SHARDCHAT_REDIS_URL.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=min(socket_timeout_s, 2.0),
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes the pool too
         # Pub/sub: no library-level retry; the pump alone decides when to reconnect, so two
         # reconnect mechanisms never race on the one connection.
         self._ps_redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -233,6 +266,8 @@ class RedisRegistry:
         self._map_add = self._redis.register_script(_MAP_ADD)
         self._set_partitions = self._redis.register_script(_SET_PARTITIONS)
         self._map_get = self._redis.register_script(_MAP_GET)
+        self._session_save_if = self._redis.register_script(_SESSION_SAVE_IF)
+        self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
         self._record_decoder = msgspec.json.Decoder(GatewayRecord)
 
         # pub/sub state: full channel name -> live local subscriptions
@@ -367,18 +402,29 @@ class RedisRegistry:
             values: list[Any] = await self._redis.mget([f"{self._prefix}presence:{u}" for u in ids])
         return {u: v.decode() for u, v in zip(ids, values, strict=True) if v is not None}
 
-    async def save_session(self, session_id: str, blob: bytes, ttl_s: float) -> None:
+    def _session_key(self, session_id: str) -> str:
+        return f"{self._prefix}sess:{session_id}"
+
+    async def save_session_if(self, session_id: str, blob: bytes, epoch: int, ttl_s: float) -> bool:
         with _translate_errors():
-            await self._redis.set(f"{self._prefix}session:{session_id}", blob, px=_ms(ttl_s))
+            done = await self._session_save_if(
+                keys=[self._session_key(session_id)], args=[epoch, blob, _ms(ttl_s)]
+            )
+        return bool(done)
 
     async def load_session(self, session_id: str) -> bytes | None:
         with _translate_errors():
-            value: Any = await self._redis.get(f"{self._prefix}session:{session_id}")
+            value: Any = await self._redis.hget(self._session_key(session_id), "blob")
         return None if value is None else bytes(value)
+
+    async def delete_session_if(self, session_id: str, epoch: int) -> bool:
+        with _translate_errors():
+            done = await self._session_delete_if(keys=[self._session_key(session_id)], args=[epoch])
+        return bool(done)
 
     async def delete_session(self, session_id: str) -> None:
         with _translate_errors():
-            await self._redis.delete(f"{self._prefix}session:{session_id}")
+            await self._redis.delete(self._session_key(session_id))
 
     # -- pub/sub -------------------------------------------------------------------------------
     async def publish(self, channel: str, payload: bytes) -> None:

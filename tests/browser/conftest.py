@@ -28,8 +28,9 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'playwright>=1.49'")
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run bash deploy/local/engines.sh install",
-                    pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing: run bash deploy/local/engines.sh install", pytrace=False
+        )
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS

@@ -94,8 +94,21 @@ class DevProcess:
         return code, time.monotonic() - started
 
 
+# deploy/local/engines.sh's own variables (where the engines listen) pass through: they are not
+# settings, and a run on other ports needs them.
+_ENGINE_VARS = {
+    "SHARDCHAT_STATE_DIR",
+    "SHARDCHAT_PG_PORT",
+    "SHARDCHAT_REDIS_PORT",
+    "SHARDCHAT_KAFKA_PORT",
+    "SHARDCHAT_KAFKA_CONTROLLER_PORT",
+}
+
+
 def base_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_") or k in _ENGINE_VARS
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -233,14 +234,105 @@ async def test_session_blob_is_readable_from_any_gateway(env: Env) -> None:
     reg = env.registry
     peer = await env.make_peer()
     blob = bytes(range(256))
-    await reg.save_session("s1", blob, TTL)
-    await reg.save_session("s2", b"x", 30)
+    assert await reg.save_session_if("s1", blob, 0, TTL)
+    assert await reg.save_session_if("s2", b"x", 0, 30)
     assert await peer.load_session("s1") == blob
     assert await peer.load_session("nope") is None
     await peer.delete_session("s2")
     assert await reg.load_session("s2") is None
     await env.advance(PAST_TTL)
     assert await reg.load_session("s1") is None
+
+
+async def test_save_session_if_never_replaces_a_higher_epoch(env: Env) -> None:
+    reg = env.registry
+    peer = await env.make_peer()
+    assert await reg.save_session_if("s", b"e1", 1, 30)
+    assert await peer.save_session_if("s", b"e2", 2, 30)  # resumed elsewhere: newer owner
+    assert not await reg.save_session_if("s", b"e1 again", 1, 30)  # the stale owner loses
+    assert await reg.load_session("s") == b"e2"
+    assert await peer.save_session_if("s", b"e2 later", 2, 30)  # the owner's own saves
+    assert await reg.load_session("s") == b"e2 later"
+    assert await reg.save_session_if("s", b"e7", 7, 30)  # any higher epoch, not only +1
+    assert await peer.load_session("s") == b"e7"
+
+
+async def test_save_session_if_restarts_the_ttl_and_an_expired_entry_is_absent(env: Env) -> None:
+    reg = env.registry
+    assert await reg.save_session_if("s", b"a", 5, TTL)
+    await env.advance(TTL * 0.6)
+    assert await reg.save_session_if("s", b"b", 5, TTL)  # same owner: TTL starts again
+    await env.advance(TTL * 0.6)
+    assert await reg.load_session("s") == b"b"
+    assert not await reg.save_session_if("s", b"old", 4, TTL)
+    await env.advance(PAST_TTL)
+    assert await reg.load_session("s") is None
+    # Nothing live is stored: any epoch may write (a newer owner would have kept it alive).
+    assert await reg.save_session_if("s", b"old", 4, TTL)
+    assert await reg.load_session("s") == b"old"
+
+
+async def test_delete_session_if_spares_a_newer_owner(env: Env) -> None:
+    reg = env.registry
+    peer = await env.make_peer()
+    assert await reg.save_session_if("s", b"e3", 3, 30)
+    assert not await peer.delete_session_if("s", 2)
+    assert await reg.load_session("s") == b"e3"
+    assert await peer.delete_session_if("s", 3)
+    assert await reg.load_session("s") is None
+    assert await reg.delete_session_if("s", 0)  # nothing stored: nothing newer either
+    assert await reg.save_session_if("s", b"e0", 0, 30)  # deleted: absent for every epoch
+
+
+async def test_concurrent_saves_leave_the_highest_epoch(env: Env) -> None:
+    """Writers racing from two registries (two processes on Redis): whatever the interleaving,
+    the highest epoch's blob stays, and a refused writer was refused by a higher epoch."""
+    reg = env.registry
+    peer = await env.make_peer()
+    rng = random.Random(5)
+    for attempt in range(10):
+        sid = f"race:{attempt}"
+        epochs = [e for e in range(12) for _ in range(2)]  # two writers per epoch
+        rng.shuffle(epochs)
+        results = await asyncio.gather(
+            *(
+                (reg if i % 2 else peer).save_session_if(sid, b"e%d" % e, e, 30)
+                for i, e in enumerate(epochs)
+            )
+        )
+        won = [e for e, ok in zip(epochs, results, strict=True) if ok]
+        assert 11 in won
+        assert all(ok or e < 11 for e, ok in zip(epochs, results, strict=True))
+        assert await reg.load_session(sid) == b"e11"
+        late = await asyncio.gather(*(peer.save_session_if(sid, b"late", e, 30) for e in range(11)))
+        assert not any(late)
+        assert await peer.load_session(sid) == b"e11"
+
+
+async def test_a_stale_owner_cannot_overwrite_a_claim_it_races_with(env: Env) -> None:
+    """The read-then-write race the compare-and-set closes: the old owner saves in a loop while
+    the new owner claims the session; once the claim returned, no old save lands."""
+    old, new = env.registry, await env.make_peer()
+    assert await old.save_session_if("s", b"old", 1, 30)
+    claimed = asyncio.Event()
+    after_claim: list[bool] = []
+
+    async def stale_saves() -> None:
+        for _ in range(40):
+            was_claimed = claimed.is_set()
+            ok = await old.save_session_if("s", b"old", 1, 30)
+            if was_claimed:
+                after_claim.append(ok)
+            await asyncio.sleep(0)
+
+    async def claim() -> None:
+        await asyncio.sleep(0)  # the stale loop is running
+        assert await new.save_session_if("s", b"new", 2, 30)
+        claimed.set()
+
+    await asyncio.gather(stale_saves(), claim())
+    assert after_claim and not any(after_claim)
+    assert await old.load_session("s") == b"new"
 
 
 # -- pub/sub ---------------------------------------------------------------------------------
@@ -407,3 +499,26 @@ async def test_subscription_survives_a_redis_restart(redis_pair: Any) -> None:
     await reg.heartbeat_gateway(gw("a"), 30)
     assert await reg.live_gateways() == [gw("a")]
     await sub.aclose()
+
+
+@pytest.mark.integration
+async def test_a_burst_beyond_the_pool_waits_instead_of_failing(redis_url: str) -> None:
+    """Far more concurrent calls than pooled connections: all succeed (they queue for one),
+    and Redis never sees more than ``max_connections`` command sockets from this registry."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    reg = RedisRegistry(redis_url, prefix=prefix, max_connections=4, pool_timeout_s=10.0)
+    try:
+        results = await asyncio.gather(
+            *(reg.save_session_if(f"s{i}", b"blob", 0, 30) for i in range(400))
+        )
+        assert all(results)
+        pool = reg._redis.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 4
+    finally:
+        await reg.close()
+        raw = aioredis.Redis.from_url(redis_url)
+        with contextlib.suppress(aioredis.RedisError):
+            keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await raw.delete(*keys)
+        await raw.aclose()

@@ -93,7 +93,7 @@ async def test_cluster_chat_across_gateways_and_restart(
         async with EdgeClient(dev.edge_url) as alice, EdgeClient(dev.edge_url) as bob:
             await alice.register("alice", "correct horse battery")
             b = await bob.register("bob", "battery staple horse")
-            q = "mutation($m: [ID!]) { createRoom(name: \"c\", memberIds: $m) { id lastSeq } }"
+            q = 'mutation($m: [ID!]) { createRoom(name: "c", memberIds: $m) { id lastSeq } }'
             room_info = (await alice.graphql(q, {"m": [b.user["id"]]}))["createRoom"]
             room, head = int(room_info["id"]), int(room_info["lastSeq"])
             # one user per gateway: delivery must cross processes through Kafka

@@ -122,7 +122,7 @@ async def test_two_gateways_share_the_maps_through_redis(
         await registry.add_rooms("a", [1], 30)
         await other.add_rooms("b", [1], 30)
         assert await registry.gateways_for_room(1) == {"a", "b"}
-        await registry.save_session("s", b"blob", 30)
+        assert await registry.save_session_if("s", b"blob", 0, 30)
         assert await other.load_session("s") == b"blob"
     finally:
         await other.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway.server import serve_gateway
 from shardchat.client import EdgeClient, GatewayClient, ShardchatError
@@ -51,3 +54,82 @@ async def test_edge_client_and_gateway_resume(tmp_path: Path) -> None:
                 await gc.close()
         finally:
             await gw.close()
+
+
+class _NoSessionWrites:
+    """A Registry view for a "crashed" gateway: session writes vanish, the rest passes."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def save_session_if(self, *_args: object) -> bool:
+        return True
+
+    async def delete_session_if(self, *_args: object) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("resume_rooms", [True, False], ids=["rooms", "no-rooms"])
+async def test_resume_after_a_crash_sends_room_positions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume_rooms: bool
+) -> None:
+    """After a gateway crash the client RESUMEs elsewhere listing its room positions, so the
+    gateway replays nothing it already has; without them (v1 RESUME) the replay repeats the
+    events since the crashed gateway's last save and only the client's dedupe hides them."""
+    async with make_edge(tmp_path) as edge:
+        settings = Settings(host="127.0.0.1", gateway_port=0, heartbeat_interval_ms=5000)
+        gw1 = await serve_gateway(settings, edge.auth, edge.chat, edge.log, edge.registry)
+        gw2 = await serve_gateway(settings, edge.auth, edge.chat, edge.log, edge.registry)
+        resumes: list[dict[str, Any]] = []
+        try:
+            client = EdgeClient("http://edge", http=edge.http)
+            session = await client.register("crashy", "correct horse battery")
+            uid = int(session.user["id"])
+            room = int(
+                (await client.graphql('mutation { createRoom(name: "c") { id } }'))["createRoom"][
+                    "id"
+                ]
+            )
+
+            async def discover() -> str:
+                return gw2.url
+
+            gc = await GatewayClient.connect(
+                gw1.url, client.access_token, discover=discover, resume_rooms=resume_rooms
+            )
+            send_frame = gc._send_frame
+
+            async def spy(frame: dict[str, Any], force: bool = False) -> None:
+                if frame["op"] == 6:
+                    resumes.append(frame["d"])
+                await send_frame(frame, force)
+
+            monkeypatch.setattr(gc, "_send_frame", spy)
+            try:
+                await gc.subscribe({room: 1})  # saved before the REPLY
+                # gw1 "crashes": nothing it does reaches the Registry any more
+                monkeypatch.setattr(gw1, "registry", _NoSessionWrites(edge.registry))
+                for i in range(5):
+                    await edge.chat.send_message(uid, room, f"m{i}", f"n{i}")
+                seqs = [(await gc.next_event("MESSAGE_CREATE")).d["seq"] for _ in range(5)]
+                assert seqs == [2, 3, 4, 5, 6]
+                await gc.drop(4000)
+                resumed = await gc.next_event("RESUMED")
+                assert resumes and resumes[0]["seq"] > 0
+                if resume_rooms:
+                    assert resumes[0]["rooms"] == {str(room): 6}
+                    assert resumed.d == {"replayed": 0}
+                else:
+                    assert "rooms" not in resumes[0]
+                    assert resumed.d == {"replayed": 5}  # duplicates, dropped by the client
+                await edge.chat.send_message(uid, room, "live", "live")
+                live = await gc.next_event("MESSAGE_CREATE")
+                assert live.d["seq"] == 7 and live.d["content"] == "live"
+            finally:
+                await gc.close()
+        finally:
+            await gw1.close()
+            await gw2.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 
@@ -56,7 +57,7 @@ class Sink:
         )
 
     @property
-    def frames(self) -> list[dict]:
+    def frames(self) -> list[dict[str, Any]]:
         self.flusher.flush()
         return [msgspec.json.decode(p) for p in self.transport.payloads()]
 
@@ -88,8 +89,8 @@ class EventStore:
 
 
 def make_table(store: EventStore, delivered: list[tuple[int, int]], ring: int = 16) -> RoomTable:
-    def deliver(room: RoomState, event: RoomEvent) -> None:
-        delivered.append((event.room_id, event.seq))
+    def deliver(room: RoomState, events: list[RoomEvent]) -> None:
+        delivered.extend((event.room_id, event.seq) for event in events)
 
     return RoomTable(store.events_after, deliver, ring)
 
@@ -220,7 +221,7 @@ async def test_fanout_splices_s_and_writes_once_per_connection_per_tick() -> Non
     ]
     sessions[1].s = 10  # sessions differ in s: each gets its own spliced s
     for seq in (1, 2):
-        assert fanout(ev(7, seq), sessions, flusher) == 4
+        assert fanout([ev(7, seq)], sessions, flusher) == 4
     flusher.flush()
     assert [t.writes for t in transports] == [1, 1, 1, 1]  # 2 frames, one write each
     got = [[msgspec.json.decode(p) for p in t.payloads()] for t in transports[:3]]

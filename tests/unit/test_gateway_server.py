@@ -14,6 +14,8 @@ import pytest
 
 from chat_core.models import RoomEvent
 from gateway import metrics
+from gateway.server import Gateway
+from gateway.session import load_blob
 from shardchat.registry import gateway_control_channel
 from tests.gateway_client import Client, Cluster, Frame, is_msg
 
@@ -147,7 +149,9 @@ async def test_subscribe_after_seq_recovers_exactly(cluster: Cluster) -> None:
     await a.ws.close()
 
 
-async def _resume_frames(gw_port: int, token: str, sid: str, seq: int) -> tuple[Client, list[Frame]]:
+async def _resume_frames(
+    gw_port: int, token: str, sid: str, seq: int
+) -> tuple[Client, list[Frame]]:
     c = await Client.open(gw_port)
     return c, await c.resume(token, sid, seq)
 
@@ -237,6 +241,87 @@ async def test_resume_unknown_session_is_invalid(cluster: Cluster) -> None:
     await c.send(2, {"token": tok})  # the connection stays usable: IDENTIFY instead
     assert (await c.recv())["t"] == "READY"
     await c.ws.close()
+
+
+async def test_a_save_that_meets_a_newer_owner_kicks_its_connection(cluster: Cluster) -> None:
+    """This gateway missed the TAKE: its next save meets a higher epoch, is refused by the
+    Registry's compare-and-set, and its own connection is closed with 4000; the newer state
+    stays as it is."""
+    gw = await cluster.gateway()
+    _, tok = await cluster.user("owner")
+    c = await Client.open(gw.port)
+    sid = (await c.identify(tok))["d"]["session_id"]
+    session = gw.hub.sessions[sid]
+    registry = cluster.core.registry
+    newer = b"saved by the gateway the client resumed on"
+    assert await registry.save_session_if(sid, newer, session.epoch + 1, 60)
+    await gw.save_now(session)
+    assert await c.close_code() == 4000
+    assert sid not in gw.hub.sessions
+    await asyncio.sleep(0.1)  # the connection's end must not overwrite it either
+    assert await registry.load_session(sid) == newer
+
+
+async def test_session_saves_read_nothing_back(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saving while live and on close is one conditional write each: no read round trip."""
+    gw = await cluster.gateway()
+    _, tok = await cluster.user("owner")
+    registry = cluster.core.registry
+    reads: list[str] = []
+    load = registry.load_session
+
+    async def counting_load(session_id: str) -> bytes | None:
+        reads.append(session_id)
+        return await load(session_id)
+
+    monkeypatch.setattr(registry, "load_session", counting_load)
+    c = await Client.open(gw.port)
+    sid = (await c.identify(tok))["d"]["session_id"]  # saved at once (owner = gw)
+    await gw.save_now(gw.hub.sessions[sid])
+    await c.ws.close(4000)  # resumable: saved as released
+    await asyncio.sleep(0.1)
+    assert reads == []
+    raw = await load(sid)
+    blob = load_blob(raw) if raw is not None else None
+    assert blob is not None and blob.owner == "" and blob.epoch == 0
+
+
+async def test_a_stale_save_in_flight_spares_the_session_resumed_on_the_same_gateway(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save of the old copy that started before a local RESUME is refused (lower epoch) and
+    must not close the NEW connection, which now holds the session id on this gateway."""
+    gw = await cluster.gateway()
+    _, tok = await cluster.user("owner")
+    registry = cluster.core.registry
+    old_conn = await Client.open(gw.port)
+    sid = (await old_conn.identify(tok))["d"]["session_id"]
+    old = gw.hub.sessions[sid]
+    save = registry.save_session_if
+    gate = asyncio.Event()
+    held: list[int] = []
+
+    async def slow_first_save(session_id: str, blob: bytes, epoch: int, ttl_s: float) -> bool:
+        if not held:  # hold only the first call: the old copy's periodic save
+            held.append(epoch)
+            await gate.wait()
+        return await save(session_id, blob, epoch, ttl_s)
+
+    monkeypatch.setattr(registry, "save_session_if", slow_first_save)
+    in_flight = asyncio.create_task(gw.save_now(old))
+    await asyncio.sleep(0.05)
+    assert held == [0]
+    new_conn, frames = await _resume_frames(gw.port, tok, sid, old_conn.last_s or 0)
+    assert frames[-1]["t"] == "RESUMED"
+    assert await old_conn.close_code() == 4000
+    gate.set()
+    await in_flight
+    assert gw.hub.sessions[sid].epoch == 1
+    await new_conn.send(1, new_conn.last_s)
+    assert (await new_conn.until(lambda f: f["op"] == 11))["op"] == 11  # still connected
+    await new_conn.ws.close()
 
 
 async def test_member_leave_ends_the_subscription(cluster: Cluster) -> None:
@@ -424,3 +509,142 @@ async def test_http_probes_and_every_contract_metric_is_exported(cluster: Cluste
     assert not missing, missing
     assert re.search(r'^shardchat_gateway_partition_lag\{partition="\d+"\} ', body, re.M)
     await c.ws.close()
+
+
+# --- RESUME ``rooms`` (client-held positions) and saves on subscription changes --------------
+
+
+async def _until_saved(cluster: Cluster, sid: str) -> None:
+    """Until the Registry holds the session (IDENTIFY saves it once its rooms are set up)."""
+    for _ in range(200):
+        if await cluster.core.registry.load_session(sid) is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("session never saved")
+
+
+def _crash(monkeypatch: pytest.MonkeyPatch, gw: Gateway) -> None:
+    """From now on ``gw`` acts, toward the Registry, like a SIGKILLed gateway: it saves nothing
+    and never answers a TAKE, so a RESUME elsewhere gets its last saved (stale) state. Its
+    sockets stay open; the test client simply stops reading the old one."""
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    monkeypatch.setattr(gw, "_save", nothing)
+    monkeypatch.setattr(gw, "_release", nothing)
+
+
+async def _resume_with(c: Client, token: str, sid: str, seq: int, rooms: object) -> list[Frame]:
+    """Like ``Client.resume``, with the RESUME ``rooms`` extension (omitted when None)."""
+    assert (await c.recv())["op"] == 10
+    d: dict[str, object] = {"token": token, "session_id": sid, "seq": seq}
+    if rooms is not None:
+        d["rooms"] = rooms
+    await c.send(6, d)
+    frames: list[Frame] = []
+    while True:
+        frame = await c.recv()
+        frames.append(frame)
+        if frame.get("t") == "RESUMED" or frame["op"] == 9:
+            return frames
+
+
+@pytest.mark.parametrize("send_rooms", [True, False], ids=["rooms", "no-rooms"])
+async def test_resume_after_a_crash_replays_from_the_clients_room_positions(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, send_rooms: bool
+) -> None:
+    """The crashed gateway's last save is older than what the client got. With RESUME
+    ``rooms`` the replay starts after the client's own position: no duplicate, no gap. Without
+    it, it starts at the saved position and repeats what the client has (v1, documented)."""
+    gw1 = await cluster.gateway()
+    gw2 = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)  # seqs 1, 2
+    chat = cluster.core.chat
+    b = await Client.open(gw1.port)
+    sid = (await b.identify(btok))["d"]["session_id"]
+    assert (await b.recv())["d"]["seq"] == 2  # ROOM_SUBSCRIBED
+    await _until_saved(cluster, sid)
+    _crash(monkeypatch, gw1)
+    for i in range(5):
+        await chat.send_message(alice.id, room.id, f"a{i}", f"a{i}")
+    assert [(await b.until(is_msg))["d"]["seq"] for _ in range(5)] == [3, 4, 5, 6, 7]
+    seen = b.last_s
+    assert seen is not None
+    for i in range(3):  # written to the dying socket, never read by the client
+        await chat.send_message(alice.id, room.id, f"b{i}", f"b{i}")
+    c = await Client.open(gw2.port)
+    frames = await _resume_with(c, btok, sid, seen, {str(room.id): 7} if send_rooms else None)
+    assert frames[-1]["t"] == "RESUMED"
+    replayed = [f["d"]["seq"] for f in frames if is_msg(f)]
+    assert replayed == ([8, 9, 10] if send_rooms else [3, 4, 5, 6, 7, 8, 9, 10])
+    assert [f["s"] for f in frames] == list(range(seen + 1, seen + 2 + len(replayed)))
+    await chat.send_message(alice.id, room.id, "live", "live")
+    assert (await c.until(is_msg))["d"]["seq"] == 11  # live after the replay, nothing between
+    await c.ws.close()
+    await b.ws.close()
+
+
+async def test_resume_rooms_bring_back_a_room_the_crashed_gateway_never_saved(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SUBSCRIBE, then a crash before its save: the saved session lacks the room. A listed
+    room is subscribed again (membership checked: a room the user isn't in is ignored)."""
+    gw1 = await cluster.gateway()
+    gw2 = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)  # seqs 1, 2
+    foreign = await cluster.room(alice)  # bob is not a member
+    chat = cluster.core.chat
+    b = await Client.open(gw1.port)
+    sid = (await b.identify(btok, subscribe=[]))["d"]["session_id"]
+    await _until_saved(cluster, sid)
+    _crash(monkeypatch, gw1)  # the SUBSCRIBE's save below never reaches the Registry
+    await b.request(4, {"rooms": [{"room_id": str(room.id), "after_seq": 2}]})
+    assert (await b.until(lambda f: f["op"] == 13))["d"]["ok"] is True
+    await chat.send_message(alice.id, room.id, "seen", "seen")
+    assert (await b.until(is_msg))["d"]["seq"] == 3
+    seen = b.last_s
+    assert seen is not None
+    await chat.send_message(alice.id, room.id, "missed", "missed")  # seq 4, never read
+    c = await Client.open(gw2.port)
+    rooms = {str(room.id): 3, str(foreign.id): 0}
+    frames = await _resume_with(c, btok, sid, seen, rooms)
+    assert [f["d"]["seq"] for f in frames if is_msg(f)] == [4]
+    assert gw2.hub.sessions[sid].rooms == {room.id}
+    await chat.send_message(alice.id, room.id, "live", "live")
+    assert (await c.until(is_msg))["d"]["seq"] == 5
+    await c.ws.close()
+    await b.ws.close()
+
+
+async def test_subscribe_and_unsubscribe_are_saved_before_the_next_op(cluster: Cluster) -> None:
+    """Not on the periodic sweep: the SUBSCRIBE REPLY comes once the room is saved, and an
+    UNSUBSCRIBE is saved before the next frame is served."""
+    gw = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)
+    registry = cluster.core.registry
+    b = await Client.open(gw.port)
+    sid = (await b.identify(btok, subscribe=[]))["d"]["session_id"]
+    await _until_saved(cluster, sid)
+
+    async def saved_rooms() -> set[int]:
+        raw = await registry.load_session(sid)
+        blob = load_blob(raw) if raw is not None else None
+        assert blob is not None
+        return set(blob.acked)
+
+    assert await saved_rooms() == set()
+    await b.request(4, {"rooms": [{"room_id": str(room.id)}]})
+    assert (await b.until(lambda f: f["op"] == 13))["d"]["ok"] is True
+    assert await saved_rooms() == {room.id}
+    await b.send(5, {"rooms": [str(room.id)]})
+    await b.send(1, b.last_s)
+    await b.until(lambda f: f["op"] == 11)  # served after the UNSUBSCRIBE (and its save)
+    assert await saved_rooms() == set()
+    await b.ws.close()

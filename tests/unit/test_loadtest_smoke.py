@@ -13,9 +13,27 @@ from loadtest.report import BenchResult
 
 
 def test_e2e_smoke_embedded(tmp_path: Path) -> None:
-    code = main(["e2e", "--embedded", "--connections", "20", "--duration", "5", "--rate", "10",
-                 "--workers", "2", "--sources", "2", "--out", str(tmp_path),
-                 "--log-dir", str(tmp_path / "logs"), "--no-progress"])
+    code = main(
+        [
+            "e2e",
+            "--embedded",
+            "--connections",
+            "20",
+            "--duration",
+            "5",
+            "--rate",
+            "10",
+            "--workers",
+            "2",
+            "--sources",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--no-progress",
+        ]
+    )
     raw = (tmp_path / "e2e.json").read_bytes()
     result = msgspec.json.decode(raw, type=BenchResult)  # the schema of loadtest/report.py
     c = result.counters
@@ -27,5 +45,13 @@ def test_e2e_smoke_embedded(tmp_path: Path) -> None:
     assert c["delivered"] == c["expected"]  # every member saw every acknowledged message
     assert result.scenario == "e2e"
     assert result.latency_ms["count"] == c["delivered"]
-    assert set(json.loads(raw)) >= {"schema_version", "params", "machine", "counters",
-                                    "throughput", "latency_ms", "timeline", "extra"}
+    assert set(json.loads(raw)) >= {
+        "schema_version",
+        "params",
+        "machine",
+        "counters",
+        "throughput",
+        "latency_ms",
+        "timeline",
+        "extra",
+    }

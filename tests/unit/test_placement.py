@@ -1,4 +1,5 @@
-"""Placement: bounded-load rendezvous hashing (router/placement.py) and the Placement service."""
+"""Placement: bounded-load consistent hashing on a ketama ring (router/placement.py) and the
+Placement service."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import random
 
 import pytest
+from uhashring import HashRing
 
 from router import placement
 from router.placement_service import NoGatewayAvailable, Placement
@@ -82,6 +84,34 @@ def test_bounded_load_holds_for_a_burst() -> None:
         assert max(loads.values()) <= math.ceil(1.25 * n / len(loads))
 
 
+def test_first_choice_is_the_ketama_owner() -> None:
+    """With no load the key goes where any ketama client (uhashring, libketama) would put it."""
+    ring = HashRing(nodes=[f"g{i}" for i in range(5)], hash_fn="ketama")
+    chosen = owners(gws(5))
+    assert all(chosen[k] == ring.get_node(k) for k in KEYS[:500])
+
+
+def test_ring_is_rebuilt_only_when_the_live_set_changes() -> None:
+    placement._ring.cache_clear()
+    for n in range(50):  # loads, listing order and exclusions change; the set does not
+        gateways = gws(4, g0=n, g1=2 * n)
+        if n % 2:
+            gateways.reverse()
+        placement.choose_for_key(f"k{n}", gateways, exclude=frozenset({f"g{n % 4}"}))
+    assert placement._ring.cache_info().misses == 1
+    placement.choose_for_key("k", gws(5))  # a gateway joined
+    placement.choose_for_key("k", [*gws(4), GatewayRecord("g4", "ws://g4/ws", draining=True)])
+    assert placement._ring.cache_info().misses == 2  # draining: back to the 4-gateway ring
+
+
+def test_excluding_walks_on_to_the_next_on_the_ring() -> None:
+    gateways = gws(5)
+    for key in KEYS[:200]:
+        order = placement.preference_order(key, [g.gateway_id for g in gateways])
+        chosen = placement.choose_for_key(key, gateways, exclude=frozenset({order[0]}))
+        assert chosen is not None and chosen.gateway_id == order[1]
+
+
 def test_draining_gateways_are_never_chosen() -> None:
     gateways = [*gws(3), GatewayRecord("d", "ws://d/ws", 0, draining=True)]
     assert all(v != "d" for v in owners(gateways).values())
@@ -100,8 +130,7 @@ def test_keyless_prefers_lightly_loaded() -> None:
     gateways = gws(3, g0=1000, g1=1000, g2=0)
     rng = random.Random(1)
     picks = collections.Counter(
-        placement.choose_any(gateways, rng=rng).gateway_id  # type: ignore[union-attr]
-        for _ in range(300)
+        placement.choose_any(gateways, rng=rng).gateway_id for _ in range(300)
     )
     assert picks["g2"] > 150  # chosen whenever sampled, two of three pairs
     assert picks["g0"] + picks["g1"] > 0  # yet not a herd onto one gateway

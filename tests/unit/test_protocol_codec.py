@@ -94,6 +94,9 @@ CLIENT_FRAMES = [
     ),
     ClientFrame(Op.UNSUBSCRIBE, Unsubscribe(rooms=(S(5),))),
     ClientFrame(Op.RESUME, Resume(token="t", session_id="abc", seq=17)),
+    ClientFrame(
+        Op.RESUME, Resume(token="t", session_id="abc", seq=17, rooms={S(5): 0, S(INT64_MAX): 9})
+    ),
     ClientFrame(Op.SEND, Send(room_id=S(5), content="héllo 👋", nonce="n-1"), id=-3),
     ClientFrame(Op.SEND, Send(room_id=S(5), content="", nonce=""), id=None),
     ClientFrame(Op.TYPING, Typing(room_id=S(5))),
@@ -123,6 +126,23 @@ def test_client_wire_shape_is_the_contract() -> None:
         Op.HEARTBEAT, Heartbeat(seq=None)
     )
     assert codec.decode_client(b'{"op":2,"d":{"token":"t","future":true}}').d == Identify(token="t")
+
+
+def test_resume_rooms_is_an_optional_extension() -> None:
+    """RESUME ``rooms`` maps room ids (strings) to room seqs; absent or null is "not sent", and
+    a RESUME without it encodes exactly as a v1 RESUME always did (no ``rooms`` key)."""
+    codec = Codec(Encoding.JSON)
+    plain = '{"op":6,"d":{"token":"t","session_id":"s","seq":3}}'
+    assert codec.decode_client(plain).d == Resume(token="t", session_id="s", seq=3)
+    nulled = '{"op":6,"d":{"token":"t","session_id":"s","seq":3,"rooms":null}}'
+    assert codec.decode_client(nulled).d == Resume(token="t", session_id="s", seq=3)
+    listed = '{"op":6,"d":{"token":"t","session_id":"s","seq":3,"rooms":{"12":7,"13":0}}}'
+    d = codec.decode_client(listed).d
+    assert isinstance(d, Resume) and d.rooms == {S(12): 7, S(13): 0}
+    assert all(type(k) is Snowflake for k in d.rooms)
+    assert b"rooms" not in codec.encode(Op.RESUME, Resume(token="t", session_id="s", seq=3))
+    with_rooms = codec.encode(Op.RESUME, Resume(token="t", session_id="s", seq=3, rooms={S(12): 7}))
+    assert b'"rooms":{"12":7}' in with_rooms
 
 
 # ---- server frames: round trips ---------------------------------------------------------------
@@ -268,6 +288,26 @@ def _malformed(encoding: Encoding) -> list[tuple[str, bytes, CloseCode]]:
             d4002,
         ),
         ("resume seq missing", r({"op": 6, "d": {"token": "t", "session_id": "s"}}), d4002),
+        (
+            "resume rooms not a map",
+            r({"op": 6, "d": {"token": "t", "session_id": "s", "seq": 1, "rooms": ["1"]}}),
+            d4002,
+        ),
+        (
+            "resume rooms bad room id",
+            r({"op": 6, "d": {"token": "t", "session_id": "s", "seq": 1, "rooms": {"01": 1}}}),
+            d4002,
+        ),
+        (
+            "resume rooms negative seq",
+            r({"op": 6, "d": {"token": "t", "session_id": "s", "seq": 1, "rooms": {"1": -1}}}),
+            d4002,
+        ),
+        (
+            "resume rooms seq a string",
+            r({"op": 6, "d": {"token": "t", "session_id": "s", "seq": 1, "rooms": {"1": "2"}}}),
+            d4002,
+        ),
         (
             "send content int",
             r({"op": 8, "d": {"room_id": "1", "content": 5, "nonce": "n"}}),

@@ -236,6 +236,21 @@ def test_resume_on_the_same_node_replays_then_resumed() -> None:
     assert buffered[:2] == replay and [e.t for e in buffered] == [*(e.t for e in replay), "RESUMED"]
 
 
+@pytest.mark.parametrize("encoding", list(Encoding))
+def test_resume_rooms_reach_the_gateway(encoding: Encoding) -> None:
+    """The optional RESUME ``rooms`` (client-held room positions) is handed over as ints."""
+    resume = {"token": "t", "session_id": "sess", "seq": 3, "rooms": {"5": 7}}
+    [request] = Session(now=0.0, encoding=encoding).receive(
+        frame(Op.RESUME, resume, encoding=encoding), 0.0
+    )
+    assert request == DoResume("t", "sess", 3, {ROOM: 7})
+    plain = {"token": "t", "session_id": "sess", "seq": 3}
+    [request] = Session(now=0.0, encoding=encoding).receive(
+        frame(Op.RESUME, plain, encoding=encoding), 0.0
+    )
+    assert isinstance(request, DoResume) and request.rooms is None
+
+
 def test_resume_rejected_then_identify_on_the_same_connection() -> None:
     session = Session(now=0.0)
     session.receive(frame(Op.RESUME, {"token": "t", "session_id": "gone", "seq": 9}), 0.0)
