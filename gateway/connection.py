@@ -55,6 +55,9 @@ class _Closing(Exception):
 
 
 class ClientConnection:
+    # Slots: one per live connection, so every byte counts (no per-instance __dict__).
+    __slots__ = ("busy", "close_code", "encoding", "gw", "ip", "out", "proto", "session", "ws")
+
     def __init__(self, gw: Gateway, ws: ServerConnection, encoding: Encoding) -> None:
         self.gw = gw
         self.ws = ws

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from gateway import metrics
+from gateway import gctune, metrics
 from gateway.connection import ClientConnection
 from gateway.consumer import PartitionConsumer
 from gateway.hub import Hub, events_channel
@@ -45,6 +45,8 @@ TAKE_PREFIX = b"take:"
 #: How long a RESUME waits for the holding gateway to release the session. A crashed holder
 #: never answers: the resume then goes on from the last saved state (see gateway/session.py).
 TAKE_WAIT_S = 0.5
+#: Sessions per batched periodic save (see ``Gateway._save_many``).
+SAVE_SLICE = 500
 
 
 def _trim_handshake(conn: ServerConnection, request: Request, response: Response) -> None:
@@ -92,6 +94,9 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_save: dict[str, float] = {}
+        self._opened = 0  # connections handled, for the GC freezer
+        self._closed = 0
+        self._gc = gctune.GcFreezer()
 
     # --- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,6 +146,7 @@ class Gateway:
             loop.create_task(self._sweep_loop()),
         ]
         await self._beat()
+        gctune.tune()  # start-up objects never get rescanned by a full collection
         self.ready = True
         log.info("gateway %s listening on %s", self.gateway_id, self.url)
 
@@ -180,7 +186,11 @@ class Gateway:
 
     # --- connections ------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
+        # The handshake response (status line, headers, body) is never read again; websockets
+        # would keep it for the connection's lifetime (about 1 KiB per idle connection).
+        ws.response = None
         metrics.CONNECTIONS.inc()
+        self._opened += 1
         try:
             assert ws.request is not None
             # keep_blank_values: an empty ``encoding=`` is not json (4504), not "absent".
@@ -204,6 +214,7 @@ class Gateway:
             self.conns.add(conn)
             await conn.run()
         finally:
+            self._closed += 1
             metrics.CONNECTIONS.dec()
 
     async def end_connection(self, conn: ClientConnection) -> None:
@@ -346,18 +357,45 @@ class Gateway:
         refresh = self.settings.resume_window_s / 3
         while True:
             await asyncio.sleep(period)
+            self._gc.poll(self._opened, self._closed)
             now = time.monotonic()
             for conn in list(self.conns):
                 conn.poll(now)
-            for session in list(self.hub.sessions.values()):
+            due = []
+            for session in self.hub.sessions.values():
                 last = self._last_save.get(session.session_id, 0.0)
                 changed = session.dirty or session.s != session.saved_s
-                if (changed and now - last >= 1.0) or now - last >= refresh:
-                    try:
-                        await self._save(session)
-                    except Exception:
-                        log.warning("session save failed", exc_info=True)
-                        break
+                if ((changed and now - last >= 1.0) or now - last >= refresh) and not session.taken:
+                    due.append(session)
+            if due:
+                try:
+                    await self._save_many(due)
+                except Exception:
+                    log.warning("session save failed", exc_info=True)
+
+    async def _save_many(self, sessions: list[Session]) -> None:
+        """The periodic saves of one sweep: one Registry call (a few round trips), not one each.
+
+        Same rules as :meth:`_save`. Blobs are built in slices, each written before the next is
+        built, so no single step holds the loop for long. A session whose save fails stays
+        dirty and is retried by the next sweep.
+        """
+        window = self.settings.resume_window_s
+        for i in range(0, len(sessions), SAVE_SLICE):
+            batch = [s for s in sessions[i : i + SAVE_SLICE] if not s.taken]
+            items = [(s.session_id, s.to_blob(window, self.gateway_id), s.epoch) for s in batch]
+            try:
+                results = await self.registry.save_sessions_if(items, window)
+            except Exception:
+                for s in batch:
+                    s.dirty = True
+                raise
+            now = time.monotonic()
+            for session, ok in zip(batch, results, strict=True):
+                if not ok:
+                    self._kick(session)
+                elif self.hub.sessions.get(session.session_id) is session:
+                    self._last_save[session.session_id] = now
 
     # --- drain ------------------------------------------------------------------------------
     async def drain(self) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from shardchat.config import Settings, load_settings
 
+_PASS_THROUGH = frozenset({"SHARDCHAT_GC_TUNE", "SHARDCHAT_GC_TRACE"})
 _LISTENING = re.compile(r"listening on (ws://\S+)")
 
 
@@ -178,7 +179,12 @@ class Cluster:
         return [gw.url for gw in self.procs]
 
     def _env(self) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
+        # The GC knobs (gateway/gctune.py) are process settings, not Settings: passed through.
+        keep = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SHARDCHAT_") or k in _PASS_THROUGH
+        }
         return keep | self.env
 
     @staticmethod

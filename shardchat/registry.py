@@ -235,6 +235,16 @@ class Registry(Protocol):
         """
         ...
 
+    async def save_sessions_if(
+        self, items: Sequence[tuple[str, bytes, int]], ttl_s: float
+    ) -> list[bool]:
+        """``save_session_if`` for many ``(session_id, blob, epoch)`` at once, in few round trips.
+
+        One result per item, in order, each with the guarantees of ``save_session_if``. Not
+        atomic as a whole: on an error some items may have been written (retrying is safe).
+        """
+        ...
+
     async def load_session(self, session_id: str) -> bytes | None:
         """The blob last written by ``save_session_if``; None when absent or expired."""
         ...

@@ -170,6 +170,11 @@ class MemoryRegistry:
         self._sessions[session_id] = (blob, epoch, self._clock() + ttl_s)
         return True
 
+    async def save_sessions_if(
+        self, items: Sequence[tuple[str, bytes, int]], ttl_s: float
+    ) -> list[bool]:
+        return [await self.save_session_if(sid, blob, epoch, ttl_s) for sid, blob, epoch in items]
+
     async def load_session(self, session_id: str) -> bytes | None:
         entry = self._live_session(session_id)
         return None if entry is None else entry[0]

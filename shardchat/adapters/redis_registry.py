@@ -53,6 +53,8 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 # Rooms per script call: bounds how long one call blocks Redis (about 1 ms per 1000 rooms).
 _ROOM_CHUNK = 1000
+# Sessions per batched save: bounds how long one call blocks Redis (blobs are ~100 B each).
+_SESSION_CHUNK = 500
 
 _NOW = """
 local t = redis.call('TIME')
@@ -189,6 +191,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# KEYS: sess:{sid} x n  ARGV: ttl ms, then epoch, blob per key  -> {1|0} per key, as above.
+# Many sessions in one command: a gateway's periodic saves cost one round trip, not one each.
+_SESSIONS_SAVE_IF = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local epoch = ARGV[2 * i]
+  local cur = redis.call('HGET', key, 'epoch')
+  if cur and tonumber(cur) > tonumber(epoch) then
+    out[i] = 0
+  else
+    redis.call('HSET', key, 'epoch', epoch, 'blob', ARGV[2 * i + 1])
+    redis.call('PEXPIRE', key, ARGV[1])
+    out[i] = 1
+  end
+end
+return out
+"""
+
 # KEYS: sess:{sid}  ARGV: epoch  -> 1 deleted or absent, 0 a higher epoch is stored
 _SESSION_DELETE_IF = """
 local cur = redis.call('HGET', KEYS[1], 'epoch')
@@ -268,6 +288,7 @@ class RedisRegistry:
         self._map_get = self._redis.register_script(_MAP_GET)
         self._session_save_if = self._redis.register_script(_SESSION_SAVE_IF)
         self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
+        self._sessions_save_if = self._redis.register_script(_SESSIONS_SAVE_IF)
         self._record_decoder = msgspec.json.Decoder(GatewayRecord)
 
         # pub/sub state: full channel name -> live local subscriptions
@@ -411,6 +432,23 @@ class RedisRegistry:
                 keys=[self._session_key(session_id)], args=[epoch, blob, _ms(ttl_s)]
             )
         return bool(done)
+
+    async def save_sessions_if(
+        self, items: Sequence[tuple[str, bytes, int]], ttl_s: float
+    ) -> list[bool]:
+        out: list[bool] = []
+        ttl_ms = _ms(ttl_s)
+        for i in range(0, len(items), _SESSION_CHUNK):
+            chunk = items[i : i + _SESSION_CHUNK]
+            args: list[Any] = [ttl_ms]
+            for _, blob, epoch in chunk:
+                args += (epoch, blob)
+            with _translate_errors():
+                done = await self._sessions_save_if(
+                    keys=[self._session_key(sid) for sid, _, _ in chunk], args=args
+                )
+            out += (bool(x) for x in done)
+        return out
 
     async def load_session(self, session_id: str) -> bytes | None:
         with _translate_errors():

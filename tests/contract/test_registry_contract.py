@@ -272,6 +272,22 @@ async def test_save_session_if_restarts_the_ttl_and_an_expired_entry_is_absent(e
     assert await reg.load_session("s") == b"old"
 
 
+async def test_save_sessions_if_is_save_session_if_per_item(env: Env) -> None:
+    """The batched save: one result per item, in order, each with the single save's rules."""
+    reg = env.registry
+    peer = await env.make_peer()
+    assert await peer.save_session_if("b", b"b-e3", 3, 30)  # resumed elsewhere: newer owner
+    items = [(f"s{i}", f"blob{i}".encode(), 1) for i in range(1200)]  # more than one chunk
+    items[7] = ("b", b"b-e2", 2)
+    results = await reg.save_sessions_if(items, TTL)
+    assert results == [i != 7 for i in range(1200)]
+    assert await peer.load_session("b") == b"b-e3"
+    assert await peer.load_session("s1199") == b"blob1199"
+    assert await reg.save_sessions_if([], TTL) == []
+    await env.advance(PAST_TTL)
+    assert await reg.load_session("s0") is None
+
+
 async def test_delete_session_if_spares_a_newer_owner(env: Env) -> None:
     reg = env.registry
     peer = await env.make_peer()

@@ -68,6 +68,9 @@ class _NoSessionWrites:
     async def save_session_if(self, *_args: object) -> bool:
         return True
 
+    async def save_sessions_if(self, items: list[Any], _ttl_s: float) -> list[bool]:
+        return [True] * len(items)
+
     async def delete_session_if(self, *_args: object) -> bool:
         return True
 
