@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 #: RESUMEd it elsewhere): it saves the exact state, marks it released and kicks the old socket.
 TAKE_PREFIX = b"take:"
 #: How long a RESUME waits for the holding gateway to release the session. A crashed holder
-#: never answers: the resume then goes on from the last saved state (see gateway/session.py).
+#: no longer listens on its control channel and is not waited for: the resume goes on from the
+#: last saved state (see gateway/session.py).
 TAKE_WAIT_S = 0.5
 #: Sessions per batched periodic save (see ``Gateway._save_many``).
 SAVE_SLICE = 500
@@ -245,9 +246,6 @@ class Gateway:
         except Exception:
             log.warning("could not save/delete session %s", session.session_id, exc_info=True)
 
-    def save_soon(self, session: Session) -> None:
-        session.dirty = True
-
     async def save_now(self, session: Session) -> None:
         await self._save(session)
 
@@ -295,7 +293,8 @@ class Gateway:
         """The saved state of a session for RESUME, released by whoever holds it.
 
         Local holder: released at once. Remote holder: asked over its control channel and
-        waited for (up to TAKE_WAIT_S), so the state covers everything that socket was sent.
+        waited for (up to TAKE_WAIT_S), so the state covers everything that socket was sent;
+        not waited for when nobody listens on that channel (the holder crashed).
         """
         if session_id in self.hub.sessions:
             await self._release(session_id)
@@ -304,9 +303,11 @@ class Gateway:
         if blob is None or not blob.owner or blob.owner == self.gateway_id:
             return blob
         owner, epoch = blob.owner, blob.epoch
-        await self.registry.publish(
+        listeners = await self.registry.publish(
             gateway_control_channel(owner), TAKE_PREFIX + session_id.encode()
         )
+        if not listeners:
+            return blob  # the holder is gone (crashed): nobody will release, nothing to wait for
         deadline = time.monotonic() + TAKE_WAIT_S
         while time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -2,14 +2,15 @@
 
 ``shardchat migrate`` first, then M ``shardchat gateway`` processes on ephemeral ports, each
 ready when it printed its listening line and ``/readyz`` answers 200. On the local engines every
-run gets a fresh PostgreSQL database and a fresh Kafka topic, so runs never see each other's
-rooms or offsets; the embedded mode (SQLite + memory adapters) runs ONE gateway, since the
-memory log and registry live inside that process.
+run gets a fresh PostgreSQL database and a fresh Kafka topic (both deleted by ``stop()``), so
+runs never see each other's rooms or offsets; the embedded mode (SQLite + memory adapters) runs
+ONE gateway, since the memory log and registry live inside that process.
 Stop: SIGTERM (the gateway drains), then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,6 +23,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shardchat.config import Settings, load_settings
 
@@ -169,6 +172,12 @@ class Cluster:
         if self.database:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _psql(self.admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        topic = self.env.get("SHARDCHAT_KAFKA_TOPIC")
+        if topic and self.env.get("SHARDCHAT_EVENT_LOG") == "kafka":
+            try:
+                asyncio.run(_delete_topic(self.env["SHARDCHAT_KAFKA_BOOTSTRAP"], topic))
+            except Exception as exc:  # a leftover topic is untidy, not a failed run
+                print(f"[cluster] could not delete topic {topic}: {exc}", file=sys.stderr)
 
     @property
     def pids(self) -> list[int]:
@@ -209,6 +218,15 @@ def _bench_env(run_id: str) -> dict[str, str]:
         "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(4 * 1024 * 1024),
         "SHARDCHAT_LOG_LEVEL": "WARNING",
     }
+
+
+async def _delete_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic], timeout_ms=10_000)
+    finally:
+        await admin.close()
 
 
 def _psql(dsn: str, sql: str) -> None:

@@ -261,7 +261,15 @@ class Registry(Protocol):
         """Delete unconditionally (administrative use; gateways use ``delete_session_if``)."""
         ...
 
-    async def publish(self, channel: str, payload: bytes) -> None: ...
+    async def publish(self, channel: str, payload: bytes) -> int:
+        """Deliver ``payload`` to the channel's current subscribers (at most once, no replay).
+
+        Returns how many received it; 0 means nobody listens now, e.g. the gateway owning a
+        control channel is gone. Counted per subscribed connection: Redis counts one per process
+        (a process's subscriptions share one connection), the memory adapter one per
+        subscription. Only 0 vs more is portable.
+        """
+        ...
 
     def subscribe(self, channel: str) -> Subscription:
         """Start a subscription now (no await needed to register it); see Subscription."""

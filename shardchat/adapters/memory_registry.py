@@ -190,10 +190,12 @@ class MemoryRegistry:
         self._sessions.pop(session_id, None)
 
     # -- pub/sub -------------------------------------------------------------------------------
-    async def publish(self, channel: str, payload: bytes) -> None:
+    async def publish(self, channel: str, payload: bytes) -> int:
         # Why a copy: a subscriber's close() during delivery must not break the iteration.
-        for sub in list(self._subs.get(channel, ())):
+        subs = list(self._subs.get(channel, ()))
+        for sub in subs:
             sub._deliver(payload)
+        return len(subs)
 
     def subscribe(self, channel: str) -> Subscription:
         sub = Subscription(

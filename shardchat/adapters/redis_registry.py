@@ -465,9 +465,10 @@ class RedisRegistry:
             await self._redis.delete(self._session_key(session_id))
 
     # -- pub/sub -------------------------------------------------------------------------------
-    async def publish(self, channel: str, payload: bytes) -> None:
+    async def publish(self, channel: str, payload: bytes) -> int:
         with _translate_errors():
-            await self._redis.publish(self._prefix + channel, payload)
+            receivers: int = await self._redis.publish(self._prefix + channel, payload)
+        return receivers
 
     def subscribe(self, channel: str) -> Subscription:
         sub = Subscription(

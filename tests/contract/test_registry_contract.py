@@ -371,6 +371,24 @@ async def test_publish_fans_out_to_every_subscriber_in_order(env: Env) -> None:
         await other.aclose()
 
 
+async def test_publish_counts_receivers(env: Env) -> None:
+    """0 means nobody listens: a RESUME does not wait for a crashed gateway's release."""
+    reg = env.registry
+    peer = await env.make_peer()
+    assert await peer.publish("ctl:gone", b"x") == 0
+    async with reg.subscribe("ctl:live") as sub:
+        await sub.ready()
+        assert await peer.publish("ctl:live", b"y") >= 1
+        assert await next_message(sub) == b"y"
+    # The unsubscribe reaches Redis shortly after aclose() returns.
+    for _ in range(100):
+        if await peer.publish("ctl:live", b"z") == 0:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("still counted as a receiver 1 s after aclose()")
+
+
 async def test_no_delivery_after_aclose(env: Env) -> None:
     reg = env.registry
     keep = reg.subscribe("c")
