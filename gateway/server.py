@@ -95,6 +95,8 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_save: dict[str, float] = {}
+        self._closed_saves: list[tuple[str, bytes, int]] = []  # see _flush_closed
+        self._closed_flush: asyncio.Task[None] | None = None
         self._opened = 0  # connections handled, for the GC freezer
         self._closed = 0
         self._gc = gctune.GcFreezer()
@@ -161,6 +163,9 @@ class Gateway:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self._closed_flush is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._closed_flush), 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -236,15 +241,34 @@ class Gateway:
             return  # resumed on another connection, which owns the saved state now
         # Conditional on the epoch: a False result means the session was resumed elsewhere
         # meanwhile; its newer state stays, and this connection is gone already (nothing to kick).
+        if resumable:
+            self._closed_saves.append((session.session_id, blob, session.epoch))
+            if self._closed_flush is None:
+                self._closed_flush = asyncio.get_running_loop().create_task(self._flush_closed())
+            return
         try:
-            if resumable:
-                await self.registry.save_session_if(
-                    session.session_id, blob, session.epoch, self.settings.resume_window_s
-                )
-            else:
-                await self.registry.delete_session_if(session.session_id, session.epoch)
+            await self.registry.delete_session_if(session.session_id, session.epoch)
         except Exception:
-            log.warning("could not save/delete session %s", session.session_id, exc_info=True)
+            log.warning("could not delete session %s", session.session_id, exc_info=True)
+
+    async def _flush_closed(self) -> None:
+        """Save the final state of closed connections, many per Registry call.
+
+        A mass disconnect (a load balancer restart, a network blip) closes thousands of
+        connections in one second: one round trip each would queue them all behind the Redis
+        pool. Whatever closes while a batch is written goes into the next one.
+        """
+        window = self.settings.resume_window_s
+        try:
+            while self._closed_saves:
+                batch = self._closed_saves[:SAVE_SLICE]
+                del self._closed_saves[:SAVE_SLICE]
+                try:
+                    await self.registry.save_sessions_if(batch, window)
+                except Exception:
+                    log.warning("could not save %d closed sessions", len(batch), exc_info=True)
+        finally:
+            self._closed_flush = None
 
     async def save_now(self, session: Session) -> None:
         await self._save(session)
