@@ -12,6 +12,7 @@ SCENARIOS = {
     "connect": "connections per second, sessions held, idle memory per session",
     "storm": "kill -9 a gateway under load; time until every session resumed; lost/dup",
     "soak": "steady load for --duration; gateway memory over time",
+    "peers": "the e2e load on shardchat, Socket.IO (Node) and python-socketio in one run",
 }
 
 

@@ -24,8 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
+from shardchat.adapters.kafka_log import delete_topic
 from shardchat.config import Settings, load_settings
 
 _PASS_THROUGH = frozenset({"SHARDCHAT_GC_TUNE", "SHARDCHAT_GC_TRACE"})
@@ -175,7 +174,7 @@ class Cluster:
         topic = self.env.get("SHARDCHAT_KAFKA_TOPIC")
         if topic and self.env.get("SHARDCHAT_EVENT_LOG") == "kafka":
             try:
-                asyncio.run(_delete_topic(self.env["SHARDCHAT_KAFKA_BOOTSTRAP"], topic))
+                asyncio.run(delete_topic(self.env["SHARDCHAT_KAFKA_BOOTSTRAP"], topic))
             except Exception as exc:  # a leftover topic is untidy, not a failed run
                 print(f"[cluster] could not delete topic {topic}: {exc}", file=sys.stderr)
 
@@ -218,15 +217,6 @@ def _bench_env(run_id: str) -> dict[str, str]:
         "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(4 * 1024 * 1024),
         "SHARDCHAT_LOG_LEVEL": "WARNING",
     }
-
-
-async def _delete_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic], timeout_ms=10_000)
-    finally:
-        await admin.close()
 
 
 def _psql(dsn: str, sql: str) -> None:

@@ -8,8 +8,12 @@ counts; lost/duplicated are per (room, seq) per receiver over every acknowledged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
+from loadtest.harness import Merged
 from loadtest.report import BenchResult, now_iso
 from loadtest.scenarios.common import add_common, bench_run, counters_of, finish
 from loadtest.zipf import room_sizes
@@ -29,15 +33,26 @@ def sizes_of(args: argparse.Namespace) -> list[int]:
     return room_sizes(args.connections, args.room_size, args.zipf, max_size=args.max_room)
 
 
-def run(args: argparse.Namespace, scenario: str = "e2e") -> BenchResult:
+def run(
+    args: argparse.Namespace,
+    scenario: str = "e2e",
+    *,
+    around_send: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    on_merged: Callable[[Merged], None] | None = None,
+) -> BenchResult:
+    """``around_send`` wraps the sending phase, ``on_merged`` sees the merged worker results:
+    the hooks the ``peers`` scenario measures CPU and keeps the histogram with."""
     started = now_iso()
     sizes = sizes_of(args)
     with bench_run(scenario, args, sizes) as r:
         identified, failed, connect_s = r.start_clients()
         t0 = time.monotonic()
-        acked = r.harness.run(args.duration, args.rate)
+        with around_send():
+            acked = r.harness.run(args.duration, args.rate)
         merged = r.harness.account(acked, args.account_wait)
         elapsed = time.monotonic() - t0
+    if on_merged is not None:
+        on_merged(merged)
     counters = counters_of(merged)
     return finish(
         scenario,

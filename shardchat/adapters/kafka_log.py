@@ -196,6 +196,17 @@ class KafkaEventLog:
             await admin.close()
 
 
+async def delete_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> None:
+    """Delete ``topic`` (benchmark and test clean-up; the service never deletes topics)."""
+    ms = int(timeout_s * 1000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic], timeout_ms=ms)
+    finally:
+        await admin.close()
+
+
 class KafkaLogReader:
     """A manual-assignment reader of one topic; see the module docstring for the assign dance."""
 

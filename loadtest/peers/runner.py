@@ -1,0 +1,390 @@
+"""Run one target of the peers comparison under the e2e load; one BenchResult per target.
+
+- ``socketio-node`` and ``python-socketio``: start the server process (one each), spawn the
+  Socket.IO client workers (loadtest/peers/worker.py) through loadtest/harness.py's Harness
+  (same planning: every room's members spread over every worker, senders round robin, same
+  source addresses), run the send phase and the accounting exactly as the e2e scenario does.
+- ``shardchat``: loadtest.scenarios.e2e.run itself, on the same arguments (so PostgreSQL +
+  Kafka on the local engines, ``--gateways`` gateway processes), observed from outside: the
+  send phase's CPU window and the merged latency histogram are picked up by wrapping e2e's
+  ``bench_run`` and ``finish`` for the duration of the call (its own JSON/PNG go to a
+  scratch folder: peers.json is the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtest.addresses import source_addresses
+from loadtest.harness import Harness, HarnessOptions, plan_clients
+from loadtest.peers import cpu
+from loadtest.peers.node_deps import NODE_DIR, ensure_node_deps, node_binary
+from loadtest.peers.worker import worker_main
+from loadtest.population import Population
+from loadtest.report import BenchResult, Latency, build_result, now_iso
+from loadtest.scenarios.common import PER_WORKER, counters_of, params_of
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE_STATE = ROOT / "deploy" / "local" / "state"
+_LISTENING = re.compile(r"listening on (ws://\S+)")
+_GC_LINE = re.compile(r"^gc: generation (\d) ([\d.]+) ms collected \d+ at ([\d.]+)$", re.M)
+
+SHARDCHAT = "shardchat"
+SOCKETIO_NODE = "socketio-node"
+PYTHON_SOCKETIO = "python-socketio"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    server: str  # what serves the connections
+    durable: bool
+    persistence: str
+
+
+def target_info(name: str, args: argparse.Namespace) -> Target:
+    if name == SHARDCHAT:
+        if args.embedded:
+            return Target(
+                name,
+                "1 shardchat gateway (--embedded)",
+                False,
+                "SQLite + in-memory event log (embedded mode: not the durable path)",
+            )
+        return Target(
+            name,
+            f"{args.gateways} shardchat gateway processes",
+            True,
+            "acknowledged after the PostgreSQL commit (message + outbox row); "
+            "delivered through Kafka (acks=all)",
+        )
+    if name == SOCKETIO_NODE:
+        return Target(
+            name,
+            "1 Node.js process, socket.io (websocket transport only)",
+            False,
+            "none: in-memory io.to(room).emit",
+        )
+    if name == PYTHON_SOCKETIO:
+        return Target(
+            name,
+            "1 Python process, python-socketio AsyncServer on uvicorn + uvloop",
+            False,
+            "none: in-memory AsyncServer.emit(room=...)",
+        )
+    raise ValueError(f"unknown target {name!r}")
+
+
+@dataclass
+class Outcome:
+    result: BenchResult
+    latency: Latency | None
+
+
+# --- the peer servers ---------------------------------------------------------------------------
+@dataclass
+class ServerProc:
+    name: str
+    cmd: list[str]
+    log_dir: Path
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    banner: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        return self.log_dir / f"{self.name}.out"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, ready_timeout_s: float = 60.0) -> str:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.out.open("wb") as out, (self.log_dir / f"{self.name}.err").open("wb") as err:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=self.cwd,
+                env=os.environ | self.env,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # our signals only, not the tty's
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; "
+                    f"see {self.log_dir}/{self.name}.err"
+                )
+            text = self.out.read_text(errors="replace")
+            found = _LISTENING.search(text)
+            if found:
+                self.url = found.group(1)
+                self.banner = text[found.start() :].splitlines()[0]
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"{self.name} not listening after {ready_timeout_s} s")
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def gc_pauses(text: str, t0: float, t1: float) -> dict[str, Any]:
+    """The ``gc:`` lines of loadtest/peers/pysio_server.py (collections >= 20 ms, stamped with
+    CLOCK_MONOTONIC, the harness's clock) that fell in [t0, t1]: count, max and total ms."""
+    pauses = [(int(g), float(ms)) for g, ms, at in _GC_LINE.findall(text) if t0 <= float(at) <= t1]
+    return {
+        "threshold_ms": 20,
+        "count": len(pauses),
+        "full_collections": sum(1 for g, _ in pauses if g == 2),
+        "max_ms": max((ms for _, ms in pauses), default=0.0),
+        "total_ms": round(sum(ms for _, ms in pauses), 1),
+    }
+
+
+def server_for(name: str, log_dir: Path) -> ServerProc:
+    if name == SOCKETIO_NODE:
+        ensure_node_deps()
+        node = node_binary()
+        return ServerProc(
+            name,
+            [node, str(NODE_DIR / "server.js"), "0", "127.0.0.1"],
+            log_dir,
+            cwd=NODE_DIR,
+            env={"NODE_ENV": "production"},
+        )
+    if name == PYTHON_SOCKETIO:
+        cmd = [sys.executable, "-m", "loadtest.peers.pysio_server", "--host", "127.0.0.1"]
+        return ServerProc(name, [*cmd, "--port", "0"], log_dir, cwd=ROOT)
+    raise ValueError(f"no peer server named {name!r}")
+
+
+# --- the clients ----------------------------------------------------------------------------------
+class PeerHarness(Harness):
+    """loadtest/harness.py's Harness with the Socket.IO worker as the process entry point."""
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        for plan in self.plans:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=worker_main,
+                args=(plan, child),
+                daemon=True,
+                name=f"peers-worker-{plan.index}",
+            )
+            proc.start()
+            child.close()
+            self.pipes.append(parent)
+            self.procs.append(proc)
+
+
+def population_of(sizes: list[int]) -> Population:
+    """Rooms 1..R with members 1..N (no accounts: Socket.IO has no identify step)."""
+    rooms: list[tuple[int, list[int]]] = []
+    uid = 1
+    for k, size in enumerate(sizes, start=1):
+        rooms.append((k, list(range(uid, uid + size))))
+        uid += size
+    return Population({u: "" for u in range(1, uid)}, rooms)
+
+
+def harness_options(args: argparse.Namespace, connections: int) -> HarnessOptions:
+    """The options of loadtest/scenarios/common.py's bench_run, for the same spread."""
+    workers = args.workers or max(2, math.ceil(connections / PER_WORKER))
+    return HarnessOptions(
+        workers=min(workers, connections),
+        senders_per_room=args.senders_per_room,
+        sources=source_addresses(args.sources),
+        connect_concurrency=args.connect_concurrency,
+        content_bytes=args.content_bytes,
+        progress=not args.no_progress,
+    )
+
+
+def load_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The shared load's knobs (every target's ``params``): the e2e options."""
+    skip = {"targets", "pause"}
+    return {k: v for k, v in params_of(args).items() if k not in skip}
+
+
+def _me_children(*needles: str) -> cpu.Selector:
+    return cpu.children_matching(os.getpid(), *needles)
+
+
+def _extra_of(sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rooms": len(sizes),
+        "largest_room": max(sizes),
+        "smallest_room": min(sizes),
+        # one sender per room, served round robin: rate x mean room size
+        "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
+    }
+
+
+def _cpu_extra(spent: dict[str, float], window_s: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"window_s": round(window_s, 2)}
+    for group, secs in spent.items():
+        out[f"{group}_cpu_s"] = secs
+        # 100 = one core busy for the whole window
+        out[f"{group}_cpu_pct"] = round(100 * secs / window_s, 1) if window_s > 0 else 0.0
+    return out
+
+
+def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str) -> Outcome:
+    """One Socket.IO server, the Socket.IO client workers, the e2e phases."""
+    scenario = f"peers-{name}"
+    started = now_iso()
+    info = target_info(name, args)
+    log_dir = Path(args.log_dir) / f"{scenario}-{run_id}"
+    server = server_for(name, log_dir)
+    load_before = cpu.loadavg()
+    server.start()
+    groups = {"server": cpu.pids(server.pid), "clients": _me_children("spawn_main")}
+    try:
+        rss_idle = cpu.rss_mib([server.pid])
+        opts = harness_options(args, sum(sizes))
+        harness = PeerHarness(
+            scenario, plan_clients(population_of(sizes), [server.url], opts), opts
+        )
+        try:
+            harness.start()
+            identified, failed, connect_s = harness.wait_connected(args.connect_timeout)
+            rss_connected = cpu.rss_mib([server.pid])
+            t0 = time.monotonic()
+            before = cpu.snapshot(groups)
+            acked = harness.run(args.duration, args.rate)
+            spent = cpu.used(before, cpu.snapshot(groups))
+            window = time.monotonic() - t0
+            merged = harness.account(acked, args.account_wait)
+            elapsed = time.monotonic() - t0
+        finally:
+            harness.close()
+    finally:
+        code = server.stop()
+    counters = counters_of(merged)
+    err = (log_dir / f"{name}.err").read_text(errors="replace")
+    extra = (
+        {
+            "ack_latency_ms": merged.ack_latency.summary(),
+            "connect_latency_ms": merged.connect_latency.summary(),
+        }
+        | _extra_of(sizes, args)
+        | {
+            "identified": identified,
+            "connect_failed": failed,
+            "connect_s": round(connect_s, 2),
+            "target": name,
+            "durable": info.durable,
+            "persistence": info.persistence,
+            "server": info.server,
+            "server_banner": server.banner,
+            "server_exit": code,
+            "server_rss_mib": {"idle": rss_idle, "connected": rss_connected},
+            "cpu": _cpu_extra(spent, window),
+            "loadavg_before": load_before,
+        }
+    )
+    if name == PYTHON_SOCKETIO:  # the server logs its long garbage collections
+        extra["server_gc_pauses"] = gc_pauses(err, t0, t0 + elapsed)
+    result = build_result(
+        scenario,
+        started_at=started,
+        duration_s=elapsed,
+        params=load_params(args),
+        counters=counters,
+        latency=merged.latency,
+        timeline=merged.timeline,
+        extra=extra,
+    )
+    return Outcome(result, merged.latency)
+
+
+# --- shardchat: the e2e scenario itself -------------------------------------------------------
+@contextlib.contextmanager
+def _cpu_window(seen: dict[str, Any], groups: dict[str, cpu.Selector]) -> Iterator[None]:
+    """CPU of every group, snapshotted around e2e's sending phase."""
+    seen["cpu_t0"] = time.monotonic()
+    seen["cpu_before"] = cpu.snapshot(groups)
+    try:
+        yield
+    finally:
+        seen["cpu_after"] = cpu.snapshot(groups)
+        seen["cpu_t1"] = time.monotonic()
+
+
+def run_shardchat(args: argparse.Namespace) -> Outcome:
+    from loadtest.scenarios import e2e
+
+    info = target_info(SHARDCHAT, args)
+    groups = {
+        "server": _me_children("shardchat.cli", "gateway"),
+        "clients": _me_children("spawn_main"),
+    }
+    if not args.embedded:
+        groups["engines"] = cpu.pid_files(
+            ENGINE_STATE / "pg" / "data" / "postmaster.pid",
+            ENGINE_STATE / "kafka" / "kafka.pid",
+            ENGINE_STATE / "redis" / "redis.pid",
+        )
+    seen: dict[str, Any] = {}
+    load_before = cpu.loadavg()
+    with tempfile.TemporaryDirectory(prefix="peers-e2e-") as scratch:
+        inner = argparse.Namespace(**vars(args))
+        inner.out = scratch  # e2e's own JSON/PNG: not results of this scenario
+        inner.name = ""
+        for k in ("targets", "pause", "func"):
+            if hasattr(inner, k):
+                delattr(inner, k)
+        result = e2e.run(
+            inner,
+            scenario=f"peers-{SHARDCHAT}",
+            around_send=lambda: _cpu_window(seen, groups),
+            on_merged=lambda merged: seen.__setitem__("latency", merged.latency),
+        )
+    extra: dict[str, Any] = {
+        "target": SHARDCHAT,
+        "durable": info.durable,
+        "persistence": info.persistence,
+        "server": info.server,
+        "loadavg_before": load_before,
+    }
+    if "cpu_before" in seen and "cpu_after" in seen:
+        window = seen["cpu_t1"] - seen["cpu_t0"]
+        extra["cpu"] = _cpu_extra(cpu.used(seen["cpu_before"], seen["cpu_after"]), window)
+        if "engines" in groups:
+            extra["cpu"]["engines_note"] = (
+                "engines = the whole PostgreSQL, Kafka and Redis of deploy/local, "
+                "whoever else uses them"
+            )
+    result.extra = result.extra | extra
+    result.params = load_params(args)
+    return Outcome(result, seen.get("latency"))
