@@ -108,7 +108,7 @@ class Cluster:
             _psql(self.admin_dsn, f'CREATE DATABASE "{self.database}"')
         subprocess.run(
             self._cmd("migrate"),
-            env=self._env(),
+            env=self.process_env(),
             check=True,
             timeout=120,
             stdout=subprocess.DEVNULL,
@@ -124,7 +124,7 @@ class Cluster:
 
     def _spawn(self, i: int) -> GatewayProc:
         out = self.log_dir / f"gateway{i}.out"
-        env = self._env() | {
+        env = self.process_env() | {
             "SHARDCHAT_GATEWAY_ID": f"bench-{self.run_id}-gw{i}",
             "SHARDCHAT_WORKER_ID": str(100 + i),  # snowflake workers: unique per writer
         }
@@ -186,7 +186,8 @@ class Cluster:
     def urls(self) -> list[str]:
         return [gw.url for gw in self.procs]
 
-    def _env(self) -> dict[str, str]:
+    def process_env(self) -> dict[str, str]:
+        """The environment of a service process of this run."""
         # The GC knobs (gateway/gctune.py) are process settings, not Settings: passed through.
         keep = {
             k: v

@@ -7,9 +7,11 @@ N workers, each with its own httpx client (keep-alive) and its own user, loop ov
 newest) of a room, and again. Latency is call to parsed response; each operation gets its own
 HDR histogram and rate. By default the edge under test is a ``shardchat dev`` process started
 here on free ports (uvicorn on uvloop, SQLite store, in-memory log) with the per-user mutation
-limit lifted (the benchmark measures the edge, not its rate limiter); ``--url`` targets a running
-edge instead (raise ``SHARDCHAT_GRAPHQL_MUTATION_*`` there, or RATE_LIMITED answers count as
-errors). The load generator shares the machine: on a 2-core box it takes about one core.
+limit lifted (the benchmark measures the edge, not its rate limiter); ``--engines`` starts
+``shardchat edge`` on the local PostgreSQL, Kafka and Redis instead (a fresh database and topic,
+dropped after the run); ``--url`` targets a running edge instead (raise
+``SHARDCHAT_GRAPHQL_MUTATION_*`` there, or RATE_LIMITED answers count as errors). The load
+generator shares the machine: on a 2-core box it takes about one core.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from loadtest.cluster import Cluster
 from loadtest.report import Latency, Progress, Timeline, build_result, now_iso, write_json
 
 SEND = (
@@ -70,31 +73,57 @@ async def local_edge(log_path: Path) -> AsyncIterator[str]:
         SHARDCHAT_GRAPHQL_MUTATION_PER_S="1000000000",
     )
     with tempfile.TemporaryDirectory(prefix="shardchat-edge-bench-") as tmp:
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "shardchat.cli",
-                "dev",
-                "--data-dir",
-                f"{tmp}/data",
-                cwd=tmp,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{edge}"
-        try:
-            await _wait_healthy(url, proc)
+        async with _serving(["dev", "--data-dir", f"{tmp}/data"], env, edge, log_path, tmp) as url:
             yield url
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def engines_edge(log_path: Path) -> AsyncIterator[str]:
+    """``shardchat edge`` on the local engines (PostgreSQL, Kafka, Redis of deploy/local, as
+    ``SHARDCHAT_*`` names them), on a fresh database and topic dropped afterwards."""
+    run_id = uuid.uuid4().hex[:8]
+    cluster = Cluster.on_engines(run_id, 0, log_path.parent)
+    await asyncio.to_thread(cluster.migrate)
+    edge = _free_port()
+    env = cluster.process_env() | {
+        "SHARDCHAT_EDGE_PORT": str(edge),
+        "SHARDCHAT_GRAPHQL_MUTATION_BURST": "1000000000",
+        "SHARDCHAT_GRAPHQL_MUTATION_PER_S": "1000000000",
+    }
+    try:
+        async with _serving(["edge"], env, edge, log_path, None) as url:
+            yield url
+    finally:
+        await asyncio.to_thread(cluster.stop)  # it runs its own event loop
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    command: list[str], env: dict[str, str], port: int, log_path: Path, cwd: str | None
+) -> AsyncIterator[str]:
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shardchat.cli",
+            *command,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def _wait_healthy(url: str, proc: asyncio.subprocess.Process, within_s: float = 60) -> None:
@@ -142,7 +171,8 @@ class Worker:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.url:
         return await measure(args, args.url.rstrip("/"))
-    async with local_edge(Path(args.server_log)) as url:
+    serve = engines_edge if args.engines else local_edge
+    async with serve(Path(args.server_log)) as url:
         return await measure(args, url)
 
 
@@ -238,7 +268,12 @@ async def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
             "warmup": args.warmup,
             "rooms": args.rooms,
             "content_bytes": args.content_bytes,
-            "edge": args.url or "local shardchat dev (sqlite, memory log)",
+            "edge": args.url
+            or (
+                "shardchat edge on the local engines (postgres, kafka, redis)"
+                if args.engines
+                else "local shardchat dev (sqlite, memory log)"
+            ),
         },
         counters={
             "sent": sum(done.values()) + sum(errors.values()),
@@ -268,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rooms", type=int, default=8)
     parser.add_argument("--content-bytes", type=int, default=120)
     parser.add_argument("--url", default="", help="a running edge; default: start shardchat dev")
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="start `shardchat edge` on PostgreSQL + Kafka + Redis instead of `shardchat dev`",
+    )
     parser.add_argument("--server-log", default="/tmp/shardchat-edge-bench.log")
     parser.add_argument("--out", default="loadtest/results/edge.json")
     args = parser.parse_args(argv)
