@@ -142,6 +142,9 @@ class ClientConnection:
                 finally:
                     self.busy = False
                     self.proto.last_received_at = time.monotonic()
+                # An idle connection waits in recv() for minutes: its last frame, decoded
+                # payload and actions (the IDENTIFY token...) must not stay referenced meanwhile.
+                del data, actions
             # Closed by us: let the close handshake (spawned by _close) finish before the
             # handler returns, or websockets would close with 1000 first.
             await self.ws.wait_closed()
