@@ -83,9 +83,22 @@ def plan_clients(pop: Population, urls: list[str], opts: HarnessOptions) -> list
 
 
 class Harness:
-    def __init__(self, scenario: str, plans: list[WorkerPlan], opts: HarnessOptions) -> None:
+    """One run's client worker processes, driven and merged: ``entry`` is their function
+    (loadtest/worker.py's, or the Socket.IO one of loadtest/peers/worker.py)."""
+
+    def __init__(
+        self,
+        scenario: str,
+        plans: list[WorkerPlan],
+        opts: HarnessOptions,
+        *,
+        entry: Callable[[WorkerPlan, Connection], None] = worker_main,
+        process_name: str = "loadtest-worker",
+    ) -> None:
         self.plans = plans
         self.opts = opts
+        self.entry = entry
+        self.process_name = process_name
         self.progress = Progress(scenario, opts.progress)
         self.pipes: list[Connection] = []
         self.procs: list[mp.process.BaseProcess] = []
@@ -101,10 +114,10 @@ class Harness:
         for plan in self.plans:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=worker_main,
+                target=self.entry,
                 args=(plan, child),
                 daemon=True,
-                name=f"loadtest-worker-{plan.index}",
+                name=f"{self.process_name}-{plan.index}",
             )
             proc.start()
             child.close()

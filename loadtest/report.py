@@ -215,6 +215,13 @@ def write_plot(
     right.set_xlabel("s")
     right.legend()
     right.grid(True, alpha=0.3)
+    return save_png(fig, path)
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out a pyplot figure, write it as a PNG (its folder made as needed), close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from loadtest.report import BenchResult, Latency
+from loadtest.report import BenchResult, Latency, save_png
 
 _COLORS = {"shardchat": "tab:blue", "socketio-node": "tab:green", "python-socketio": "tab:orange"}
 
@@ -138,9 +138,4 @@ def write_plot(
             f"{p.get('rate')} msgs/s for {p.get('duration')} s (same run)",
             fontsize=10,
         )
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_png(fig, path)

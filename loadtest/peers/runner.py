@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import multiprocessing as mp
 import os
 import re
 import signal
@@ -29,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.addresses import source_addresses
-from loadtest.harness import Harness, HarnessOptions, plan_clients
+from loadtest.harness import Harness, plan_clients
 from loadtest.peers import cpu
 from loadtest.peers.node_deps import NODE_DIR, ensure_node_deps, node_binary
 from loadtest.peers.worker import worker_main
 from loadtest.population import Population
-from loadtest.report import BenchResult, Latency, build_result, now_iso
-from loadtest.scenarios.common import PER_WORKER, counters_of, params_of
+from loadtest.report import BenchResult, Latency, now_iso
+from loadtest.scenarios.common import counters_of, harness_options, merged_result, params_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_STATE = ROOT / "deploy" / "local" / "state"
@@ -188,25 +185,6 @@ def server_for(name: str, log_dir: Path) -> ServerProc:
 
 
 # --- the clients ----------------------------------------------------------------------------------
-class PeerHarness(Harness):
-    """loadtest/harness.py's Harness with the Socket.IO worker as the process entry point."""
-
-    def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        for plan in self.plans:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=worker_main,
-                args=(plan, child),
-                daemon=True,
-                name=f"peers-worker-{plan.index}",
-            )
-            proc.start()
-            child.close()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-
-
 def population_of(sizes: list[int]) -> Population:
     """Rooms 1..R with members 1..N (no accounts: Socket.IO has no identify step)."""
     rooms: list[tuple[int, list[int]]] = []
@@ -215,19 +193,6 @@ def population_of(sizes: list[int]) -> Population:
         rooms.append((k, list(range(uid, uid + size))))
         uid += size
     return Population({u: "" for u in range(1, uid)}, rooms)
-
-
-def harness_options(args: argparse.Namespace, connections: int) -> HarnessOptions:
-    """The options of loadtest/scenarios/common.py's bench_run, for the same spread."""
-    workers = args.workers or max(2, math.ceil(connections / PER_WORKER))
-    return HarnessOptions(
-        workers=min(workers, connections),
-        senders_per_room=args.senders_per_room,
-        sources=source_addresses(args.sources),
-        connect_concurrency=args.connect_concurrency,
-        content_bytes=args.content_bytes,
-        progress=not args.no_progress,
-    )
 
 
 def load_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,9 +237,8 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
     try:
         rss_idle = cpu.rss_mib([server.pid])
         opts = harness_options(args, sum(sizes))
-        harness = PeerHarness(
-            scenario, plan_clients(population_of(sizes), [server.url], opts), opts
-        )
+        plans = plan_clients(population_of(sizes), [server.url], opts)
+        harness = Harness(scenario, plans, opts, entry=worker_main, process_name="peers-worker")
         try:
             harness.start()
             identified, failed, connect_s = harness.wait_connected(args.connect_timeout)
@@ -292,37 +256,29 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
         code = server.stop()
     counters = counters_of(merged)
     err = (log_dir / f"{name}.err").read_text(errors="replace")
-    extra = (
-        {
-            "ack_latency_ms": merged.ack_latency.summary(),
-            "connect_latency_ms": merged.connect_latency.summary(),
-        }
-        | _extra_of(sizes, args)
-        | {
-            "identified": identified,
-            "connect_failed": failed,
-            "connect_s": round(connect_s, 2),
-            "target": name,
-            "durable": info.durable,
-            "persistence": info.persistence,
-            "server": info.server,
-            "server_banner": server.banner,
-            "server_exit": code,
-            "server_rss_mib": {"idle": rss_idle, "connected": rss_connected},
-            "cpu": _cpu_extra(spent, window),
-            "loadavg_before": load_before,
-        }
-    )
+    extra = _extra_of(sizes, args) | {
+        "identified": identified,
+        "connect_failed": failed,
+        "connect_s": round(connect_s, 2),
+        "target": name,
+        "durable": info.durable,
+        "persistence": info.persistence,
+        "server": info.server,
+        "server_banner": server.banner,
+        "server_exit": code,
+        "server_rss_mib": {"idle": rss_idle, "connected": rss_connected},
+        "cpu": _cpu_extra(spent, window),
+        "loadavg_before": load_before,
+    }
     if name == PYTHON_SOCKETIO:  # the server logs its long garbage collections
         extra["server_gc_pauses"] = gc_pauses(err, t0, t0 + elapsed)
-    result = build_result(
+    result = merged_result(
         scenario,
         started_at=started,
         duration_s=elapsed,
         params=load_params(args),
         counters=counters,
-        latency=merged.latency,
-        timeline=merged.timeline,
+        merged=merged,
         extra=extra,
     )
     return Outcome(result, merged.latency)

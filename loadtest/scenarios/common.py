@@ -102,6 +102,20 @@ class Run:
         return self.harness.wait_connected(self.args.connect_timeout)
 
 
+def harness_options(args: argparse.Namespace, connections: int) -> HarnessOptions:
+    """The client processes' options from the common arguments (``--workers`` 0: one process
+    per PER_WORKER connections, at least 2, never more than the connections)."""
+    workers = args.workers or max(2, math.ceil(connections / PER_WORKER))
+    return HarnessOptions(
+        workers=min(workers, connections),
+        senders_per_room=args.senders_per_room,
+        sources=source_addresses(args.sources),
+        connect_concurrency=args.connect_concurrency,
+        content_bytes=args.content_bytes,
+        progress=not args.no_progress,
+    )
+
+
 @contextmanager
 def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iterator[Run]:
     """Cluster up (migrate, population, gateways), harness planned; all torn down after."""
@@ -117,16 +131,7 @@ def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iter
         # Before the gateways start: on SQLite nothing then races the population's writes.
         population = _run_async(populate(cluster.settings(), sizes, run_id))
         cluster.start_gateways()
-        connections = sum(sizes)
-        workers = args.workers or max(2, math.ceil(connections / PER_WORKER))
-        opts = HarnessOptions(
-            workers=min(workers, connections),
-            senders_per_room=args.senders_per_room,
-            sources=source_addresses(args.sources),
-            connect_concurrency=args.connect_concurrency,
-            content_bytes=args.content_bytes,
-            progress=not args.no_progress,
-        )
+        opts = harness_options(args, sum(sizes))
         harness = Harness(scenario, plan_clients(population, cluster.urls, opts), opts)
         yield Run(run_id, cluster, population, harness, args)
     finally:
@@ -154,6 +159,35 @@ def counters_of(m: Merged) -> dict[str, int]:
     return c
 
 
+def merged_result(
+    scenario: str,
+    *,
+    started_at: str,
+    duration_s: float,
+    params: dict[str, Any],
+    counters: dict[str, int],
+    merged: Merged | None,
+    extra: dict[str, Any],
+) -> BenchResult:
+    """The BenchResult of a harness run: its latency and timeline, and its ack and connect
+    latency summaries first in ``extra``."""
+    if merged is not None:
+        extra = {
+            "ack_latency_ms": merged.ack_latency.summary(),
+            "connect_latency_ms": merged.connect_latency.summary(),
+        } | extra
+    return build_result(
+        scenario,
+        started_at=started_at,
+        duration_s=duration_s,
+        params=params,
+        counters=counters,
+        latency=merged.latency if merged else None,
+        timeline=merged.timeline if merged else None,
+        extra=extra,
+    )
+
+
 def finish(
     scenario: str,
     args: argparse.Namespace,
@@ -164,19 +198,13 @@ def finish(
     merged: Merged | None,
     extra: dict[str, Any],
 ) -> BenchResult:
-    if merged is not None:
-        extra = {
-            "ack_latency_ms": merged.ack_latency.summary(),
-            "connect_latency_ms": merged.connect_latency.summary(),
-        } | extra
-    result = build_result(
+    result = merged_result(
         scenario,
         started_at=started_at,
         duration_s=duration_s,
         params=params_of(args),
         counters=counters,
-        latency=merged.latency if merged else None,
-        timeline=merged.timeline if merged else None,
+        merged=merged,
         extra=extra,
     )
     name = args.name or scenario
