@@ -23,6 +23,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+import msgspec
+
 from chat_core.models import RoomEvent
 from gateway import metrics
 from gateway.session import Session
@@ -38,6 +40,8 @@ FETCH_PAGE = 500
 #: A catch-up longer than this is not recovered (``recovered: false``): the client refetches
 #: history over GraphQL instead of the gateway streaming a room's whole past.
 MAX_RECOVER = 10_000
+_ring_encode = msgspec.msgpack.Encoder().encode
+_ring_decode = msgspec.msgpack.Decoder(RoomEvent).decode
 _FILL_RETRIES = 5
 
 
@@ -57,7 +61,10 @@ class RoomState:
     def __init__(self, room_id: int, ring_size: int) -> None:
         self.room_id = room_id
         self.last_seq: int | None = None  # None until initialised from the Store
-        self.ring: deque[RoomEvent] = deque(maxlen=ring_size)
+        # The last events up to last_seq, contiguous, msgpack-encoded: a decoded event with its
+        # ``data`` dict costs about 1.1 KiB, its encoding about a third of that, and the ring
+        # is only read for catch-up (rooms x ring_buffer_events of them stay in memory).
+        self.ring: deque[bytes] = deque(maxlen=ring_size)
         self.live: dict[Session, None] = {}  # ordered set
         self.pending: dict[int, RoomEvent] = {}  # seq -> event held behind a gap
         self.filling: asyncio.Task[None] | None = None
@@ -67,11 +74,14 @@ class RoomState:
 
     def ring_after(self, after_seq: int, upto: int) -> list[RoomEvent] | None:
         """Events ``after_seq+1 .. upto`` if the ring holds all of them, else None."""
-        ring = self.ring
-        if not ring or ring[0].seq > after_seq + 1 or ring[-1].seq < upto:
+        ring, last = self.ring, self.last_seq
+        if not ring or last is None:
             return None
-        start = after_seq + 1 - ring[0].seq
-        return [ring[i] for i in range(start, start + (upto - after_seq))]
+        first = last - len(ring) + 1
+        if first > after_seq + 1 or last < upto:
+            return None
+        start = after_seq + 1 - first
+        return [_ring_decode(ring[i]) for i in range(start, start + (upto - after_seq))]
 
 
 class RoomTable:
@@ -157,7 +167,7 @@ class RoomTable:
 
     def _apply(self, room: RoomState, event: RoomEvent) -> None:
         room.last_seq = event.seq
-        room.ring.append(event)
+        room.ring.append(_ring_encode(event))
         if not room.due:
             self._due_rooms.append(room)
         room.due.append(event)
@@ -218,6 +228,7 @@ class RoomTable:
                         "room %s: seq %s..%s unrecoverable", room.room_id, last + 1, first_held - 1
                     )
                     room.last_seq = first_held - 1
+                    room.ring.clear()  # the ring holds contiguous seqs only
                     self._drain(room)
                     self._deliver_due()
                     retries = 0

@@ -255,3 +255,28 @@ def test_dispatch_template_round_trips() -> None:
         raw = event.frame(70000, enc)
         dec = msgspec.json.decode(raw) if enc is Encoding.JSON else msgspec.msgpack.decode(raw)
         assert dec == {"op": 0, "t": "MESSAGE_CREATE", "s": 70000, "id": None, "d": {"x": [1, "2"]}}
+
+
+async def test_ring_serves_contiguous_recent_events_and_forgets_across_a_skip() -> None:
+    store = EventStore()  # empty: seqs 2..4 are gone from the Store (retention)
+    delivered: list[tuple[int, int]] = []
+    table = make_table(store, delivered, ring=4)
+    room = table.get_or_create(7)
+    table.initialise(room, 0)
+    table.on_event(ev(7, 1))
+    assert room.ring_after(0, 1) == [ev(7, 1)]  # stored encoded, handed back equal
+
+    for seq in range(2, 7):
+        store.add(7, seq)
+        table.on_event(ev(7, seq))
+    assert room.ring_after(2, 6) == [ev(7, s) for s in range(3, 7)]  # the last 4
+    assert room.ring_after(1, 6) is None  # 2 fell out of the ring
+    assert room.ring_after(5, 7) is None  # 7 not seen yet
+
+    store.events[7] = store.events[7][:6]  # 7..9 will never be in the Store
+    table.on_event(ev(7, 10))  # gap 7..9, unrecoverable: skipped after the fill retries
+    while room.filling is not None:  # noqa: ASYNC110 - polls a task slot
+        await asyncio.sleep(0.05)
+    assert delivered[-1] == (7, 10)
+    assert room.ring_after(9, 10) == [ev(7, 10)]
+    assert room.ring_after(5, 10) is None  # never across the skipped seqs
