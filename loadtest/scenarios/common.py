@@ -72,6 +72,13 @@ def add_common(
         action="store_true",
         help="one gateway on SQLite + memory adapters instead of the local engines",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SHARDCHAT_NAME=VALUE",
+        help="a gateway setting for this run (repeatable), e.g. SHARDCHAT_RING_BUFFER_EVENTS=64",
+    )
     p.add_argument("--out", default="loadtest/results", help="folder for JSON + PNG")
     p.add_argument("--name", default="", help="result file name (default: the scenario)")
     # Outside the repository: gateway logs of a big run are tens of MB, not results.
@@ -116,15 +123,27 @@ def harness_options(args: argparse.Namespace, connections: int) -> HarnessOption
     )
 
 
+def settings_overrides(items: list[str]) -> dict[str, str]:
+    """``--set`` values as environment entries; anything but ``SHARDCHAT_NAME=VALUE`` is refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("SHARDCHAT_") or name != name.upper():
+            raise SystemExit(f"--set {item!r}: expected SHARDCHAT_NAME=VALUE")
+        out[name] = value
+    return out
+
+
 @contextmanager
 def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iterator[Run]:
     """Cluster up (migrate, population, gateways), harness planned; all torn down after."""
     run_id = secrets.token_hex(4)
     log_dir = Path(args.log_dir) / f"{scenario}-{run_id}"
+    overrides = settings_overrides(args.set)
     if args.embedded:
-        cluster = Cluster.embedded(run_id, log_dir)
+        cluster = Cluster.embedded(run_id, log_dir, overrides)
     else:
-        cluster = Cluster.on_engines(run_id, args.gateways, log_dir)
+        cluster = Cluster.on_engines(run_id, args.gateways, log_dir, overrides)
     harness: Harness | None = None
     try:
         cluster.migrate()

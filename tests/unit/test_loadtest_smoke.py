@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from loadtest.cli import main
 from loadtest.report import BenchResult
@@ -55,3 +56,15 @@ def test_e2e_smoke_embedded(tmp_path: Path) -> None:
         "timeline",
         "extra",
     }
+
+
+def test_set_takes_shardchat_settings_only() -> None:
+    from loadtest.scenarios.common import settings_overrides
+
+    assert settings_overrides(["SHARDCHAT_RING_BUFFER_EVENTS=64", "SHARDCHAT_X=a=b"]) == {
+        "SHARDCHAT_RING_BUFFER_EVENTS": "64",
+        "SHARDCHAT_X": "a=b",
+    }
+    for bad in ("RING=1", "SHARDCHAT_RING", "shardchat_ring=1"):
+        with pytest.raises(SystemExit, match="SHARDCHAT_NAME=VALUE"):
+            settings_overrides([bad])
