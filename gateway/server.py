@@ -261,8 +261,7 @@ class Gateway:
         window = self.settings.resume_window_s
         try:
             while self._closed_saves:
-                batch = self._closed_saves[:SAVE_SLICE]
-                del self._closed_saves[:SAVE_SLICE]
+                batch, self._closed_saves = self._closed_saves, []
                 try:
                     await self.registry.save_sessions_if(batch, window)
                 except Exception:
@@ -390,7 +389,7 @@ class Gateway:
             for session in self.hub.sessions.values():
                 last = self._last_save.get(session.session_id, 0.0)
                 changed = session.dirty or session.s != session.saved_s
-                if ((changed and now - last >= 1.0) or now - last >= refresh) and not session.taken:
+                if (changed and now - last >= 1.0) or now - last >= refresh:
                     due.append(session)
             if due:
                 try:

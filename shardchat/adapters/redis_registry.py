@@ -181,18 +181,9 @@ return out
 """
 )
 
-# KEYS: sess:{sid}  ARGV: epoch, blob, ttl ms  -> 1 written, 0 a higher epoch is stored.
-# An expired key is absent to a script, so an expired owner never blocks a write.
-_SESSION_SAVE_IF = """
-local cur = redis.call('HGET', KEYS[1], 'epoch')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'blob', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-# KEYS: sess:{sid} x n  ARGV: ttl ms, then epoch, blob per key  -> {1|0} per key, as above.
-# Many sessions in one command: a gateway's periodic saves cost one round trip, not one each.
+# KEYS: sess:{sid} x n  ARGV: ttl ms, then epoch, blob per key  -> per key 1 written, 0 a
+# higher epoch is stored. An expired key is absent to a script, so an expired owner never blocks
+# a write. One session or many in one command: a gateway's periodic saves cost one round trip.
 _SESSIONS_SAVE_IF = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -286,7 +277,6 @@ class RedisRegistry:
         self._map_add = self._redis.register_script(_MAP_ADD)
         self._set_partitions = self._redis.register_script(_SET_PARTITIONS)
         self._map_get = self._redis.register_script(_MAP_GET)
-        self._session_save_if = self._redis.register_script(_SESSION_SAVE_IF)
         self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
         self._sessions_save_if = self._redis.register_script(_SESSIONS_SAVE_IF)
         self._record_decoder = msgspec.json.Decoder(GatewayRecord)
@@ -427,11 +417,8 @@ class RedisRegistry:
         return f"{self._prefix}sess:{session_id}"
 
     async def save_session_if(self, session_id: str, blob: bytes, epoch: int, ttl_s: float) -> bool:
-        with _translate_errors():
-            done = await self._session_save_if(
-                keys=[self._session_key(session_id)], args=[epoch, blob, _ms(ttl_s)]
-            )
-        return bool(done)
+        (done,) = await self.save_sessions_if([(session_id, blob, epoch)], ttl_s)
+        return done
 
     async def save_sessions_if(
         self, items: Sequence[tuple[str, bytes, int]], ttl_s: float
