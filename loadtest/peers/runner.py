@@ -5,10 +5,9 @@
   (same planning: every room's members spread over every worker, senders round robin, same
   source addresses), run the send phase and the accounting exactly as the e2e scenario does.
 - ``shardchat``: loadtest.scenarios.e2e.run itself, on the same arguments (so PostgreSQL +
-  Kafka on the local engines, ``--gateways`` gateway processes), observed from outside: the
-  send phase's CPU window and the merged latency histogram are picked up by wrapping e2e's
-  ``bench_run`` and ``finish`` for the duration of the call (its own JSON/PNG go to a
-  scratch folder: peers.json is the output).
+  Kafka on the local engines, ``--gateways`` gateway processes), through its two hooks: the
+  send phase's CPU window (``around_send``) and the merged latency histogram (``on_merged``);
+  its own JSON/PNG go to a scratch folder (peers.json is the output).
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from loadtest.peers.node_deps import NODE_DIR, ensure_node_deps, node_binary
 from loadtest.peers.worker import worker_main
 from loadtest.population import Population
 from loadtest.report import BenchResult, Latency, now_iso
+from loadtest.scenarios import e2e
 from loadtest.scenarios.common import counters_of, harness_options, merged_result, params_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,23 +205,21 @@ def _me_children(*needles: str) -> cpu.Selector:
     return cpu.children_matching(os.getpid(), *needles)
 
 
-def _extra_of(sizes: list[int], args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "rooms": len(sizes),
-        "largest_room": max(sizes),
-        "smallest_room": min(sizes),
-        # one sender per room, served round robin: rate x mean room size
-        "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
-    }
-
-
-def _cpu_extra(spent: dict[str, float], window_s: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"window_s": round(window_s, 2)}
-    for group, secs in spent.items():
-        out[f"{group}_cpu_s"] = secs
-        # 100 = one core busy for the whole window
-        out[f"{group}_cpu_pct"] = round(100 * secs / window_s, 1) if window_s > 0 else 0.0
-    return out
+@contextlib.contextmanager
+def _cpu_window(groups: dict[str, cpu.Selector], out: dict[str, Any]) -> Iterator[None]:
+    """Fill ``out`` with the CPU each group of processes spent inside the block: the window's
+    length, then ``<group>_cpu_s`` and ``<group>_cpu_pct`` (100 = one core busy throughout)."""
+    t0 = time.monotonic()
+    before = cpu.snapshot(groups)
+    try:
+        yield
+    finally:
+        spent = cpu.used(before, cpu.snapshot(groups))
+        window_s = time.monotonic() - t0
+        out["window_s"] = round(window_s, 2)
+        for group, secs in spent.items():
+            out[f"{group}_cpu_s"] = secs
+            out[f"{group}_cpu_pct"] = round(100 * secs / window_s, 1) if window_s > 0 else 0.0
 
 
 def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str) -> Outcome:
@@ -244,10 +242,9 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
             identified, failed, connect_s = harness.wait_connected(args.connect_timeout)
             rss_connected = cpu.rss_mib([server.pid])
             t0 = time.monotonic()
-            before = cpu.snapshot(groups)
-            acked = harness.run(args.duration, args.rate)
-            spent = cpu.used(before, cpu.snapshot(groups))
-            window = time.monotonic() - t0
+            cpu_used: dict[str, Any] = {}
+            with _cpu_window(groups, cpu_used):
+                acked = harness.run(args.duration, args.rate)
             merged = harness.account(acked, args.account_wait)
             elapsed = time.monotonic() - t0
         finally:
@@ -256,7 +253,7 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
         code = server.stop()
     counters = counters_of(merged)
     err = (log_dir / f"{name}.err").read_text(errors="replace")
-    extra = _extra_of(sizes, args) | {
+    extra = e2e.room_extra(sizes, args.rate) | {
         "identified": identified,
         "connect_failed": failed,
         "connect_s": round(connect_s, 2),
@@ -267,7 +264,7 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
         "server_banner": server.banner,
         "server_exit": code,
         "server_rss_mib": {"idle": rss_idle, "connected": rss_connected},
-        "cpu": _cpu_extra(spent, window),
+        "cpu": cpu_used,
         "loadavg_before": load_before,
     }
     if name == PYTHON_SOCKETIO:  # the server logs its long garbage collections
@@ -285,21 +282,7 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
 
 
 # --- shardchat: the e2e scenario itself -------------------------------------------------------
-@contextlib.contextmanager
-def _cpu_window(seen: dict[str, Any], groups: dict[str, cpu.Selector]) -> Iterator[None]:
-    """CPU of every group, snapshotted around e2e's sending phase."""
-    seen["cpu_t0"] = time.monotonic()
-    seen["cpu_before"] = cpu.snapshot(groups)
-    try:
-        yield
-    finally:
-        seen["cpu_after"] = cpu.snapshot(groups)
-        seen["cpu_t1"] = time.monotonic()
-
-
 def run_shardchat(args: argparse.Namespace) -> Outcome:
-    from loadtest.scenarios import e2e
-
     info = target_info(SHARDCHAT, args)
     groups = {
         "server": _me_children("shardchat.cli", "gateway"),
@@ -311,7 +294,8 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
             ENGINE_STATE / "kafka" / "kafka.pid",
             ENGINE_STATE / "redis" / "redis.pid",
         )
-    seen: dict[str, Any] = {}
+    cpu_used: dict[str, Any] = {}
+    latency: list[Latency] = []
     load_before = cpu.loadavg()
     with tempfile.TemporaryDirectory(prefix="peers-e2e-") as scratch:
         inner = argparse.Namespace(**vars(args))
@@ -323,8 +307,8 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
         result = e2e.run(
             inner,
             scenario=f"peers-{SHARDCHAT}",
-            around_send=lambda: _cpu_window(seen, groups),
-            on_merged=lambda merged: seen.__setitem__("latency", merged.latency),
+            around_send=lambda: _cpu_window(groups, cpu_used),
+            on_merged=lambda merged: latency.append(merged.latency),
         )
     extra: dict[str, Any] = {
         "target": SHARDCHAT,
@@ -332,15 +316,13 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
         "persistence": info.persistence,
         "server": info.server,
         "loadavg_before": load_before,
+        "cpu": cpu_used,
     }
-    if "cpu_before" in seen and "cpu_after" in seen:
-        window = seen["cpu_t1"] - seen["cpu_t0"]
-        extra["cpu"] = _cpu_extra(cpu.used(seen["cpu_before"], seen["cpu_after"]), window)
-        if "engines" in groups:
-            extra["cpu"]["engines_note"] = (
-                "engines = the whole PostgreSQL, Kafka and Redis of deploy/local, "
-                "whoever else uses them"
-            )
+    if "engines" in groups:
+        cpu_used["engines_note"] = (
+            "engines = the whole PostgreSQL, Kafka and Redis of deploy/local, "
+            "whoever else uses them"
+        )
     result.extra = result.extra | extra
     result.params = load_params(args)
-    return Outcome(result, seen.get("latency"))
+    return Outcome(result, latency[0])

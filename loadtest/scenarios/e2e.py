@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from loadtest.harness import Merged
 from loadtest.report import BenchResult, now_iso
@@ -31,6 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def sizes_of(args: argparse.Namespace) -> list[int]:
     return room_sizes(args.connections, args.room_size, args.zipf, max_size=args.max_room)
+
+
+def room_extra(sizes: list[int], rate: float) -> dict[str, Any]:
+    """The rooms of the load, for a result's ``extra``."""
+    return {
+        "rooms": len(sizes),
+        "largest_room": max(sizes),
+        "smallest_room": min(sizes),
+        # one sender per room, served round robin: rate x mean room size
+        "deliveries_per_s_target": round(rate * sum(sizes) / len(sizes), 1),
+    }
 
 
 def run(
@@ -61,14 +73,10 @@ def run(
         duration_s=elapsed,
         counters=counters,
         merged=merged,
-        extra={
-            "rooms": len(sizes),
-            "largest_room": max(sizes),
-            "smallest_room": min(sizes),
+        extra=room_extra(sizes, args.rate)
+        | {
             "identified": identified,
             "connect_failed": failed,
             "connect_s": round(connect_s, 2),
-            # one sender per room, served round robin: rate x mean room size
-            "deliveries_per_s_target": round(args.rate * sum(sizes) / len(sizes), 1),
         },
     )
