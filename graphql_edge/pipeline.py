@@ -171,23 +171,26 @@ class Pipeline:
         if cached is not None:
             self._cache.move_to_end(query)
             return cached
-        try:
-            doc = parse(query, max_tokens=self.settings.max_tokens)
-        except GraphQLError as exc:
-            result: DocumentNode | list[GraphQLError] = [exc]
-        else:
-            errors = validate(
-                self.schema,
-                doc,
-                self._rules,
-                max_errors=20,
-                hide_suggestions=self._hide_suggestions,
-            )
-            result = errors or doc
+        result = self.parse_and_validate(query)
         self._cache[query] = result
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return result
+
+    def parse_and_validate(self, query: str) -> DocumentNode | list[GraphQLError]:
+        """The document, or why it is invalid; uncached (``_document`` caches it per text)."""
+        try:
+            doc = parse(query, max_tokens=self.settings.max_tokens)
+        except GraphQLError as exc:
+            return [exc]
+        errors = validate(
+            self.schema,
+            doc,
+            self._rules,
+            max_errors=20,
+            hide_suggestions=self._hide_suggestions,
+        )
+        return errors or doc
 
 
 def _operation(doc: DocumentNode, name: str | None) -> OperationDefinitionNode | GraphQLError:

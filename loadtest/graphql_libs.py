@@ -68,11 +68,9 @@ from graphql import (
     DocumentNode,
     GraphQLError,
     GraphQLSchema,
-    NoSchemaIntrospectionCustomRule,
     TypeInfo,
     execute,
     parse,
-    specified_rules,
     validate,
 )
 from graphql.validation import ASTValidationRule
@@ -290,7 +288,6 @@ class Variants:
 
     def __post_init__(self) -> None:
         self.pipeline = Pipeline(self.core_schema, self.settings)
-        self._rules = (*specified_rules, NoSchemaIntrospectionCustomRule)
         self._hide_suggestions = not self.settings.enable_introspection
         self._ariadne_docs: dict[str, DocumentNode] = {}
         # keyed by id(document); the document itself lives in _ariadne_docs
@@ -329,38 +326,25 @@ class Variants:
         return await self._execute(doc, op)
 
     async def graphql_core_uncached(self, op: Operation) -> dict[str, Any]:
-        # Pipeline._document without the cache
-        doc = parse(op.query, max_tokens=self.settings.max_tokens)
-        errors = validate(
-            self.core_schema,
-            doc,
-            self._rules,
-            max_errors=20,
-            hide_suggestions=self._hide_suggestions,
-        )
-        if errors:
-            raise RuntimeError(f"{op.name}: invalid document: {errors}")
+        doc = self.pipeline.parse_and_validate(op.query)  # what the edge caches, each time
+        if isinstance(doc, list):
+            raise RuntimeError(f"{op.name}: invalid document: {doc}")
         return await self._execute(doc, op)
 
-    async def ariadne(self, op: Operation) -> dict[str, Any]:
+    async def ariadne(self, op: Operation, **hooks: Any) -> dict[str, Any]:
         _ok, body = await ariadne.graphql(
             self.ariadne_schema,
             op.data,
             context_value=self.context(),
             introspection=self.settings.enable_introspection,
+            **hooks,
         )
         return body
 
     async def ariadne_cached(self, op: Operation) -> dict[str, Any]:
-        _ok, body = await ariadne.graphql(
-            self.ariadne_schema,
-            op.data,
-            context_value=self.context(),
-            introspection=self.settings.enable_introspection,
-            query_parser=self._cached_parse,
-            query_validator=self._cached_validate,
+        return await self.ariadne(
+            op, query_parser=self._cached_parse, query_validator=self._cached_validate
         )
-        return body
 
     def _cached_parse(self, _context: Any, data: dict[str, Any]) -> DocumentNode:
         query: str = data["query"]
