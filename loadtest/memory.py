@@ -12,12 +12,16 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def parse_stat(text: str) -> tuple[int, float]:
+    """(ppid, utime + stime in seconds) from the text of /proc/PID/stat (fields 4, 14, 15)."""
+    # The command name (field 2) is in parentheses and may contain spaces or ')'.
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICKS
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (fields 14 and 15 of /proc/PID/stat)."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    # The command name (field 2) may contain spaces: split after its closing parenthesis.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    """User + system CPU seconds of ``pid``."""
+    return parse_stat(Path(f"/proc/{pid}/stat").read_text())[1]
 
 
 def rss_kib(pid: int) -> int:

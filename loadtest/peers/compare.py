@@ -74,13 +74,6 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def write_json(result: PeersResult, path: str | os.PathLike[str]) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
-    return out
-
-
 def _percentile_points(result: BenchResult, latency: Latency | None) -> list[tuple[float, float]]:
     if latency is not None and latency.count:
         return latency.distribution()

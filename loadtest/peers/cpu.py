@@ -10,11 +10,12 @@ that is exact enough.
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from loadtest.memory import parse_stat, rss_kib
+
 _PROC = Path("/proc")
 
 Selector = Callable[["ProcTable"], Iterable[int]]
@@ -47,15 +48,6 @@ class ProcTable:
                 out.add(p)
                 todo.extend(kids.get(p, ()))
         return out
-
-
-def parse_stat(text: str) -> tuple[int, float]:
-    """(ppid, utime + stime in seconds) from the text of /proc/PID/stat."""
-    # the command name (field 2) is in parentheses and may contain spaces or ')'
-    rest = text[text.rindex(")") + 2 :].split()
-    ppid = int(rest[1])
-    utime, stime = int(rest[11]), int(rest[12])
-    return ppid, (utime + stime) / _HZ
 
 
 def read_stat(pid: int) -> tuple[int, float] | None:
@@ -140,13 +132,9 @@ def loadavg() -> list[float]:
 
 
 def rss_mib(pid_list: Iterable[int]) -> float:
-    """Resident memory of processes, MiB (VmRSS)."""
+    """Resident memory of processes, MiB (VmRSS); a process gone meanwhile counts 0."""
     total = 0
     for pid in pid_list:
-        try:
-            for line in (_PROC / str(pid) / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError):
-            continue
+        with contextlib.suppress(OSError, ValueError):
+            total += rss_kib(pid)
     return round(total / 1024, 1)

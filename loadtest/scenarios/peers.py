@@ -29,7 +29,7 @@ from loadtest.peers.runner import (
     run_peer,
     run_shardchat,
 )
-from loadtest.report import machine_info, now_iso
+from loadtest.report import machine_info, now_iso, write_json
 from loadtest.scenarios import e2e
 from loadtest.scenarios.common import params_of
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> compare.PeersResult:
     )
     name = args.name or "peers"
     out = Path(args.out)
-    path = compare.write_json(result, out / f"{name}.json")
+    path = write_json(result, out / f"{name}.json")
     compare.write_plot([(o.result, o.latency) for o in entries], out / f"{name}.png")
     print(f"peers: wrote {path} and {name}.png", file=sys.stderr)
     if failures:

@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loadtest import memory
 from loadtest.harness import HarnessOptions, plan_clients
 from loadtest.peers import compare, cpu, eio
 from loadtest.peers.node_deps import STAMP, installed
 from loadtest.peers.runner import gc_pauses, load_params, population_of, target_info
-from loadtest.report import BenchResult, Latency, build_result
+from loadtest.report import BenchResult, Latency, build_result, write_json
 
 # --- encode -------------------------------------------------------------------------------------
 
@@ -192,9 +193,9 @@ def test_ack_round_trip(ack_id: int, args: list[Any]) -> None:
 
 def test_parse_stat_handles_odd_command_names() -> None:
     fields = " ".join(["S", "42"] + ["0"] * 9 + ["250", "50"] + ["0"] * 30)
-    ppid, secs = cpu.parse_stat(f"1234 (we ird) name)) {fields}")
+    ppid, secs = memory.parse_stat(f"1234 (we ird) name)) {fields}")
     assert ppid == 42
-    assert secs == pytest.approx(300 / cpu._HZ)
+    assert secs == pytest.approx(300 / os.sysconf("SC_CLK_TCK"))
 
 
 def test_cpu_used_between_snapshots() -> None:
@@ -286,7 +287,7 @@ def test_summary_rows_totals_and_json(tmp_path: Path) -> None:
         summary=[row],
         results=[result],
     )
-    path = compare.write_json(out, tmp_path / "peers.json")
+    path = write_json(out, tmp_path / "peers.json")
     back = msgspec.json.decode(path.read_bytes(), type=compare.PeersResult)
     assert back.results[0] == result
     assert isinstance(back.results[0], BenchResult)
