@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -30,10 +31,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from chat_core.models import Room
 from shardchat.config import Settings
 from shardchat.runtime import Core
+from tests.conftest import DEFAULT_REDIS_URL
 from tests.gateway_client import JWT_KEYS, Client, is_msg
 from user_core.models import User
 
-REDIS_URL = "redis://127.0.0.1:56379/7"  # a db of its own: FLUSHDB here touches no one else
+# The deploy/local Redis (SHARDCHAT_REDIS_URL), db 7 of its own: FLUSHDB here touches no one else.
+REDIS_URL = urlunsplit(
+    urlsplit(os.environ.get("SHARDCHAT_REDIS_URL", DEFAULT_REDIS_URL))._replace(path="/7")
+)
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 8
 
