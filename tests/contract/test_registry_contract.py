@@ -288,6 +288,30 @@ async def test_save_sessions_if_is_save_session_if_per_item(env: Env) -> None:
     assert await reg.load_session("s0") is None
 
 
+async def test_claim_session_lets_exactly_one_concurrent_resume_win(env: Env) -> None:
+    reg = env.registry
+    peer = await env.make_peer()
+    assert await reg.save_session_if("s", b"held-e3", 3, 30)
+    # Two RESUMEs loaded epoch 3; both claim at once: exactly one wins, at epoch 4.
+    results = await asyncio.gather(
+        reg.claim_session("s", 3, b"mine", 30), peer.claim_session("s", 3, b"theirs", 30)
+    )
+    assert sorted(results) == [False, True]
+    winner = b"mine" if results[0] else b"theirs"
+    assert await reg.load_session("s") == winner
+    assert not await reg.save_session_if("s", b"old holder", 3, 30)  # fenced off
+    assert await peer.save_session_if("s", b"new holder", 4, 30)  # the claimed epoch saves
+    assert not await reg.claim_session("s", 3, b"late", 30)  # a stale load never claims
+    assert await reg.claim_session("s", 4, b"next resume", 30)
+    assert not await peer.save_session_if("s", b"new holder again", 4, 30)
+    assert await reg.load_session("s") == b"next resume"
+    # Nothing live (expired, flushed): a claim of the blob a gateway kept itself succeeds.
+    await env.advance(PAST_TTL)
+    assert await reg.claim_session("s", 9, b"kept locally", TTL)
+    assert not await peer.save_session_if("s", b"e9", 9, 30)
+    assert await peer.save_session_if("s", b"e10", 10, 30)
+
+
 async def test_delete_session_if_spares_a_newer_owner(env: Env) -> None:
     reg = env.registry
     peer = await env.make_peer()
