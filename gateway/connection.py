@@ -5,6 +5,9 @@ payload 4002, state 4003/4004, op rate limit 4008, heartbeat timeout 4001); this
 executes the actions it returns, serving the ``Authenticate``/``Do*`` requests with the real
 services. Ops are handled inline, in arrival order, so REPLYs and DISPATCHes keep a causal
 order; while an op awaits the Store the connection counts as busy for the heartbeat sweeper.
+The exception is catching rooms up (IDENTIFY ``subscribe``, SUBSCRIBE, a RESUME's replay): those
+run as the session's jobs (``Hub.submit``), in order, as fast as the socket takes the frames,
+while this loop goes on reading (heartbeats acknowledge what arrived) and serving other ops.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from chat_core.events import message_create
-from chat_core.models import RoomEvent
+from chat_core.models import Room
 from gateway import metrics
 from gateway.outbound import Outbound
-from gateway.rooms import FETCH_PAGE, MAX_RECOVER
+from gateway.rooms import MAX_RECOVER, CatchUpAborted, LeftRoom
 from gateway.session import Session, new_session_id, resume_positions
 from protocol.actions import (
     Action,
@@ -35,9 +38,10 @@ from protocol.actions import (
     SendFrame,
 )
 from protocol.close_codes import CloseCode
-from protocol.codec import DispatchEvent, Encoding
+from protocol.codec import Encoding
+from protocol.frames import RoomSubscription
 from protocol.session import Session as ProtocolSession
-from shardchat.errors import ChatError
+from shardchat.errors import ChatError, Forbidden
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -72,6 +76,7 @@ class ClientConnection:
             text=encoding.text_frames,
             limit=s.outbound_buffer_bytes,
             on_overflow=self._on_overflow,
+            writable=ws.drain,
         )
         self.proto = ProtocolSession(
             now=time.monotonic(),
@@ -82,9 +87,6 @@ class ClientConnection:
             ops_per_window=s.ops_per_window,
             ops_window_s=s.ops_window_s,
             ops_burst=s.ops_burst,
-            # Replay comes from the room ring/Store by room seq (works on any gateway), so the
-            # state machine's own per-session buffer is not used.
-            replay_buffer_size=0,
         )
         self.busy = False
         self.session: Session | None = None
@@ -218,26 +220,51 @@ class ClientConnection:
         if action.subscribe == "all":
             wanted = list(by_id)
         elif action.subscribe is not None:
-            wanted = [int(r) for r in action.subscribe if r in by_id]  # non-members: nothing to do
+            # Rooms the user is not a member of are left out silently.
+            wanted = list(dict.fromkeys(int(r) for r in action.subscribe if r in by_id))
+        # Saved at once (owner = this gateway), with the rooms to subscribe, so a RESUME
+        # elsewhere can find and take it even within the first second; the subscriptions go
+        # live as jobs (each from the room's last seq as listed just now: a leave after that
+        # is seen on the way), then the session is saved again.
         for room_id in wanted:
-            seq, recovered = await self.gw.hub.subscribe(session, room_id, None, by_id[room_id])
+            self.gw.hub.hold(session, room_id, by_id[room_id].last_seq)
+        await self._save_quietly(session)
+        if wanted:
+            self.gw.hub.submit(session, lambda: self._subscribe_listed(session, wanted, by_id))
+
+    async def _subscribe_listed(
+        self, session: Session, room_ids: list[int], by_id: dict[int, Room]
+    ) -> None:
+        for room_id in room_ids:
+            try:
+                seq, _ = await self.gw.hub.join(session, room_id, by_id[room_id].last_seq)
+            except LeftRoom:
+                continue
+            except CatchUpAborted:
+                return
             session.dispatch(
-                "ROOM_SUBSCRIBED", {"room_id": str(room_id), "seq": seq, "recovered": recovered}
+                "ROOM_SUBSCRIBED", {"room_id": str(room_id), "seq": seq, "recovered": False}
             )
-        # Saved at once, with the rooms just subscribed (owner = this gateway), so a RESUME
-        # elsewhere can find and take it even within the first second; later saves are
-        # periodic (Gateway._sweep_loop) or follow SUBSCRIBE/UNSUBSCRIBE.
         await self._save_quietly(session)
 
     # --- RESUME ---------------------------------------------------------------------------
     async def _resume(self, action: DoResume) -> None:
+        """Check, claim, then replay as a job.
+
+        Nothing is changed before the claim: a failure up to there (a Store or Registry error
+        closes with 4000) leaves the saved state as it was. The claim is an epoch compare-and-
+        set: of two concurrent RESUMEs of one session exactly one wins, the other gets
+        INVALID_SESSION. The claimed state holds every room at the client's position, so the
+        replay that follows may be cut anywhere without moving a position past unread events.
+        """
+        gw = self.gw
         user_id = self._authenticate(action.token)
-        blob = await self.gw.take_session(action.session_id)
+        blob = await gw.take_session(action.session_id, user_id)
         if self.close_code is not None:
             return
         # A blob released by a live gateway is exact: a seq beyond it is a confused client.
         # A blob still owned by a crashed gateway may lag the client: its seq is then trusted.
-        if blob is None or blob.user_id != user_id or (action.seq > blob.s and not blob.owner):
+        if blob is None or (action.seq > blob.s and not blob.owner):
             self.send(self.proto.invalid_session(False))
             return
         positions = resume_positions(blob, min(action.seq, blob.s))
@@ -247,85 +274,79 @@ class ClientConnection:
             # saved state lacks (subscribed just before a crash) are taken back, each after the
             # membership check below; saved rooms it doesn't list keep their saved position.
             positions.update({int(room_id): seq for room_id, seq in action.rooms.items()})
-        replay: list[RoomEvent] = []
-        rooms = {}
+        rooms: dict[int, int] = {}
         for room_id, pos in sorted(positions.items()):
             try:
-                rooms[room_id] = room = await self.gw.chat.get_room(user_id, room_id)
+                info = await gw.chat.get_room(user_id, room_id)
             except ChatError:
                 continue  # no longer a member: the room is simply gone from the session
-            missed = await self._missed(room_id, pos, room.last_seq)
             if self.close_code is not None:
                 return
-            if missed is None:  # retention: can't replay, the client starts over
+            pos = min(pos, info.last_seq)  # a position the room never reached: clamped
+            if info.last_seq - pos > MAX_RECOVER:  # too far behind: the client starts over
                 self.send(self.proto.invalid_session(False))
                 return
-            replay.extend(missed)
-        frames = self.proto.accept_resume(
-            user_id=user_id,
-            replay=[DispatchEvent(e.type, e.data) for e in replay],
-            session_id=action.session_id,
-        )
+            rooms[room_id] = pos
         session = Session(
             action.session_id, user_id, self.encoding, self.out, s=action.seq, epoch=blob.epoch + 1
         )
-        for frame in frames:
-            self.send(frame)
-        events: list[RoomEvent | None] = [*replay, None]  # ... then RESUMED
-        session.numbered(events, self.proto.dispatch_seq)
+        for room_id, pos in rooms.items():
+            session.hold(room_id, pos)
+        if not await gw.claim_session(session, blob.epoch):
+            self.send(self.proto.invalid_session(False))  # another RESUME claimed it first
+            return
+        if self.close_code is not None:
+            return
+        self.proto.accept_resume(user_id=user_id, session_id=action.session_id)
         self.session = session
-        self.gw.hub.add_session(session, self)
-        last = dict(positions)
-        for event in replay:
-            last[event.room_id] = event.seq
-        for room_id, room in rooms.items():
-            # Live from the last replayed seq; the client's own position stays the acked
-            # baseline because the replayed frames are not acknowledged yet.
-            try:
-                await self.gw.hub.subscribe(
-                    session, room_id, last[room_id], room, acked_seq=positions[room_id]
-                )
-            except ChatError:
-                continue  # left the room meanwhile
-        await self.gw.save_now(session)  # claims the session (owner, epoch) at once
+        gw.hub.add_session(session, self)
+        for room_id, pos in rooms.items():
+            gw.hub.hold(session, room_id, pos)  # counted as subscriptions of this gateway
+        gw.hub.submit(session, lambda: self._replay(session, rooms))
 
-    async def _missed(self, room_id: int, after: int, upto: int) -> list[RoomEvent] | None:
-        """Events ``after+1 .. upto`` of a room, from the local ring or the Store."""
-        if upto - after > MAX_RECOVER:
-            return None
-        room = self.gw.hub.rooms.get(room_id)
-        if room is not None and room.last_seq is not None and room.last_seq >= upto:
-            ring = room.ring_after(after, upto)
-            if ring is not None:
-                return ring
-        out: list[RoomEvent] = []
-        pos = after
-        while pos < upto:
-            page = await self.gw.chat.events_after(room_id, pos, min(upto - pos, FETCH_PAGE))
-            page = [e for e in page if e.seq <= upto]
-            if not page or page[0].seq != pos + 1:
-                return None
-            for event in page:
-                if event.seq != pos + 1:
-                    return None
-                out.append(event)
-                pos = event.seq
-        return out
+    async def _replay(self, session: Session, rooms: dict[int, int]) -> None:
+        """The RESUME job: each room from the client's position, then RESUMED."""
+        replayed = 0
+        for room_id, pos in rooms.items():
+            try:
+                seq, recovered = await self.gw.hub.join(session, room_id, pos)
+            except LeftRoom:
+                continue
+            except CatchUpAborted:
+                return
+            if not recovered:  # the Store no longer has them (retention): start over
+                self.send(self.proto.invalid_session(False))
+                self.gw.hub.remove_session(session)
+                self.session = None
+                await self.gw.end_session(session)
+                return
+            replayed += seq - pos
+        session.dispatch("RESUMED", {"replayed": replayed})
+        self.proto.finish_resume()
+        await self._save_quietly(session)
 
     # --- traffic --------------------------------------------------------------------------
     async def _subscribe(self, action: DoSubscribe) -> None:
         session = self.session
         assert session is not None
+        # One entry per room: a room listed twice is subscribed once, from its first entry.
+        items = list({item.room_id: item for item in action.rooms}.values())
+        self.gw.hub.submit(session, lambda: self._subscribe_job(session, action.request_id, items))
+
+    async def _subscribe_job(
+        self, session: Session, request_id: int | None, items: list[RoomSubscription]
+    ) -> None:
         done: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        for item in action.rooms:
+        for item in items:
             room_id = int(item.room_id)
             try:
-                seq, recovered = await self.gw.hub.subscribe(session, room_id, item.after_seq)
+                entry = await self._subscribe_room(session, room_id, item.after_seq)
             except ChatError as exc:
                 failed.append({"room_id": str(room_id), "code": exc.code, "message": exc.message})
                 continue
-            entry = {"room_id": str(room_id), "seq": seq, "recovered": recovered}
+            except CatchUpAborted:
+                return
             session.dispatch("ROOM_SUBSCRIBED", entry)
             done.append(entry)
         # Saved before the REPLY, not on the next sweep: a gateway crash right after a
@@ -333,11 +354,43 @@ class ClientConnection:
         # RESUME ``rooms`` would silently miss its live events).
         await self._save_quietly(session)
         if failed and not done:
-            self.send(
-                self.proto.reply_error(action.request_id, failed[0]["code"], failed[0]["message"])
-            )
+            self.send(self.proto.reply_error(request_id, failed[0]["code"], failed[0]["message"]))
         else:
-            self.send(self.proto.reply_ok(action.request_id, {"rooms": done, "failed": failed}))
+            self.send(self.proto.reply_ok(request_id, {"rooms": done, "failed": failed}))
+
+    async def _subscribe_room(
+        self, session: Session, room_id: int, after_seq: int | None
+    ) -> dict[str, Any]:
+        """One room of a SUBSCRIBE: its ROOM_SUBSCRIBED payload. Raises ChatError (not a
+        member, or it left during the catch-up) and CatchUpAborted (the connection is gone)."""
+        hub = self.gw.hub
+        try:
+            info = await self.gw.chat.get_room(session.user_id, room_id)  # NotFound / Forbidden
+        except ChatError:
+            raise
+        except Exception:
+            log.warning("subscribe to room %s failed", room_id, exc_info=True)
+            raise ChatError("could not subscribe now; try again") from None
+        if room_id in session.rooms:
+            # Subscribed already: nothing is sent twice on one session.
+            sent = session.sent_seq(room_id)
+            return {"room_id": str(room_id), "seq": sent or 0, "recovered": True}
+        # From the membership check's last seq when there is nothing to recover (a leave
+        # right after the check is caught up, not missed), and never from beyond it.
+        clamped = after_seq is not None and after_seq > info.last_seq
+        pos = info.last_seq if after_seq is None or clamped else after_seq
+        try:
+            seq, recovered = await hub.join(session, room_id, pos)
+        except LeftRoom:
+            raise Forbidden("left the room") from None
+        except CatchUpAborted:
+            raise
+        except Exception:
+            hub.unsubscribe(session, room_id)
+            log.warning("subscribe to room %s failed", room_id, exc_info=True)
+            raise ChatError("could not subscribe now; try again") from None
+        recovered = recovered and after_seq is not None and not clamped
+        return {"room_id": str(room_id), "seq": seq, "recovered": recovered}
 
     async def _save_quietly(self, session: Session) -> None:
         """Save the session now, after its rooms changed (IDENTIFY, SUBSCRIBE, UNSUBSCRIBE).

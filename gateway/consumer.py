@@ -7,6 +7,14 @@ room went away is unassigned after ``linger_s`` (a room re-subscribed within it 
 Assignment changes are applied by the fetch loop itself, batched, between fetches, because a
 reader is not safe to reassign while a fetch is in flight. The same loop samples the
 partitions' end offsets every ``lag_every_s`` for ``shardchat_gateway_partition_lag``.
+
+Skipped records: a reader whose position was reset (its offset fell out of the log: retention,
+records lost on an unclean leader election) or that jumped over offsets never returns those
+records, and a quiet room would wait for its next event to notice the gap. So ``on_skip`` is
+called with the partitions where records may have been skipped: a fetch returned an offset past
+the next expected one, the end offset fell below our position, or a lag sample showed the same
+position with records waiting twice in a row (the reader will not return them). The hub then
+reads each local room of those partitions from the Store.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Routes a fetch's decoded events (a batch lets a room's events fan out together); returns
 #: how many no local room wanted (waste).
 OnEvents = Callable[[list[RoomEvent]], int]
+#: Called with partitions whose records the reader may have skipped (see the module doc).
+OnSkip = Callable[[list[int]], None]
 
 
 class PartitionConsumer:
@@ -33,6 +43,7 @@ class PartitionConsumer:
         self,
         event_log: EventLog,
         on_events: OnEvents,
+        on_skip: OnSkip = lambda partitions: None,
         *,
         linger_s: float = 5.0,
         fetch_timeout_ms: int = 50,
@@ -40,6 +51,8 @@ class PartitionConsumer:
     ) -> None:
         self._log = event_log
         self._on_events = on_events
+        self._on_skip = on_skip
+        self._stuck: dict[int, int] = {}  # partition -> position at a sample that saw lag
         self._linger_s = linger_s
         self._fetch_timeout_ms = fetch_timeout_ms
         self._reader: LogReader | None = None
@@ -107,6 +120,7 @@ class PartitionConsumer:
             for p in drop:
                 del self._release_at[p]
                 self._position.pop(p, None)
+                self._stuck.pop(p, None)
                 self.lag.pop(p, None)
                 with contextlib.suppress(KeyError):  # never sampled yet
                     metrics.PARTITION_LAG.remove(str(p))
@@ -120,6 +134,12 @@ class PartitionConsumer:
                     if not fut.done():
                         fut.set_exception(exc)
                 raise
+            # Where each new partition starts (about: records appended since assign() resolved
+            # its end only make this ahead, never behind): without it, records skipped before
+            # the first lag sample (the reader's offset reset) could never be noticed.
+            with contextlib.suppress(Exception):
+                for p, end in (await reader.end_offsets(list(batch))).items():
+                    self._position.setdefault(p, end)
             for fut in batch.values():
                 if not fut.done():
                     fut.set_result(None)
@@ -137,11 +157,21 @@ class PartitionConsumer:
         if not assigned:
             return
         ends = await reader.end_offsets(assigned)
+        skipped = []
         for p, end in ends.items():
             pos = self._position.setdefault(p, end)
+            if end < pos or (end > pos and self._stuck.get(p) == pos):
+                skipped.append(p)  # truncated below us, or records the reader won't return
+                self._position[p] = pos = end
+            if end > pos:
+                self._stuck[p] = pos
+            else:
+                self._stuck.pop(p, None)
             lag = max(0, end - pos)
             self.lag[p] = lag
             metrics.PARTITION_LAG.labels(str(p)).set(lag)
+        if skipped:
+            self._skipped(skipped)
 
     async def _run(self) -> None:
         reader = self._reader
@@ -166,12 +196,21 @@ class PartitionConsumer:
                 log.exception("event-log consumer error; retrying")
                 await asyncio.sleep(0.5)
 
+    def _skipped(self, partitions: list[int]) -> None:
+        log.warning("partitions %s: records skipped by the reader; reading the Store", partitions)
+        metrics.LOG_SKIPS.inc(len(partitions))
+        self._on_skip(partitions)
+
     def _route(self, records: list[LogRecord]) -> None:
         wasted = 0
         position = self._position
         events: list[RoomEvent] = []
+        jumped: set[int] = set()
         for rec in records:
-            if rec.offset >= position.get(rec.partition, 0):
+            expected = position.get(rec.partition)
+            if expected is None or rec.offset >= expected:
+                if expected is not None and rec.offset > expected:
+                    jumped.add(rec.partition)
                 position[rec.partition] = rec.offset + 1
             try:
                 events.append(decode_event(rec.value))
@@ -179,6 +218,8 @@ class PartitionConsumer:
                 log.warning("undecodable record p%s@%s", rec.partition, rec.offset)
                 wasted += 1
         wasted += self._on_events(events)
+        if jumped:
+            self._skipped(sorted(jumped))
         self.consumed += len(records)
         self.unrouted += wasted
         metrics.RECORDS_CONSUMED.inc(len(records))

@@ -14,7 +14,9 @@ of the batch (header bytes precomputed for the digit count of ``s``), so even wh
 recipient has its own ``s`` the build costs about 0.1 us per frame.
 
 Nothing here awaits or writes: frames are queued in each connection's Outbound and the Flusher
-writes every connection once at the end of the tick.
+writes every connection once at the end of the tick. A recipient whose batch would pass its
+outbound limit gets none of it: it is listed in ``overflow`` and the caller decides (cut it as a
+slow consumer, or let it catch the room up paced when the batch itself is the burst).
 """
 
 from __future__ import annotations
@@ -96,10 +98,17 @@ class _Chunks:
         return b"".join(parts)
 
 
-def fanout(events: Sequence[RoomEvent], sessions: Iterable[Session], flusher: Flusher) -> int:
+def fanout(
+    events: Sequence[RoomEvent],
+    sessions: Iterable[Session],
+    flusher: Flusher,
+    overflow: list[Session] | None = None,
+) -> int:
     """Queue ``events`` to every session; returns the number of frames queued.
 
-    ``events`` are consecutive events of ONE room in seq order, none delivered yet.
+    ``events`` are consecutive events of ONE room in seq order, none delivered yet. A session
+    over its outbound limit gets none of them and is appended to ``overflow`` (cut at once
+    when no list is given).
     """
     n = len(events)
     if n == 0:
@@ -122,8 +131,6 @@ def fanout(events: Sequence[RoomEvent], sessions: Iterable[Session], flusher: Fl
         if out.closed:
             continue
         s0 = sess.s
-        sess.s = s0 + n
-        sess.tail += events
         idx = sess.enc_index
         cache = built[idx]
         chunk = cache.get(s0)
@@ -135,12 +142,17 @@ def fanout(events: Sequence[RoomEvent], sessions: Iterable[Session], flusher: Fl
         # Outbound.push_frames, inlined (see the invariants on Outbound).
         if not out.dirty:
             out.mark()  # once per connection per tick
-        out.pending += len(chunk)
-        if out.base + out.pending > out.limit:
-            out.cut()
+        if out.base + out.pending + len(chunk) > out.limit:
+            if overflow is None:
+                out.cut()
+            else:
+                overflow.append(sess)
             continue
+        out.pending += len(chunk)
         out.parts.append(chunk)
         out.frames += n
+        sess.s = s0 + n
+        sess.tail += events
         full += 1
     if not full and not starts:
         return 0

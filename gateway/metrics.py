@@ -33,6 +33,14 @@ RECORDS_UNROUTED = Counter(
     "Records read that no local session wanted (waste ratio = unrouted / consumed)",
 )
 GAP_FILLS = Counter("shardchat_gateway_gap_fills", "Room seq gaps filled from the Store")
+CATCHUP_FRAMES = Counter(
+    "shardchat_gateway_catchup_frames",
+    "Frames sent by paced catch-ups (RESUME replay, SUBSCRIBE after_seq, resynced rooms)",
+)
+LOG_SKIPS = Counter(
+    "shardchat_gateway_log_skips",
+    "Partitions whose records the log reader skipped, read from the Store instead",
+)
 DUPLICATES_DROPPED = Counter(
     "shardchat_gateway_duplicates_dropped", "Room events dropped as duplicates by seq"
 )

@@ -13,13 +13,19 @@ writes (close, pong) interleave with ours at frame boundaries only, exactly like
 
 ``fanout.py`` appends to ``parts`` inline (no method call per recipient): the fields it touches
 are public for that reason and their invariants are documented on the class.
+
+Two kinds of traffic, two rules. Live traffic (fan-out) is what the client must keep up with:
+when the bytes not yet taken by the client pass ``limit`` it is cut (4010). A catch-up the server
+sends itself (RESUME replay, SUBSCRIBE ``after_seq``, a live room that fell behind in one burst)
+is paced instead: ``push_catchup`` queues a chunk outside the limit and ``drained`` waits until
+the socket has taken it, so any backlog arrives with bounded bytes in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol
 
 from chat_core.models import RoomEvent
@@ -70,6 +76,7 @@ class Outbound:
         "parts",
         "pending",
         "transport",
+        "writable",
     )
 
     def __init__(
@@ -80,6 +87,7 @@ class Outbound:
         text: bool,
         limit: int,
         on_overflow: Callable[[], None],
+        writable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.transport = transport
         self.flusher = flusher
@@ -92,6 +100,9 @@ class Outbound:
         self.dirty = False
         self.frames = 0
         self.closed = False
+        #: Returns once the transport's buffer is below its low-water mark (websockets'
+        #: ``drain``: the connection is paused above the high-water mark).
+        self.writable = writable
 
     def mark(self) -> None:
         """First frame of this tick: remember the transport backlog, schedule the flush."""
@@ -120,6 +131,28 @@ class Outbound:
         self.parts.append(data)
         self.frames += frames
         return True
+
+    def push_catchup(self, payload: bytes) -> int:
+        """Queue one message of a paced catch-up (not counted against ``limit``); its size."""
+        if self.closed:
+            return 0
+        if not self.dirty:
+            self.mark()
+        frame = frame_header(self.opcode, len(payload)) + payload
+        self.parts.append(frame)
+        self.frames += 1
+        return len(frame)
+
+    async def drained(self) -> None:
+        """Return once the frames queued so far are written and the socket has taken all but
+        a low-water mark of them (or the connection is going away)."""
+        await asyncio.sleep(0)  # the Flusher, scheduled when the frames were queued, writes them
+        if self.closed or self.writable is None:
+            return
+        try:
+            await self.writable()
+        except Exception:  # the connection broke: the caller sees ``closed`` soon enough
+            return
 
     def cut(self) -> None:
         """Over the limit: drop what is queued and let the owner close with 4010."""

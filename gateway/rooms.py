@@ -13,7 +13,12 @@ Delivery is batched: events applied during one synchronous call (a log fetch rou
 ``on_events``, a gap-fill page) collect in their room's ``due`` list and each room's list goes to
 ``deliver`` in one call before that call returns, so fan-out handles them in one pass per
 recipient. ``due`` is empty whenever control leaves this module, so the invariant above holds at
-every await and every ``attach``.
+every await and every ``catch_up``.
+
+A session joins a room through ``catch_up``: the events after its position are read from the ring
+(or the Store, page by page) and queued outside the slow-consumer limit, waiting for the socket
+to drain between chunks, so a backlog of any size up to ``MAX_RECOVER`` arrives; events applied
+meanwhile are read too, and the session goes live once its position equals ``last_seq``.
 """
 
 from __future__ import annotations
@@ -38,11 +43,31 @@ Deliver = Callable[["RoomState", list[RoomEvent]], None]
 
 FETCH_PAGE = 500
 #: A catch-up longer than this is not recovered (``recovered: false``): the client refetches
-#: history over GraphQL instead of the gateway streaming a room's whole past.
+#: history over GraphQL instead of the gateway streaming a room's whole past. Paced by the
+#: socket (see ``catch_up``), so it is not bounded by the outbound limit: 10,000 events of the
+#: longest content are about 40 MiB.
 MAX_RECOVER = 10_000
+#: Events read per step of a catch-up (from the ring, or one Store page).
+CATCHUP_PAGE = 200
+#: Bytes queued to a socket between two waits for it to drain, during a catch-up.
+CATCHUP_CHUNK_BYTES = 64 * 1024
 _ring_encode = msgspec.msgpack.Encoder().encode
 _ring_decode = msgspec.msgpack.Decoder(RoomEvent).decode
 _FILL_RETRIES = 5
+#: Backoff of gap fill while the Store fails: 0.1 s doubling up to this.
+_FILL_BACKOFF_MAX_S = 5.0
+
+
+class CatchUpAborted(Exception):
+    """The connection went away, or the session left the room, before it went live.
+
+    Nothing about the session's position changed: what it acknowledged stays as it was, and what
+    was queued to it is in its unacknowledged tail (a later RESUME replays from there)."""
+
+
+class LeftRoom(CatchUpAborted):
+    """The catch-up reached the session's own MEMBER_LEAVE: it was sent, and the room ends there
+    (as in live delivery); the caller unsubscribes the session."""
 
 
 class RoomState:
@@ -87,9 +112,19 @@ class RoomState:
 class RoomTable:
     """The rooms this node has subscribers for, fed with the log's records in any order."""
 
-    def __init__(self, fetch: FetchEvents, deliver: Deliver, ring_size: int) -> None:
+    def __init__(
+        self,
+        fetch: FetchEvents,
+        deliver: Deliver,
+        ring_size: int,
+        *,
+        on_deliver_error: Callable[[RoomState], None] = lambda room: None,
+        stall_s: float = 60.0,
+    ) -> None:
         self._fetch = fetch
         self._deliver = deliver
+        self._on_deliver_error = on_deliver_error
+        self._stall_s = stall_s  # a catch-up whose socket takes nothing for this long is cut
         self._ring_size = ring_size
         self.rooms: dict[int, RoomState] = {}
         self._due_rooms: list[RoomState] = []  # rooms whose ``due`` is not empty
@@ -178,8 +213,15 @@ class RoomTable:
             rooms, self._due_rooms = self._due_rooms, []
             for room in rooms:
                 due, room.due = room.due, []
-                if due:
+                if not due:
+                    continue
+                try:
                     self._deliver(room, due)
+                except Exception:
+                    # The room's sessions may have missed these events: they must not go on as
+                    # if they had them (they RESUME and get them from the ring or the Store).
+                    log.exception("room %s: delivery failed", room.room_id)
+                    self._on_deliver_error(room)
 
     def _drain(self, room: RoomState) -> None:
         pending = room.pending
@@ -195,8 +237,11 @@ class RoomTable:
                 del pending[seq]
 
     async def _fill(self, room: RoomState) -> None:
-        """Fetch the missing range from the Store, deliver it in order, then the held events."""
-        retries = 0
+        """Fetch the missing range from the Store, deliver it in order, then the held events.
+
+        Store errors are retried with backoff for as long as the gap exists (the room's held
+        events wait behind it: order first); only cancellation (the room dropped) ends it."""
+        retries = failures = 0
         try:
             while room.pending:
                 last = room.last_seq
@@ -208,15 +253,16 @@ class RoomTable:
                     continue
                 metrics.GAP_FILLS.inc()
                 want = min(first_held - last - 1, FETCH_PAGE)
-                events = await self._fetch(room.room_id, last, want)
-                progressed = False
-                for event in events:
-                    if room.last_seq is not None and event.seq == room.last_seq + 1:
-                        room.pending.pop(event.seq, None)
-                        self._apply(room, event)
-                        progressed = True
-                self._drain(room)
-                self._deliver_due()  # before any await: see the module docstring
+                try:
+                    events = await self._fetch(room.room_id, last, want)
+                except Exception:
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("room %s: gap fill failed %d times", room.room_id, failures)
+                    await asyncio.sleep(min(_FILL_BACKOFF_MAX_S, 0.1 * 2 ** min(failures, 6)))
+                    continue
+                failures = 0
+                progressed = self._apply_fetched(room, events)
                 if progressed:
                     retries = 0
                     continue
@@ -234,63 +280,95 @@ class RoomTable:
                     retries = 0
                     continue
                 await asyncio.sleep(0.05 * retries)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("room %s: gap fill failed", room.room_id)
         finally:
             self._deliver_due()
             room.filling = None
-        if room.pending:  # an event arrived with a new gap while we were finishing
-            room.filling = asyncio.get_running_loop().create_task(self._fill(room))
+
+    def _apply_fetched(self, room: RoomState, events: list[RoomEvent]) -> bool:
+        """Apply Store events that continue the room, then what they unblock; deliver them
+        (before any await: see the module docstring). True if the room moved forward."""
+        progressed = False
+        for event in events:
+            if room.last_seq is not None and event.seq == room.last_seq + 1:
+                room.pending.pop(event.seq, None)
+                self._apply(room, event)
+                progressed = True
+        self._drain(room)
+        self._deliver_due()
+        return progressed
+
+    async def verify(self, room: RoomState) -> None:
+        """Deliver what the Store has after the room's last seq (the log skipped records: an
+        offset reset, records lost on a broker). A room with a gap fill running is left to it."""
+        while room.last_seq is not None and room.filling is None:
+            events = await self._fetch(room.room_id, room.last_seq, FETCH_PAGE)
+            if room.filling is not None or not self._apply_fetched(room, events):
+                return
+            if len(events) < FETCH_PAGE:
+                return
 
     # --- subscriptions ----------------------------------------------------------------------
-    async def attach(
-        self, room: RoomState, session: Session, after_seq: int | None
-    ) -> tuple[int, bool]:
-        """Catch ``session`` up from ``after_seq`` and make it live.
+    async def catch_up(self, room: RoomState, session: Session, pos: int) -> tuple[int, bool]:
+        """Send ``session`` the room's events after ``pos``, paced by its socket; then it is live.
 
-        Returns ``(seq, recovered)``: the room seq the session is at when it goes live, and
-        whether every event after ``after_seq`` was delivered. The room must be initialised.
+        Returns ``(seq, recovered)``: the room seq the session went live at, and whether every
+        event after ``pos`` was sent (False: more than ``MAX_RECOVER`` behind, or the Store no
+        longer has them; it went live at ``last_seq`` and the client refetches history).
+        ``pos`` beyond what this node has applied (never beyond the Store: callers clamp) goes
+        live at once and skips the events up to it as they arrive. Raises ``CatchUpAborted``
+        (the socket closed or took nothing for ``stall_s``: then cut as a slow consumer, or the
+        session was unsubscribed), ``LeftRoom`` (its own MEMBER_LEAVE was sent), and Store errors.
+        The room must be initialised.
         """
+        room_id = room.room_id
         assert room.last_seq is not None
-        if after_seq is None:
-            room.live[session] = None
-            return room.last_seq, False
-        pos = after_seq
-        recovered = True
         if pos > room.last_seq:
-            # The client knows events this node has not seen yet: skip them when they arrive.
-            session.skip[room.room_id] = pos
+            session.skip[room_id] = pos
             room.live[session] = None
             return pos, True
-        if room.last_seq - pos > MAX_RECOVER:
-            room.live[session] = None
-            return room.last_seq, False
+        recovered = True
+        queued = 0
+        mine = str(session.user_id)
         while pos < room.last_seq:
-            target = room.last_seq
-            batch = room.ring_after(pos, target)
+            last = room.last_seq
+            if last - pos > MAX_RECOVER:
+                recovered = False
+                break
+            batch = room.ring_after(pos, min(last, pos + CATCHUP_PAGE))
             if batch is None:
-                batch = await self._fetch(room.room_id, pos, min(target - pos, FETCH_PAGE))
-                batch = [e for e in batch if e.seq <= target]
+                batch = await self._fetch(room_id, pos, CATCHUP_PAGE)
+                self._check(session, room_id)
                 if not batch or batch[0].seq != pos + 1:
                     recovered = False  # retention: the Store no longer has them
                     break
-            if session.out.closed or room.room_id not in session.rooms:
-                return pos, False
             for event in batch:
+                if event.seq > room.last_seq:
+                    break  # the Store is ahead of this node: they arrive live
                 if event.seq != pos + 1:
-                    recovered = False
-                    break
-                session.dispatch_event(event)
+                    raise AssertionError(f"room {room_id}: catch-up read {event.seq} at {pos}")
+                queued += session.dispatch_catchup(event)
                 pos = event.seq
-            if not recovered:
-                break
+                if event.type == "MEMBER_LEAVE" and event.data.get("user_id") == mine:
+                    raise LeftRoom(room_id)
+                if queued >= CATCHUP_CHUNK_BYTES:
+                    queued = 0
+                    await self._drained(session, room_id)
         if not recovered:
-            # Jump to live: the client refetches history (PROTOCOL.md 4.3, recovered: false).
-            pos = room.last_seq
+            pos = room.last_seq  # jump to live (PROTOCOL.md 4.3, recovered: false)
         room.live[session] = None
         return pos, recovered
+
+    async def _drained(self, session: Session, room_id: int) -> None:
+        try:
+            await asyncio.wait_for(session.out.drained(), self._stall_s)
+        except TimeoutError:
+            session.out.cut()  # it reads nothing at all: a slow consumer after all (4010)
+        self._check(session, room_id)
+
+    @staticmethod
+    def _check(session: Session, room_id: int) -> None:
+        if session.out.closed or room_id not in session.rooms:
+            raise CatchUpAborted(room_id)
 
     def detach(self, room: RoomState, session: Session) -> bool:
         """Remove ``session``; True when the room has no local subscriber left."""

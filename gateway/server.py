@@ -16,7 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import CloseCode as WsCloseCode
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from gateway import gctune, metrics
 from gateway.connection import ClientConnection
@@ -48,6 +50,20 @@ TAKE_PREFIX = b"take:"
 TAKE_WAIT_S = 0.5
 #: Sessions per batched periodic save (see ``Gateway._save_many``).
 SAVE_SLICE = 500
+#: Retry backoff of final saves that failed (the Registry is down): doubling up to this.
+CLOSED_SAVE_BACKOFF_MAX_S = 5.0
+
+
+class _GatewayProtocol(ServerProtocol):
+    """websockets' protocol, closing on a frame over ``max_size`` with 4502 (frame too large,
+    the protocol's code) instead of 1009. websockets refuses such a frame from its header, before
+    reading the payload; frames between the protocol limit and ``max_size`` get 4502 from the
+    state machine. Swapped in per connection (``__class__``: no per-connection cost)."""
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if code == WsCloseCode.MESSAGE_TOO_BIG:
+            code, reason = CloseCode.FRAME_TOO_LARGE, CloseCode.FRAME_TOO_LARGE.description
+        super().fail(code, reason)
 
 
 def _trim_handshake(conn: ServerConnection, request: Request, response: Response) -> None:
@@ -95,7 +111,9 @@ class Gateway:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_save: dict[str, float] = {}
-        self._closed_saves: list[tuple[str, bytes, int]] = []  # see _flush_closed
+        # Final states of closed connections not yet in the Registry (see _flush_closed):
+        # session id -> (blob, epoch, monotonic deadline).
+        self._closed_saves: dict[str, tuple[bytes, int, float]] = {}
         self._closed_flush: asyncio.Task[None] | None = None
         self._opened = 0  # connections handled, for the GC freezer
         self._closed = 0
@@ -105,8 +123,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
 
-        def make_consumer(on_event: Any) -> PartitionConsumer:
-            return PartitionConsumer(self.event_log, on_event, linger_s=self._linger_s)
+        def make_consumer(on_events: Any, on_skip: Any) -> PartitionConsumer:
+            return PartitionConsumer(self.event_log, on_events, on_skip, linger_s=self._linger_s)
 
         self.hub = Hub(
             self.gateway_id,
@@ -115,6 +133,7 @@ class Gateway:
             make_consumer,
             ring_size=s.ring_buffer_events,
             room_ttl_s=s.gateway_ttl_s,
+            stall_s=1.5 * s.heartbeat_interval_ms / 1000,
         )
         self.hub.consumer.start()
         self._server = await serve(
@@ -195,6 +214,7 @@ class Gateway:
         # The handshake response (status line, headers, body) is never read again; websockets
         # would keep it for the connection's lifetime (about 1 KiB per idle connection).
         ws.response = None
+        ws.protocol.__class__ = _GatewayProtocol
         metrics.CONNECTIONS.inc()
         self._opened += 1
         try:
@@ -228,8 +248,11 @@ class Gateway:
         self.conns.discard(conn)
         conn.out.discard()
         if conn.close_code is None:
-            rcvd = conn.ws.protocol.close_rcvd
-            conn.proto.connection_lost(rcvd.code if rcvd is not None else None)
+            # The client's close code, or ours when websockets closed it (4502 on an oversized
+            # frame), or None when the connection just dropped.
+            proto = conn.ws.protocol
+            closed = proto.close_rcvd or proto.close_sent
+            conn.proto.connection_lost(closed.code if closed is not None else None)
         session = conn.session
         if session is None:
             return
@@ -239,33 +262,59 @@ class Gateway:
         self._last_save.pop(session.session_id, None)
         if session.taken:
             return  # resumed on another connection, which owns the saved state now
-        # Conditional on the epoch: a False result means the session was resumed elsewhere
-        # meanwhile; its newer state stays, and this connection is gone already (nothing to kick).
         if resumable:
-            self._closed_saves.append((session.session_id, blob, session.epoch))
-            if self._closed_flush is None:
-                self._closed_flush = asyncio.get_running_loop().create_task(self._flush_closed())
+            self._keep_closed(session.session_id, blob, session.epoch)
             return
+        await self.end_session(session)
+
+    async def end_session(self, session: Session) -> None:
+        """The session is over (not resumable): delete its saved state."""
+        self._closed_saves.pop(session.session_id, None)
         try:
             await self.registry.delete_session_if(session.session_id, session.epoch)
         except Exception:
             log.warning("could not delete session %s", session.session_id, exc_info=True)
+
+    def _keep_closed(self, session_id: str, blob: bytes, epoch: int) -> None:
+        """Queue the final state of a resumable session for the Registry (``_flush_closed``);
+        until it is written, a RESUME on this gateway takes it from here."""
+        deadline = time.monotonic() + self.settings.resume_window_s
+        self._closed_saves[session_id] = (blob, epoch, deadline)
+        if self._closed_flush is None:
+            self._closed_flush = asyncio.get_running_loop().create_task(self._flush_closed())
 
     async def _flush_closed(self) -> None:
         """Save the final state of closed connections, many per Registry call.
 
         A mass disconnect (a load balancer restart, a network blip) closes thousands of
         connections in one second: one round trip each would queue them all behind the Redis
-        pool. Whatever closes while a batch is written goes into the next one.
+        pool. Whatever closes while a batch is written goes into the next one. A batch that
+        fails stays queued and is retried with backoff (the Registry is down) until it is
+        written or its resume window is over: a RESUME must never trust an older saved state
+        while the exact one is still here. Conditional on the epoch: a False result means
+        the session was resumed elsewhere meanwhile, whose newer state stays.
         """
         window = self.settings.resume_window_s
+        delay = 0.1
         try:
             while self._closed_saves:
-                batch, self._closed_saves = self._closed_saves, []
+                now = time.monotonic()
+                batch = list(self._closed_saves.items())
+                for sid, entry in batch:
+                    if entry[2] <= now:
+                        del self._closed_saves[sid]  # expired: nothing left to resume
+                items = [(sid, e[0], e[1]) for sid, e in batch if e[2] > now]
                 try:
-                    await self.registry.save_sessions_if(batch, window)
+                    await self.registry.save_sessions_if(items, window)
                 except Exception:
-                    log.warning("could not save %d closed sessions", len(batch), exc_info=True)
+                    log.warning("could not save %d closed sessions", len(items), exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(CLOSED_SAVE_BACKOFF_MAX_S, delay * 2)
+                    continue
+                delay = 0.1
+                for sid, entry in batch:
+                    if self._closed_saves.get(sid) is entry:
+                        del self._closed_saves[sid]
         finally:
             self._closed_flush = None
 
@@ -302,28 +351,49 @@ class Gateway:
             holder.close(CloseCode.INTERNAL_ERROR, "session resumed on another connection")
 
     async def _release(self, session_id: str) -> None:
-        """Hand a live session over to a RESUME: save its exact state as released, kick it."""
-        session = self.hub.sessions.get(session_id)
-        if session is None or session.taken:
-            return
+        """Hand a session over to a RESUME elsewhere (a TAKE): save its exact state, released
+        (``owner`` empty), and kick its connection if it has one."""
         window = self.settings.resume_window_s
-        blob = session.to_blob(window, "")
-        self._kick(session)
+        session = self.hub.sessions.get(session_id)
+        if session is not None and not session.taken:
+            blob, epoch = session.to_blob(window, ""), session.epoch
+            self._kick(session)
+        elif session_id in self._closed_saves:
+            blob, epoch, _ = self._closed_saves[session_id]
+        else:
+            return
         # False: a newer owner saved already (it did not wait for us); its state stays.
-        await self.registry.save_session_if(session_id, blob, session.epoch, window)
+        await self.registry.save_session_if(session_id, blob, epoch, window)
+        if self._closed_saves.get(session_id, (None,))[0] is blob:
+            del self._closed_saves[session_id]
 
-    async def take_session(self, session_id: str) -> SessionBlob | None:
-        """The saved state of a session for RESUME, released by whoever holds it.
+    async def take_session(self, session_id: str, user_id: int) -> SessionBlob | None:
+        """The saved state of ``user_id``'s session for RESUME, released by whoever holds it;
+        None when unknown, expired or someone else's (then nothing is touched).
 
-        Local holder: released at once. Remote holder: asked over its control channel and
-        waited for (up to TAKE_WAIT_S), so the state covers everything that socket was sent;
-        not waited for when nobody listens on that channel (the holder crashed).
+        On this gateway: a live holder is kicked and its exact state used; a closed one's final
+        state is used even before it reached the Registry. Elsewhere: the holder is asked over
+        its control channel and waited for (up to TAKE_WAIT_S), so the state covers everything
+        that socket was sent; not waited for when nobody listens on that channel (the holder
+        crashed). The caller then claims the session at the returned blob's epoch.
         """
-        if session_id in self.hub.sessions:
-            await self._release(session_id)
-        raw = await self.registry.load_session(session_id)
+        window = self.settings.resume_window_s
+        raw: bytes | None
+        local = self.hub.sessions.get(session_id)
+        if local is not None and not local.taken:
+            if local.user_id != user_id:
+                return None
+            raw = local.to_blob(window, "")
+            self._kick(local)
+            self._keep_closed(session_id, raw, local.epoch)  # kept if the RESUME goes no further
+        elif session_id in self._closed_saves:
+            raw = self._closed_saves[session_id][0]
+        else:
+            raw = await self.registry.load_session(session_id)
         blob = load_blob(raw) if raw is not None else None
-        if blob is None or not blob.owner or blob.owner == self.gateway_id:
+        if blob is None or blob.user_id != user_id:
+            return None
+        if not blob.owner or blob.owner == self.gateway_id:
             return blob
         owner, epoch = blob.owner, blob.epoch
         listeners = await self.registry.publish(
@@ -334,11 +404,22 @@ class Gateway:
         deadline = time.monotonic() + TAKE_WAIT_S
         while time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-            raw = await self.registry.load_session(session_id)
-            fresh = load_blob(raw) if raw is not None else None
+            again = await self.registry.load_session(session_id)
+            fresh = load_blob(again) if again is not None else None
             if fresh is None or fresh.owner != owner or fresh.epoch != epoch:
-                return fresh
+                return fresh if fresh is None or fresh.user_id == user_id else None
         return blob
+
+    async def claim_session(self, session: Session, loaded_epoch: int) -> bool:
+        """Take the session over for this connection (RESUME): True for exactly one of any
+        concurrent claims of the state loaded at ``loaded_epoch``."""
+        window = self.settings.resume_window_s
+        blob = session.to_blob(window, self.gateway_id)
+        if not await self.registry.claim_session(session.session_id, loaded_epoch, blob, window):
+            return False
+        self._closed_saves.pop(session.session_id, None)  # older than what was just claimed
+        self._last_save[session.session_id] = time.monotonic()
+        return True
 
     # --- background loops -------------------------------------------------------------------
     async def _listen(self, sub: Any, handle: Any) -> None:

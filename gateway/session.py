@@ -27,6 +27,7 @@ from typing import Final
 import msgspec
 
 from chat_core.models import RoomEvent
+from gateway import metrics
 from gateway.outbound import Outbound
 from protocol.codec import Codec, Encoding
 
@@ -119,18 +120,37 @@ class Session:
         self.out.push(self.codec.encode_dispatch(t, d, self.s))
         return self.s
 
-    def dispatch_event(self, event: RoomEvent) -> None:
-        """Queue one room event outside fan-out (catch-up after SUBSCRIBE)."""
+    def dispatch_catchup(self, event: RoomEvent) -> int:
+        """Queue one room event of a paced catch-up (outside the slow-consumer limit); returns
+        the bytes queued."""
         self.s += 1
         self.tail.append(event)
-        self.out.push(self.codec.encode_dispatch(event.type, event.data, self.s))
         self.dirty = True
+        metrics.CATCHUP_FRAMES.inc()
+        return self.out.push_catchup(self.codec.encode_dispatch(event.type, event.data, self.s))
 
     def numbered(self, events: list[RoomEvent | None], last_s: int) -> None:
-        """Record frames the state machine numbered (RESUME replay + RESUMED) up to ``last_s``."""
+        """Record frames the state machine numbered (READY) up to ``last_s``."""
         self.tail.extend(events)
         self.s = last_s
         self.dirty = True
+
+    def hold(self, room_id: int, acked: int) -> bool:
+        """Subscribe to ``room_id`` with the client at ``acked`` (saved from now on, before any
+        event is sent); False if it was subscribed already (the position is set anyway)."""
+        self.acked[room_id] = acked
+        self.dirty = True
+        if room_id in self.rooms:
+            return False
+        self.rooms.add(room_id)
+        return True
+
+    def sent_seq(self, room_id: int) -> int | None:
+        """The last room seq queued to this session for ``room_id`` (acknowledged or not)."""
+        for event in reversed(self.tail):
+            if event is not None and event.room_id == room_id:
+                return event.seq
+        return self.acked.get(room_id)
 
     # --- acknowledgements and resume --------------------------------------------------------
     def ack(self, client_s: int | None) -> None:

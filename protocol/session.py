@@ -7,15 +7,18 @@ reads a clock or touches a socket, so every transition is a plain unit test.
 
 States::
 
-    AWAITING_IDENTIFY --IDENTIFY/RESUME--> IDENTIFYING --accept_*--> READY
-          ^                                     |
-          +---------- invalid_session ---------+
+    AWAITING_IDENTIFY --IDENTIFY/RESUME--> IDENTIFYING --accept_identify--> READY
+          ^                                  |      |
+          +-------- invalid_session ---------+   accept_resume
+          +-------- invalid_session --------- REPLAYING --finish_resume--> READY
     any --Close action / connection_lost--> CLOSED
+
+While REPLAYING the gateway streams the missed events at the pace the socket takes them; the
+client heartbeats (and so acknowledges what it received) but sends no other op until RESUMED.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from enum import Enum
 from typing import Any, Final
 
@@ -52,7 +55,6 @@ from protocol.frames import (
 )
 from protocol.opcodes import Op
 from protocol.ratelimit import TokenBucket
-from protocol.replay import ReplayBuffer
 
 # Defaults of PROTOCOL.md section 6.
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 41_250
@@ -60,12 +62,12 @@ DEFAULT_HEARTBEAT_TIMEOUT_FACTOR: Final = 1.5
 DEFAULT_OPS_PER_WINDOW: Final = 120
 DEFAULT_OPS_WINDOW_S: Final = 60.0
 DEFAULT_OPS_BURST: Final = 20
-DEFAULT_REPLAY_BUFFER_SIZE: Final = 256
 
 
 class SessionState(Enum):
     AWAITING_IDENTIFY = "awaiting_identify"  # HELLO sent, waiting for IDENTIFY or RESUME
     IDENTIFYING = "identifying"  # IDENTIFY/RESUME received, the gateway is checking it
+    REPLAYING = "replaying"  # RESUME accepted: the missed events are being sent, then RESUMED
     READY = "ready"  # READY or RESUMED sent: traffic flows
     CLOSED = "closed"
 
@@ -74,8 +76,9 @@ class Session:
     """One client connection's protocol state.
 
     Create it when the WebSocket opens (after ``negotiate``), send ``hello()``, then loop.
-    ``session_id`` and ``user_id`` are set once identified and survive ``CLOSED`` so a detached
-    session can keep buffering dispatches (``record``) for a RESUME within the resume window.
+    ``session_id`` and ``user_id`` are set once identified and survive ``CLOSED``. DISPATCHes
+    after READY / during a replay are numbered by the I/O shell from ``dispatch_seq`` on (the
+    gateway numbers its fan-out without calling back in here once per recipient).
     """
 
     def __init__(
@@ -90,7 +93,6 @@ class Session:
         ops_per_window: int = DEFAULT_OPS_PER_WINDOW,
         ops_window_s: float = DEFAULT_OPS_WINDOW_S,
         ops_burst: int = DEFAULT_OPS_BURST,
-        replay_buffer_size: int = DEFAULT_REPLAY_BUFFER_SIZE,
     ) -> None:
         self.codec = Codec(encoding, max_frame_bytes)
         self.encoding = encoding
@@ -108,7 +110,6 @@ class Session:
         self.close_code: int | None = None
         self._seq = 0
         self._ops = TokenBucket(ops_per_window, ops_window_s, ops_burst, now)
-        self._replay = ReplayBuffer(replay_buffer_size)
 
     # ---- inbound ------------------------------------------------------------------------------
 
@@ -195,19 +196,12 @@ class Session:
         self.user_id = user_id
         self.state = SessionState.READY
         self._seq = 0
-        self._replay.reset(0)
         return SendFrame(self.dispatch(DispatchEvent("READY", ready)))
 
-    def accept_resume(
-        self, *, user_id: int, replay: Iterable[DispatchEvent], session_id: str | None = None
-    ) -> list[SendFrame]:
-        """The RESUME is valid: send the missed events, then DISPATCH RESUMED ``{replayed}``.
-
-        ``replay`` are the events after the client's ``seq``, oldest first: from the old
-        session's ``replay_after`` on this node, or rebuilt from storage elsewhere. They get
-        ``s`` = seq+1, seq+2 ..., which on the same node are exactly their original numbers.
-        ``session_id`` defaults to the one the client sent.
-        """
+    def accept_resume(self, *, user_id: int, session_id: str | None = None) -> None:
+        """The RESUME is valid: become REPLAYING. The shell now sends the missed events with
+        ``s`` = seq+1, seq+2 ..., then DISPATCH RESUMED ``{replayed}``, then calls
+        ``finish_resume``. ``session_id`` defaults to the one the client sent."""
         self._expect(SessionState.IDENTIFYING, "accept_resume")
         pending = self.pending_resume
         if pending is None:
@@ -215,19 +209,21 @@ class Session:
         self.pending_resume = None
         self.session_id = session_id if session_id is not None else pending.session_id
         self.user_id = user_id
-        self.state = SessionState.READY
+        self.state = SessionState.REPLAYING
         self._seq = pending.seq
-        self._replay.reset(pending.seq)
-        frames = [SendFrame(self.dispatch(event)) for event in replay]
-        resumed = DispatchEvent("RESUMED", {"replayed": len(frames)})
-        frames.append(SendFrame(self.dispatch(resumed)))
-        return frames
+
+    def finish_resume(self) -> None:
+        """RESUMED was sent: traffic flows."""
+        self._expect(SessionState.REPLAYING, "finish_resume")
+        self.state = SessionState.READY
 
     def invalid_session(self, resumable: bool = False) -> SendFrame:
-        """The RESUME can't be honoured: send INVALID_SESSION and wait for IDENTIFY or RESUME
-        again on this same connection."""
-        self._expect(SessionState.IDENTIFYING, "invalid_session")
+        """The RESUME can't be honoured (checked, or found while replaying): send
+        INVALID_SESSION and wait for IDENTIFY or RESUME again on this same connection."""
+        if self.state is not SessionState.REPLAYING:
+            self._expect(SessionState.IDENTIFYING, "invalid_session")
         self.pending_resume = None
+        self.session_id = self.user_id = None
         self.state = SessionState.AWAITING_IDENTIFY
         return self._send(Op.INVALID_SESSION, InvalidSession(resumable=resumable))
 
@@ -235,31 +231,15 @@ class Session:
 
     @property
     def dispatch_seq(self) -> int:
-        """The ``s`` of the last DISPATCH sent (0 before READY)."""
+        """The ``s`` of the last DISPATCH numbered here (READY: 1; after RESUME: its seq)."""
         return self._seq
-
-    def next_dispatch_seq(self) -> int:
-        """Allocate the next ``s``. ``dispatch``/``record`` call this; call it directly only
-        if you also record the event yourself."""
-        self._seq += 1
-        return self._seq
-
-    def record(self, event: DispatchEvent) -> int:
-        """Number ``event`` and keep it for replay without encoding it (a detached session
-        buffering for RESUME). Returns its ``s``."""
-        if self.session_id is None:
-            raise LocalProtocolError("dispatch before the session is identified")
-        s = self.next_dispatch_seq()
-        self._replay.append(s, event)
-        return s
 
     def dispatch(self, event: DispatchEvent) -> bytes:
-        """The fan-out hot path: number ``event``, keep it for replay, return the frame bytes."""
-        return event.frame(self.record(event), self.encoding)
-
-    def replay_after(self, seq: int) -> list[DispatchEvent] | None:
-        """Buffered events after the client's ``seq``, or None if they are not all here."""
-        return self._replay.after(seq)
+        """Number ``event`` with the next ``s`` and return its frame."""
+        if self.session_id is None:
+            raise LocalProtocolError("dispatch before the session is identified")
+        self._seq += 1
+        return event.frame(self._seq, self.encoding)
 
     def heartbeat_ack(self) -> SendFrame:
         return self._send(Op.HEARTBEAT_ACK, None)

@@ -172,7 +172,8 @@ class Registry(Protocol):
       gateway is loadable on every gateway (RESUME anywhere).
     - session writes are conditional on an ownership ``epoch`` (``save_session_if``,
       ``delete_session_if``): one atomic compare-and-set each, so two gateways racing for one
-      session cannot both win against a newer owner. See ``save_session_if``.
+      session cannot both win against a newer owner, and ``claim_session`` lets exactly one
+      of two concurrent RESUMEs take a session over. See ``save_session_if``.
     - ``publish`` reaches every active ``subscribe`` iterator of that channel, in every
       process sharing the backend, at most once, in publish order per publisher; nothing is
       kept for late subscribers or across a backend outage. See :class:`Subscription`.
@@ -242,6 +243,17 @@ class Registry(Protocol):
 
         One result per item, in order, each with the guarantees of ``save_session_if``. Not
         atomic as a whole: on an error some items may have been written (retrying is safe).
+        """
+        ...
+
+    async def claim_session(self, session_id: str, epoch: int, blob: bytes, ttl_s: float) -> bool:
+        """Take the session over (RESUME): store ``blob`` with ``epoch + 1`` iff the live entry
+        holds exactly ``epoch`` (the one the caller loaded) or no entry is live.
+
+        Atomic compare-and-set in one round trip, like ``save_session_if``, but exact: of two
+        RESUMEs that loaded the same entry, exactly one claim returns True; the other sees
+        ``epoch + 1`` stored and returns False with nothing changed. Once claimed, the holder
+        at ``epoch`` can no longer save (its ``save_session_if`` returns False).
         """
         ...
 

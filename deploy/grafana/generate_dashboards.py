@@ -285,6 +285,23 @@ def gateways() -> Board:
         "doesn't serve: "
         "placement affinity or partition count needs a look.",
     )
+    b.panel(
+        "Recovery: catch-up frames /s and log skips",
+        [
+            (
+                f"sum by (instance) (rate(shardchat_gateway_catchup_frames_total{g}[1m]))",
+                "catch-up {{instance}}",
+            ),
+            (
+                f"sum by (instance) (increase(shardchat_gateway_log_skips_total{g}[5m]))",
+                "log skips {{instance}}",
+            ),
+        ],
+        w=24,
+        description="Frames sent by paced catch-ups (RESUME replays, SUBSCRIBE after_seq, rooms "
+        "resynced after a burst); log skips are partitions whose skipped records were read "
+        "from the Store (offset resets, records lost by Kafka): any is worth a look.",
+    )
     return b
 
 

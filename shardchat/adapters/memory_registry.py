@@ -175,6 +175,13 @@ class MemoryRegistry:
     ) -> list[bool]:
         return [await self.save_session_if(sid, blob, epoch, ttl_s) for sid, blob, epoch in items]
 
+    async def claim_session(self, session_id: str, epoch: int, blob: bytes, ttl_s: float) -> bool:
+        entry = self._live_session(session_id)
+        if entry is not None and entry[1] != epoch:
+            return False
+        self._sessions[session_id] = (blob, epoch + 1, self._clock() + ttl_s)
+        return True
+
     async def load_session(self, session_id: str) -> bytes | None:
         entry = self._live_session(session_id)
         return None if entry is None else entry[0]

@@ -200,6 +200,16 @@ end
 return out
 """
 
+# KEYS: sess:{sid}  ARGV: ttl ms, epoch, blob  -> 1 claimed (now epoch + 1), 0 another epoch is
+# stored (a concurrent RESUME claimed it first)
+_SESSION_CLAIM = """
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and tonumber(cur) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', tonumber(ARGV[2]) + 1, 'blob', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 # KEYS: sess:{sid}  ARGV: epoch  -> 1 deleted or absent, 0 a higher epoch is stored
 _SESSION_DELETE_IF = """
 local cur = redis.call('HGET', KEYS[1], 'epoch')
@@ -278,6 +288,7 @@ class RedisRegistry:
         self._set_partitions = self._redis.register_script(_SET_PARTITIONS)
         self._map_get = self._redis.register_script(_MAP_GET)
         self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
+        self._session_claim = self._redis.register_script(_SESSION_CLAIM)
         self._sessions_save_if = self._redis.register_script(_SESSIONS_SAVE_IF)
         self._record_decoder = msgspec.json.Decoder(GatewayRecord)
 
@@ -436,6 +447,13 @@ class RedisRegistry:
                 )
             out += (bool(x) for x in done)
         return out
+
+    async def claim_session(self, session_id: str, epoch: int, blob: bytes, ttl_s: float) -> bool:
+        with _translate_errors():
+            done = await self._session_claim(
+                keys=[self._session_key(session_id)], args=[_ms(ttl_s), epoch, blob]
+            )
+        return bool(done)
 
     async def load_session(self, session_id: str) -> bytes | None:
         with _translate_errors():

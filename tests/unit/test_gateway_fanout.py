@@ -192,7 +192,7 @@ async def test_session_attached_after_a_batch_gets_nothing_twice() -> None:
     table.initialise(room, 0)
     table.on_events([ev(7, 1), ev(7, 2)])
     sessions[0].rooms.add(7)
-    assert await table.attach(room, sessions[0], 2) == (2, True)
+    assert await table.catch_up(room, sessions[0], 2) == (2, True)
     table.on_events([ev(7, 3)])
     flusher.flush()
     assert [f["d"]["seq"] for f in decoded(transports[0])] == [3]  # type: ignore[index]

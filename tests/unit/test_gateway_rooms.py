@@ -10,7 +10,7 @@ import msgspec
 from chat_core.models import RoomEvent
 from gateway.fanout import fanout
 from gateway.outbound import Flusher, Outbound
-from gateway.rooms import RoomState, RoomTable
+from gateway.rooms import CATCHUP_CHUNK_BYTES, CatchUpAborted, LeftRoom, RoomState, RoomTable
 from gateway.session import Session, load_blob, resume_positions
 from protocol.codec import Encoding
 
@@ -136,7 +136,7 @@ async def test_events_held_while_initialising() -> None:
     assert delivered == [(7, 5)]
 
 
-async def test_attach_catches_up_from_ring_then_store_then_live() -> None:
+async def test_catch_up_from_ring_then_store_then_live() -> None:
     store = EventStore()
     store.add(7, 40)
     delivered: list[tuple[int, int]] = []
@@ -148,7 +148,7 @@ async def test_attach_catches_up_from_ring_then_store_then_live() -> None:
     sink = Sink()
     sess = session("sid", sink)
     sess.rooms.add(7)
-    seq, recovered = await table.attach(room, sess, 30)  # from the ring
+    seq, recovered = await table.catch_up(room, sess, 30)  # from the ring
     assert (seq, recovered) == (40, True)
     assert [f["d"]["seq"] for f in sink.frames] == list(range(31, 41))
     assert [f["s"] for f in sink.frames] == list(range(1, 11))
@@ -157,13 +157,13 @@ async def test_attach_catches_up_from_ring_then_store_then_live() -> None:
     sink2 = Sink()
     sess2 = session("sid2", sink2)
     sess2.rooms.add(7)
-    seq, recovered = await table.attach(room, sess2, 3)  # older than the ring: Store
+    seq, recovered = await table.catch_up(room, sess2, 3)  # older than the ring: Store
     assert (seq, recovered) == (40, True)
     assert [f["d"]["seq"] for f in sink2.frames] == list(range(4, 41))
     assert sess2 in room.live
 
 
-async def test_attach_sees_events_arriving_during_store_catch_up() -> None:
+async def test_catch_up_sees_events_arriving_during_store_catch_up() -> None:
     store = EventStore()
     store.add(7, 10)
     delivered: list[tuple[int, int]] = []
@@ -173,8 +173,8 @@ async def test_attach_sees_events_arriving_during_store_catch_up() -> None:
     sink = Sink()
     sess = session("sid", sink)
     sess.rooms.add(7)
-    task = asyncio.create_task(table.attach(room, sess, 0))
-    await asyncio.sleep(0)  # attach is awaiting the Store now
+    task = asyncio.create_task(table.catch_up(room, sess, 0))
+    await asyncio.sleep(0)  # catch_up is awaiting the Store now
     store.add(7, 12)
     table.on_event(ev(7, 11))
     table.on_event(ev(7, 12))
@@ -189,9 +189,9 @@ async def test_resume_positions_use_client_s() -> None:
     sess.rooms.update({7, 8})
     sess.acked = {7: 0, 8: 5}
     for seq in (1, 2, 3):
-        sess.dispatch_event(ev(7, seq))  # s 1..3
+        sess.dispatch_catchup(ev(7, seq))  # s 1..3
     sess.dispatch("TYPING_START", {"room_id": "8", "user_id": "2"})  # s 4: not a room event
-    sess.dispatch_event(ev(8, 6))  # s 5
+    sess.dispatch_catchup(ev(8, 6))  # s 5
     sess.ack(2)
     assert sess.acked == {7: 2, 8: 5} and sess.tail_base == 2
     blob = load_blob(sess.to_blob(60, "gw-1"))
@@ -280,3 +280,148 @@ async def test_ring_serves_contiguous_recent_events_and_forgets_across_a_skip() 
     assert delivered[-1] == (7, 10)
     assert room.ring_after(9, 10) == [ev(7, 10)]
     assert room.ring_after(5, 10) is None  # never across the skipped seqs
+
+
+class PacedTransport(FakeTransport):
+    """A socket the test drains by hand: ``writable()`` waits until it is told to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.waits = 0
+
+    async def writable(self) -> None:
+        self.waits += 1
+        await self.go.wait()
+        self.go.clear()
+
+
+def big(room: int, seq: int, kind: str = "MESSAGE_CREATE", **data: Any) -> RoomEvent:
+    return RoomEvent(room, seq, kind, {"room_id": str(room), "seq": seq, "x": "y" * 4000} | data, 0)
+
+
+async def test_catch_up_is_paced_by_the_socket_and_never_cut_over_the_limit() -> None:
+    """A backlog many times the outbound limit goes out chunk by chunk as the socket drains."""
+    store = EventStore()
+    store.events[7] = [big(7, seq) for seq in range(1, 301)]  # about 1.2 MB of frames
+    table = make_table(store, [], ring=4)
+    room = table.get_or_create(7)
+    table.initialise(room, 300)
+    transport = PacedTransport()
+    cut: list[bool] = []
+    out = Outbound(
+        transport,
+        Flusher(),
+        text=True,
+        limit=64 * 1024,  # far below the backlog
+        on_overflow=lambda: cut.append(True),
+        writable=transport.writable,
+    )
+    sess = Session("sid", 1, Encoding.JSON, out)
+    sess.rooms.add(7)
+    task = asyncio.create_task(table.catch_up(room, sess, 0))
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert not task.done() and transport.waits == 1  # one chunk out, waiting for the socket
+    assert CATCHUP_CHUNK_BYTES <= len(transport.data) < 2 * CATCHUP_CHUNK_BYTES
+    while not task.done():
+        transport.go.set()
+        await asyncio.sleep(0)
+    assert await task == (300, True) and not cut
+    await asyncio.sleep(0)  # the last chunk is written at the end of the tick
+    seqs = [msgspec.json.decode(p)["d"]["seq"] for p in transport.payloads()]
+    assert seqs == list(range(1, 301))
+    assert sess in room.live
+
+
+async def test_catch_up_ends_at_the_sessions_own_leave() -> None:
+    store = EventStore()
+    store.add(7, 3)
+    store.events[7].append(
+        RoomEvent(7, 4, "MEMBER_LEAVE", {"room_id": "7", "seq": 4, "user_id": "1"}, 0)
+    )
+    store.events[7].append(ev(7, 5))
+    table = make_table(store, [], ring=2)
+    room = table.get_or_create(7)
+    table.initialise(room, 5)
+    sink = Sink()
+    sess = session("sid", sink)
+    sess.rooms.add(7)
+    try:
+        await table.catch_up(room, sess, 0)
+        raise AssertionError("went live after its own leave")
+    except LeftRoom:
+        pass
+    assert [f["d"]["seq"] for f in sink.frames] == [1, 2, 3, 4]  # the leave, nothing after
+    assert sess not in room.live
+
+
+async def test_catch_up_of_a_closed_or_unsubscribed_session_aborts() -> None:
+    store = EventStore()
+    store.add(7, 50)
+    table = make_table(store, [], ring=4)
+    room = table.get_or_create(7)
+    table.initialise(room, 50)
+    sink = Sink()
+    sess = session("sid", sink)
+    sess.rooms.add(7)
+    task = asyncio.create_task(table.catch_up(room, sess, 0))
+    await asyncio.sleep(0)  # reading the Store
+    sess.rooms.discard(7)  # UNSUBSCRIBE meanwhile
+    try:
+        await task
+        raise AssertionError("went live in a room it left")
+    except CatchUpAborted:
+        pass
+    assert sess not in room.live
+
+
+async def test_gap_fill_backs_off_while_the_store_fails() -> None:
+    calls = 0
+
+    async def failing(room: int, after: int, limit: int) -> list[RoomEvent]:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("the Store is down")
+
+    table = RoomTable(failing, lambda room, events: None, 16)
+    room = table.get_or_create(7)
+    table.initialise(room, 1)
+    table.on_event(ev(7, 5))  # a gap: 2..4 must come from the Store first
+    await asyncio.sleep(1.0)
+    assert 3 <= calls <= 8  # 0.2, 0.4 s ... apart: not a hot loop
+    assert room.filling is not None and 5 in room.pending  # still waiting, in order
+    table.drop(7)
+
+
+async def test_a_room_whose_delivery_raises_does_not_stall_the_others() -> None:
+    failed: list[int] = []
+    delivered: list[tuple[int, int]] = []
+
+    def deliver(room: RoomState, events: list[RoomEvent]) -> None:
+        if room.room_id == 7:
+            raise RuntimeError("boom")
+        delivered.extend((e.room_id, e.seq) for e in events)
+
+    table = RoomTable(
+        EventStore().events_after, deliver, 16, on_deliver_error=lambda r: failed.append(r.room_id)
+    )
+    for room_id in (7, 8):
+        table.initialise(table.get_or_create(room_id), 0)
+    assert table.on_events([ev(7, 1), ev(8, 1), ev(8, 2)]) == 0
+    assert delivered == [(8, 1), (8, 2)] and failed == [7]
+    table.on_event(ev(8, 3))
+    assert delivered[-1] == (8, 3)
+
+
+async def test_verify_delivers_what_the_store_has_beyond_the_log() -> None:
+    store = EventStore()
+    store.add(7, 6)
+    delivered: list[tuple[int, int]] = []
+    table = make_table(store, delivered)
+    room = table.get_or_create(7)
+    table.initialise(room, 3)
+    await table.verify(room)  # records 4..6 were skipped by the log reader
+    assert delivered == [(7, 4), (7, 5), (7, 6)] and room.last_seq == 6
+    await table.verify(room)
+    assert len(delivered) == 3

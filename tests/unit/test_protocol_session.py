@@ -183,19 +183,14 @@ def test_frame_limit_is_configurable() -> None:
     closed_with(session.receive(frame(Op.HEARTBEAT), 0.0), CloseCode.FRAME_TOO_LARGE)
 
 
-def test_dispatch_seq_and_replay_buffer() -> None:
-    session = ready_session(replay_buffer_size=3)
+def test_dispatch_seq() -> None:
+    session = ready_session()
     assert session.dispatch_seq == 1  # READY
     events = [DispatchEvent("TYPING_START", {"room_id": "5", "user_id": str(i)}) for i in range(5)]
     for i, event in enumerate(events):
         env = Codec().decode(session.dispatch(event))
         assert (env.op, env.t, env.s) == (Op.DISPATCH, "TYPING_START", i + 2)
     assert session.dispatch_seq == 6
-    assert session.replay_after(6) == []
-    assert session.replay_after(3) == events[2:]
-    assert session.replay_after(2) is None  # evicted from the bounded buffer
-    assert session.replay_after(7) is None  # a seq we never sent
-    assert session.next_dispatch_seq() == 7
 
 
 def test_dispatch_before_identify_is_a_local_error() -> None:
@@ -205,35 +200,51 @@ def test_dispatch_before_identify_is_a_local_error() -> None:
         Session(now=0.0).accept_identify(session_id="s", user_id=1, ready={})
 
 
-def test_resume_on_the_same_node_replays_then_resumed() -> None:
-    old = ready_session()
-    events = [
-        DispatchEvent("MEMBER_JOIN", {"room_id": "5", "seq": i, "user_id": "2"}) for i in (1, 2, 3)
-    ]
-    for event in events:
-        old.dispatch(event)  # s = 2, 3, 4
-    old.connection_lost(4000)
-    assert old.state is SessionState.CLOSED and old.resumable
-    old.record(DispatchEvent("MEMBER_LEAVE", {"room_id": "5", "seq": 4, "user_id": "2"}))  # s=5
-
+def test_resume_replays_with_heartbeats_only_until_finish() -> None:
+    """Between accept_resume and finish_resume the missed events stream (numbered by the shell
+    from the client's seq); heartbeats are answered, other ops are not served yet."""
     new = Session(now=10.0, encoding=Encoding.MSGPACK)
     resume = {"token": "t", "session_id": "sess", "seq": 3}
     [request] = new.receive(frame(Op.RESUME, resume, encoding=Encoding.MSGPACK), 10.0)
     assert request == DoResume("t", "sess", 3)
-    replay = old.replay_after(request.seq)
-    assert replay is not None and len(replay) == 2
-    frames = new.accept_resume(user_id=1, replay=replay)
-    decoded = [sent(f, Encoding.MSGPACK) for f in frames]
-    assert [(e.t, e.s) for e in decoded] == [
-        ("MEMBER_JOIN", 4),
-        ("MEMBER_LEAVE", 5),
-        ("RESUMED", 6),
-    ]
-    assert decoded[-1].d == {"replayed": 2}
-    assert new.state is SessionState.READY and new.session_id == "sess"
-    buffered = new.replay_after(3)
-    assert buffered is not None
-    assert buffered[:2] == replay and [e.t for e in buffered] == [*(e.t for e in replay), "RESUMED"]
+    new.accept_resume(user_id=1)
+    assert new.state is SessionState.REPLAYING and new.session_id == "sess"
+    assert new.dispatch_seq == 3  # the next DISPATCH (the first replayed event) is s = 4
+    [ack] = new.receive(frame(Op.HEARTBEAT, 4, encoding=Encoding.MSGPACK), 11.0)
+    assert sent(ack, Encoding.MSGPACK).op == Op.HEARTBEAT_ACK and new.client_seq == 4
+    [again] = new.receive(frame(Op.RESUME, resume, encoding=Encoding.MSGPACK), 11.0)
+    assert again == Close(CloseCode.ALREADY_IDENTIFIED, CloseCode.ALREADY_IDENTIFIED.description)
+
+
+def test_ops_before_resumed_are_not_identified_4003() -> None:
+    session = Session(now=0.0)
+    session.receive(frame(Op.RESUME, {"token": "t", "session_id": "s", "seq": 0}), 0.0)
+    session.accept_resume(user_id=1)
+    send = {"room_id": "5", "content": "hi", "nonce": "n"}
+    closed_with(session.receive(frame(Op.SEND, send), 0.0), CloseCode.NOT_IDENTIFIED)
+
+
+def test_finish_resume_then_traffic() -> None:
+    session = Session(now=0.0)
+    session.receive(frame(Op.RESUME, {"token": "t", "session_id": "s", "seq": 9}), 0.0)
+    with pytest.raises(LocalProtocolError):
+        session.finish_resume()  # not accepted yet
+    session.accept_resume(user_id=1)
+    session.finish_resume()
+    assert session.state is SessionState.READY
+    [action] = session.receive(frame(Op.TYPING, {"room_id": "5"}), 0.0)
+    assert action == DoTyping(ROOM)
+
+
+def test_a_room_lost_while_replaying_invalidates_the_session() -> None:
+    session = Session(now=0.0)
+    session.receive(frame(Op.RESUME, {"token": "t", "session_id": "s", "seq": 9}), 0.0)
+    session.accept_resume(user_id=1)
+    env = sent(session.invalid_session(resumable=False))
+    assert (env.op, env.d) == (Op.INVALID_SESSION, {"resumable": False})
+    assert session.state is SessionState.AWAITING_IDENTIFY and session.session_id is None
+    [auth] = session.receive(frame(Op.IDENTIFY, {"token": "t"}), 0.0)
+    assert isinstance(auth, Authenticate)
 
 
 @pytest.mark.parametrize("encoding", list(Encoding))
