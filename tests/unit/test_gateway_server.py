@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from chat_core.models import RoomEvent
+from chat_core.service import ChatService
 from gateway import metrics
 from gateway.server import Gateway
 from gateway.session import load_blob
@@ -351,6 +352,7 @@ async def test_member_leave_ends_the_subscription(cluster: Cluster) -> None:
         (['{"op": 0}'], 4005),  # a server op from a client
         (['{"op": 2, "d": {"token": "forged"}}'], 4501),
         (["x" * 20000], 4502),
+        (["x" * 200_000], 4502),  # far over the limit: refused from its header, still 4502
     ],
 )
 async def test_close_codes_before_identify(cluster: Cluster, frames: list[str], code: int) -> None:
@@ -647,4 +649,61 @@ async def test_subscribe_and_unsubscribe_are_saved_before_the_next_op(cluster: C
     await b.send(1, b.last_s)
     await b.until(lambda f: f["op"] == 11)  # served after the UNSUBSCRIBE (and its save)
     assert await saved_rooms() == set()
+    await b.ws.close()
+
+
+async def test_a_room_listed_twice_or_subscribed_again_is_sent_once(cluster: Cluster) -> None:
+    gw = await cluster.gateway()
+    alice, atok = await cluster.user("alice")
+    room = await cluster.room(alice)
+    for i in range(3):
+        await cluster.core.chat.send_message(alice.id, room.id, f"m{i}", f"n{i}")  # seq 2..4
+    a = await Client.open(gw.port)
+    await a.identify(atok, subscribe=[])
+    twice = {"room_id": str(room.id), "after_seq": 1}
+    await a.request(4, {"rooms": [twice, twice]})
+    frames = [await a.recv() for _ in range(5)]
+    assert [f["d"]["seq"] for f in frames[:3]] == [2, 3, 4]
+    assert frames[3]["t"] == "ROOM_SUBSCRIBED"
+    reply = frames[4]
+    assert reply["op"] == 13 and len(reply["d"]["result"]["rooms"]) == 1
+    # Again, from further back: nothing already sent on this session comes twice.
+    await a.request(4, {"rooms": [{"room_id": str(room.id), "after_seq": 0}]})
+    again = await a.recv()
+    assert again["t"] == "ROOM_SUBSCRIBED"
+    assert again["d"] == {"room_id": str(room.id), "seq": 4, "recovered": True}
+    assert (await a.recv())["op"] == 13
+    await cluster.core.chat.send_message(alice.id, room.id, "live", "live")
+    assert (await a.until(is_msg))["d"]["seq"] == 5
+    await a.ws.close()
+
+
+async def test_a_live_burst_over_the_limit_is_paced_for_a_reader_that_keeps_up(
+    cluster: Cluster,
+) -> None:
+    """A batch of a room that alone passes the outbound limit (a big log fetch after a pause)
+    is not a slow consumer: the room catches up paced, nothing is cut or lost."""
+    gw = await cluster.gateway(outbound_buffer_bytes=64 * 1024)
+    alice, _ = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)  # seqs 1, 2
+    b = await Client.open(gw.port)
+    await b.identify(btok)
+    await b.until(lambda f: f.get("t") == "ROOM_SUBSCRIBED")
+    chat = cluster.core.chat
+    msgs = [await chat.send_message(alice.id, room.id, "x" * 3900, f"n{i}") for i in range(60)]
+    got = [(await b.until(is_msg))["d"]["seq"] for _ in range(60)]  # live, one by one
+    assert got == [m.seq for m in msgs]
+    cuts = metrics.SLOW_CONSUMER_CUTS._value.get()
+    # A burst the gateway's consumer takes in one fetch (it was paused): stored by a writer
+    # whose fast publish path is off, then handed to the gateway as ONE batch.
+    quiet = ChatService(cluster.core.store, cluster.settings)
+    for i in range(60):
+        await quiet.send_message(alice.id, room.id, "y" * 3900, f"b{i}")  # about 240 KiB
+    burst = await chat.events_after(room.id, got[-1], 100)
+    assert len(burst) == 60
+    assert gw.hub.rooms.on_events(burst) == 0  # four times the limit for bob, in one go
+    seqs = [(await b.until(is_msg))["d"]["seq"] for _ in range(60)]
+    assert seqs == [e.seq for e in burst]
+    assert metrics.SLOW_CONSUMER_CUTS._value.get() == cuts
     await b.ws.close()
