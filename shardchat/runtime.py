@@ -31,7 +31,28 @@ def open_event_log(settings: Settings) -> EventLog:
         from shardchat.adapters.kafka_log import KafkaEventLog
 
         return KafkaEventLog(
-            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+    if settings.event_log == "redis-streams":
+        from shardchat.adapters.redis_streams_log import RedisStreamsEventLog
+
+        return RedisStreamsEventLog(
+            settings.redis_streams_url or settings.redis_url,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            max_len=settings.event_log_max_len,
+        )
+    if settings.event_log == "nats":
+        from shardchat.adapters.nats_log import NatsEventLog
+
+        return NatsEventLog(
+            settings.nats_url,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            max_len=settings.event_log_max_len,
         )
     from shardchat.adapters.memory_log import MemoryEventLog
 
@@ -40,10 +61,10 @@ def open_event_log(settings: Settings) -> EventLog:
 
 def open_registry(settings: Settings) -> Registry:
     """The Registry adapter Settings.registry names (not started)."""
-    if settings.registry == "redis":
+    if settings.registry in ("redis", "redis-cluster"):
         from shardchat.adapters.redis_registry import RedisRegistry
 
-        return RedisRegistry(settings.redis_url)
+        return RedisRegistry(settings.redis_url, cluster=settings.registry == "redis-cluster")
     from shardchat.adapters.memory_registry import MemoryRegistry
 
     return MemoryRegistry()
