@@ -12,6 +12,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from chat_core.history_cache import CachedHistory, HistoryCache
 from chat_core.outbox import OutboxPublisher, OutboxRelay
 from chat_core.service import ChatService
 from shardchat.config import Settings
@@ -70,6 +71,27 @@ def open_registry(settings: Settings) -> Registry:
     return MemoryRegistry()
 
 
+def open_history_cache(settings: Settings) -> CachedHistory | None:
+    """The history cache, when ``settings.history_cache``: in the registry's Redis (single or
+    Cluster), in memory with the memory registry."""
+    if not settings.history_cache:
+        return None
+    cache: HistoryCache
+    if settings.registry in ("redis", "redis-cluster"):
+        from shardchat.adapters.redis_history_cache import RedisHistoryCache
+
+        cache = RedisHistoryCache(
+            settings.redis_url,
+            cluster=settings.registry == "redis-cluster",
+            ttl_s=settings.history_cache_ttl_s,
+        )
+    else:
+        from shardchat.adapters.memory_history_cache import MemoryHistoryCache
+
+        cache = MemoryHistoryCache(settings.history_cache_ttl_s)
+    return CachedHistory(cache, settings.history_cache_events)
+
+
 @dataclass
 class Core:
     settings: Settings
@@ -110,7 +132,13 @@ class Core:
         await publisher.start()
         await relay.start()
         auth = AuthService(store, settings, ids=ids)
-        chat = ChatService(store, settings, ids=ids, on_commit=publisher.submit)
+        chat = ChatService(
+            store,
+            settings,
+            ids=ids,
+            on_commit=publisher.submit,
+            history_cache=open_history_cache(settings),
+        )
         return cls(settings, store, event_log, registry, auth, chat, publisher, relay)
 
     async def close(self) -> None:
