@@ -98,3 +98,41 @@ async def test_cached_pages_equal_the_stores(services: tuple[ChatService, ...]) 
             assert await a.events_after(room.id, after, n) == want_events
     # Most reads of the newest page were served by the cache, not the Store.
     assert hits() - before > 150
+
+
+def test_the_benchmark_runs_and_counts_store_calls(
+    pg_dsn: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A smoke run of loadtest.history_cache (tiny, seconds): it writes its JSON, and with the
+    cache on fewer list_messages calls reach the Store per read."""
+    import json
+
+    from loadtest import history_cache
+
+    out = tmp_path / "hc.json"
+    history_cache.main(
+        [
+            "--rooms",
+            "10",
+            "--messages",
+            "5",
+            "--readers",
+            "2",
+            "--writers",
+            "1",
+            "--write-rate",
+            "5",
+            "--seconds",
+            "1",
+            "--dsn",
+            pg_dsn,
+            "--redis-url",
+            redis_url,
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["cache_off"]["list_messages_per_read"] == 1.0
+    assert result["cache_on"]["list_messages_per_read"] < 1.0
+    assert result["cache_on"]["hit_ratio"] > 0
