@@ -48,7 +48,7 @@ async def services(
 
 
 def hits() -> float:
-    return metrics.HISTORY_HIT._value.get()
+    return float(metrics.HISTORY_HIT._value.get())
 
 
 async def test_cached_pages_equal_the_stores(services: tuple[ChatService, ...]) -> None:
