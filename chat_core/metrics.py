@@ -73,3 +73,18 @@ def count_send_error(exc: BaseException) -> None:
         SEND_ERRORS.get(exc.code, SEND_INTERNAL).inc()
     else:
         SEND_INTERNAL.inc()
+
+# --- history cache (chat_core.history_cache) ----------------------------------------------------
+HISTORY_CACHE: Final = Counter(
+    "shardchat_history_cache_requests",
+    "History cache lookups by kind (messages: the newest page; events: catch-up) and outcome",
+    ["kind", "outcome"],
+)
+HISTORY_CACHE_DROPPED: Final = Counter(
+    "shardchat_history_cache_dropped",
+    "Cached rooms dropped or left behind because room events did not follow them without a gap",
+)
+HISTORY_HIT: Final = HISTORY_CACHE.labels("messages", "hit")
+HISTORY_MISS: Final = HISTORY_CACHE.labels("messages", "miss")
+EVENTS_HIT: Final = HISTORY_CACHE.labels("events", "hit")
+EVENTS_MISS: Final = HISTORY_CACHE.labels("events", "miss")

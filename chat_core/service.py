@@ -22,6 +22,7 @@ import msgspec
 from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
+from chat_core.history_cache import CachedHistory
 from chat_core.models import Message, Room, RoomEvent
 from shardchat.config import Settings
 from shardchat.errors import BadInput, Forbidden, NotFound
@@ -61,12 +62,14 @@ class ChatService:
         max_batch: int = 512,
         max_inflight: int = 4,
         clock_ms: Callable[[], int] = _now_ms,
+        history_cache: CachedHistory | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
         self.ids = ids or IdGenerator()
         self.on_commit: OnCommit = on_commit or _no_op
         self._clock_ms = clock_ms
+        self.history_cache = history_cache
         self._committer: GroupCommitter[NewMessage, SendOutcome] | None = None
         if group_commit:
             self._committer = GroupCommitter(self._write_batch, max_batch, max_inflight)
@@ -74,10 +77,14 @@ class ChatService:
     async def close(self) -> None:
         if self._committer is not None:
             await self._committer.close()
+        if self.history_cache is not None:
+            await self.history_cache.close()
 
     def _published(self, events: Sequence[RoomEvent]) -> None:
         if not events:
             return
+        if self.history_cache is not None:
+            self.history_cache.committed(events)
         try:
             self.on_commit(events)
         except Exception:  # the change is committed: a failing sink must not fail the caller
@@ -278,8 +285,11 @@ class ChatService:
         for cursor in (before, after):
             if cursor is not None:
                 check.snowflake(cursor, "cursor")
-        await self._authorize(actor, room_id)
-        items = await self.store.list_messages(room_id, before, after, limit + 1)
+        room = await self._authorize(actor, room_id)
+        if self.history_cache is not None and before is None and after is None:
+            items = await self.history_cache.newest(room, limit, self._newest)
+        else:
+            items = await self.store.list_messages(room_id, before, after, limit + 1)
         has_more = len(items) > limit
         items = items[:limit]
         counts = await self.store.reaction_counts([m.id for m in items if not m.deleted], actor)
@@ -296,4 +306,11 @@ class ChatService:
         if after_seq < 0:
             raise BadInput("after_seq must be >= 0")
         limit = max(1, min(limit, MAX_EVENTS_PAGE))
+        if self.history_cache is not None:
+            cached = await self.history_cache.events_after(room_id, after_seq, limit)
+            if cached is not None:
+                return cached
         return await self.store.events_after(room_id, after_seq, limit)
+
+    async def _newest(self, room_id: int, limit: int) -> list[Message]:
+        return await self.store.list_messages(room_id, None, None, limit)

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardchat.adapters.kafka_log import delete_topic
+from shardchat.adapters.nats_log import NatsEventLog
+from shardchat.adapters.redis_streams_log import RedisStreamsEventLog
 from shardchat.config import Settings, load_settings
+from shardchat.runtime import open_event_log
 
 _PASS_THROUGH = frozenset({"SHARDCHAT_GC_TUNE", "SHARDCHAT_GC_TRACE"})
 _LISTENING = re.compile(r"listening on (ws://\S+)")
@@ -59,9 +62,16 @@ class Cluster:
 
     @classmethod
     def on_engines(
-        cls, run_id: str, gateways: int, log_dir: Path, overrides: dict[str, str] | None = None
+        cls,
+        run_id: str,
+        gateways: int,
+        log_dir: Path,
+        overrides: dict[str, str] | None = None,
+        *,
+        event_log: str = "kafka",
     ) -> Cluster:
-        """PostgreSQL + Kafka + Redis of deploy/local (or whatever SHARDCHAT_* env names)."""
+        """PostgreSQL + Redis + the event log (Kafka, Redis Streams or NATS) of deploy/local
+        (or whatever SHARDCHAT_* env names). The run's log is a fresh topic / set of streams."""
         base = load_settings()
         database = f"bench_{run_id}"
         dsn = re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", base.postgres_dsn.split("://", 1)[1])
@@ -70,8 +80,9 @@ class Cluster:
             | {
                 "SHARDCHAT_STORE": "postgres",
                 "SHARDCHAT_POSTGRES_DSN": base.postgres_dsn.split("://", 1)[0] + "://" + dsn,
-                "SHARDCHAT_EVENT_LOG": "kafka",
+                "SHARDCHAT_EVENT_LOG": event_log,
                 "SHARDCHAT_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+                "SHARDCHAT_NATS_URL": base.nats_url,
                 "SHARDCHAT_KAFKA_TOPIC": f"bench-{run_id}",
                 "SHARDCHAT_REGISTRY": "redis",
                 "SHARDCHAT_REDIS_URL": base.redis_url,
@@ -171,12 +182,11 @@ class Cluster:
         if self.database:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _psql(self.admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        topic = self.env.get("SHARDCHAT_KAFKA_TOPIC")
-        if topic and self.env.get("SHARDCHAT_EVENT_LOG") == "kafka":
+        if self.env.get("SHARDCHAT_KAFKA_TOPIC") and self.database:
             try:
-                asyncio.run(delete_topic(self.env["SHARDCHAT_KAFKA_BOOTSTRAP"], topic))
+                asyncio.run(_delete_event_log(self.settings()))
             except Exception as exc:  # a leftover topic is untidy, not a failed run
-                print(f"[cluster] could not delete topic {topic}: {exc}", file=sys.stderr)
+                print(f"[cluster] could not delete the run's event log: {exc}", file=sys.stderr)
 
     @property
     def pids(self) -> list[int]:
@@ -218,6 +228,20 @@ def _bench_env(run_id: str) -> dict[str, str]:
         "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(4 * 1024 * 1024),
         "SHARDCHAT_LOG_LEVEL": "WARNING",
     }
+
+
+async def _delete_event_log(settings: Settings) -> None:
+    """Delete the run's topic (Kafka) or streams (Redis Streams, NATS)."""
+    if settings.event_log == "kafka":
+        await delete_topic(settings.kafka_bootstrap, settings.kafka_topic)
+        return
+    log = open_event_log(settings)
+    if isinstance(log, RedisStreamsEventLog | NatsEventLog):
+        await log.start()
+        try:
+            await log.delete()
+        finally:
+            await log.close()
 
 
 def _psql(dsn: str, sql: str) -> None:

@@ -180,7 +180,7 @@ def build_result(
     )
 
 
-def write_json(result: msgspec.Struct, path: str | os.PathLike[str]) -> Path:
+def write_json(result: msgspec.Struct | dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """A result (BenchResult, or a wrapper of them) as indented JSON, its folder made."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 
 from router.app import create_app
 from shardchat.config import Settings, load_settings
-from shardchat.registry import open_registry
+from shardchat.runtime import open_registry
 
 
 def create_service_app(settings: Settings) -> Starlette:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import msgspec
 
 StoreKind = Literal["sqlite", "postgres"]
-LogKind = Literal["memory", "kafka"]
-RegistryKind = Literal["memory", "redis"]
+LogKind = Literal["memory", "kafka", "redis-streams", "nats"]
+RegistryKind = Literal["memory", "redis", "redis-cluster"]
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -30,9 +30,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     event_log: LogKind = "memory"
     kafka_bootstrap: str = "127.0.0.1:59092"
     kafka_topic: str = "room-events"
-    kafka_partitions: int = 32
+    kafka_partitions: int = 32  # the partition count of every event log kind
+    kafka_replication_factor: int = 1  # 3 on the 3-broker cluster (min.insync.replicas 2)
+    nats_url: str = "nats://127.0.0.1:58222"
+    redis_streams_url: str = ""  # the Redis of event_log=redis-streams; empty = redis_url
+    event_log_max_len: int = 1_000_000  # records kept per partition (redis-streams, nats)
     registry: RegistryKind = "memory"
-    redis_url: str = "redis://127.0.0.1:56379/0"
+    redis_url: str = "redis://127.0.0.1:56379/0"  # registry=redis-cluster: any cluster node
+    history_cache: bool = False  # newest page of active rooms in the registry's Redis
+    history_cache_ttl_s: float = 300.0
+    history_cache_events: int = 200  # newest room events kept per cached room
 
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"

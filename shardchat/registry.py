@@ -16,8 +16,6 @@ from typing import Protocol
 
 import msgspec
 
-from shardchat.config import Settings
-
 #: Payload the router publishes on :func:`gateway_control_channel` to make a gateway drain: it
 #: sends RECONNECT to its sessions and stops accepting new ones.
 DRAIN_MESSAGE = b"drain"
@@ -288,17 +286,6 @@ class Registry(Protocol):
         ...
 
 
-def open_registry(settings: Settings) -> Registry:
-    """The adapter ``settings.registry`` names (not started: ``await registry.start()``)."""
-    if settings.registry == "redis":
-        from shardchat.adapters.redis_registry import RedisRegistry
-
-        return RedisRegistry(settings.redis_url)
-    from shardchat.adapters.memory_registry import MemoryRegistry
-
-    return MemoryRegistry()
-
-
 __all__ = [
     "DRAIN_MESSAGE",
     "GatewayRecord",
@@ -306,5 +293,4 @@ __all__ = [
     "RegistryUnavailable",
     "Subscription",
     "gateway_control_channel",
-    "open_registry",
 ]

@@ -12,6 +12,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from chat_core.history_cache import CachedHistory, HistoryCache
 from chat_core.outbox import OutboxPublisher, OutboxRelay
 from chat_core.service import ChatService
 from shardchat.config import Settings
@@ -31,7 +32,28 @@ def open_event_log(settings: Settings) -> EventLog:
         from shardchat.adapters.kafka_log import KafkaEventLog
 
         return KafkaEventLog(
-            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+    if settings.event_log == "redis-streams":
+        from shardchat.adapters.redis_streams_log import RedisStreamsEventLog
+
+        return RedisStreamsEventLog(
+            settings.redis_streams_url or settings.redis_url,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            max_len=settings.event_log_max_len,
+        )
+    if settings.event_log == "nats":
+        from shardchat.adapters.nats_log import NatsEventLog
+
+        return NatsEventLog(
+            settings.nats_url,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            max_len=settings.event_log_max_len,
         )
     from shardchat.adapters.memory_log import MemoryEventLog
 
@@ -40,13 +62,34 @@ def open_event_log(settings: Settings) -> EventLog:
 
 def open_registry(settings: Settings) -> Registry:
     """The Registry adapter Settings.registry names (not started)."""
-    if settings.registry == "redis":
+    if settings.registry in ("redis", "redis-cluster"):
         from shardchat.adapters.redis_registry import RedisRegistry
 
-        return RedisRegistry(settings.redis_url)
+        return RedisRegistry(settings.redis_url, cluster=settings.registry == "redis-cluster")
     from shardchat.adapters.memory_registry import MemoryRegistry
 
     return MemoryRegistry()
+
+
+def open_history_cache(settings: Settings) -> CachedHistory | None:
+    """The history cache, when ``settings.history_cache``: in the registry's Redis (single or
+    Cluster), in memory with the memory registry."""
+    if not settings.history_cache:
+        return None
+    cache: HistoryCache
+    if settings.registry in ("redis", "redis-cluster"):
+        from shardchat.adapters.redis_history_cache import RedisHistoryCache
+
+        cache = RedisHistoryCache(
+            settings.redis_url,
+            cluster=settings.registry == "redis-cluster",
+            ttl_s=settings.history_cache_ttl_s,
+        )
+    else:
+        from shardchat.adapters.memory_history_cache import MemoryHistoryCache
+
+        cache = MemoryHistoryCache(settings.history_cache_ttl_s)
+    return CachedHistory(cache, settings.history_cache_events)
 
 
 @dataclass
@@ -89,7 +132,13 @@ class Core:
         await publisher.start()
         await relay.start()
         auth = AuthService(store, settings, ids=ids)
-        chat = ChatService(store, settings, ids=ids, on_commit=publisher.submit)
+        chat = ChatService(
+            store,
+            settings,
+            ids=ids,
+            on_commit=publisher.submit,
+            history_cache=open_history_cache(settings),
+        )
         return cls(settings, store, event_log, registry, auth, chat, publisher, relay)
 
     async def close(self) -> None:

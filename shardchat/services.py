@@ -22,8 +22,8 @@ import uvicorn
 
 from shardchat.config import Settings
 from shardchat.migrate import migrate
-from shardchat.registry import DRAIN_MESSAGE, gateway_control_channel, open_registry
-from shardchat.runtime import Core
+from shardchat.registry import DRAIN_MESSAGE, gateway_control_channel
+from shardchat.runtime import Core, open_registry
 from shardchat.store import open_store
 from shardchat.tracing import configure_tracing, shutdown_tracing
 

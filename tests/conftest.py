@@ -1,8 +1,10 @@
 """Shared fixtures: the real local engines of deploy/local (PostgreSQL, Redis, Kafka).
 
-``pg_dsn``, ``redis_url`` and ``kafka_bootstrap`` read SHARDCHAT_POSTGRES_DSN,
-SHARDCHAT_REDIS_URL and SHARDCHAT_KAFKA_BOOTSTRAP (defaults: the deploy/local ports) and FAIL,
-never skip, when the engine does not answer: a green run must have exercised the real engines.
+``pg_dsn``, ``redis_url``, ``kafka_bootstrap``, ``nats_url``, ``kafka3_bootstrap`` (the 3-node
+cluster) and ``redis_cluster_url`` read SHARDCHAT_POSTGRES_DSN, SHARDCHAT_REDIS_URL,
+SHARDCHAT_KAFKA_BOOTSTRAP, SHARDCHAT_NATS_URL, SHARDCHAT_KAFKA3_BOOTSTRAP and
+SHARDCHAT_REDIS_CLUSTER_URL (defaults: the deploy/local ports) and FAIL, never skip, when the
+engine does not answer: a green run must have exercised the real engines.
 Start them with ``deploy/local/engines.sh up all`` (``deploy/local/test.sh`` does it for you).
 
 Isolation helpers: ``fresh_pg_dsn`` (a new database per test, dropped after), ``make_topic`` /
@@ -28,6 +30,9 @@ from tests import engine_control
 DEFAULT_PG_DSN = "postgresql://shardchat@127.0.0.1:55432/shardchat"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/0"
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:59092"
+DEFAULT_NATS_URL = "nats://127.0.0.1:58222"
+DEFAULT_KAFKA3_BOOTSTRAP = "127.0.0.1:58201,127.0.0.1:58202,127.0.0.1:58203"
+DEFAULT_REDIS_CLUSTER_URL = "redis://127.0.0.1:58231/0"
 DEFAULT_TOPIC_PARTITIONS = 8
 
 _HINT = "start the local engines with: bash deploy/local/engines.sh up all"
@@ -113,6 +118,44 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    url = os.environ.get("SHARDCHAT_REDIS_CLUSTER_URL", DEFAULT_REDIS_CLUSTER_URL)
+    try:
+        client = redis.RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            assert client.cluster_info()["cluster_state"] == "ok"
+        finally:
+            client.close()
+    except Exception as exc:
+        _unreachable("Redis Cluster", url, exc)
+    return url
+
+
+# ---------------------------------------------------------------------------------------------
+# NATS
+# ---------------------------------------------------------------------------------------------
+async def _nats_probe(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0)
+    try:
+        info = await nc.jetstream().account_info()
+        assert info is not None
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    url = os.environ.get("SHARDCHAT_NATS_URL", DEFAULT_NATS_URL)
+    try:
+        asyncio.run(_nats_probe(url))
+    except Exception as exc:
+        _unreachable("NATS JetStream", url, exc)
+    return url
+
+
 # ---------------------------------------------------------------------------------------------
 # Kafka
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +176,17 @@ def kafka_bootstrap() -> str:
         asyncio.run(_kafka_probe(bootstrap))
     except Exception as exc:
         _unreachable("Kafka", bootstrap, exc)
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka3_bootstrap() -> str:
+    """The 3-node Kafka cluster of deploy/local (engines.sh up kafka3)."""
+    bootstrap = os.environ.get("SHARDCHAT_KAFKA3_BOOTSTRAP", DEFAULT_KAFKA3_BOOTSTRAP)
+    try:
+        asyncio.run(_kafka_probe(bootstrap))
+    except Exception as exc:
+        _unreachable("the 3-node Kafka cluster", bootstrap, exc)
     return bootstrap
 
 

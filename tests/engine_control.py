@@ -16,8 +16,8 @@ from typing import Literal
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES_SH = ROOT / "deploy" / "local" / "engines.sh"
 
-EngineName = Literal["pg", "redis", "kafka"]
-ENGINE_NAMES: tuple[EngineName, ...] = ("pg", "redis", "kafka")
+EngineName = Literal["pg", "redis", "kafka", "nats", "kafka3", "redis-cluster"]
+ENGINE_NAMES: tuple[EngineName, ...] = ("pg", "redis", "kafka", "nats", "kafka3", "redis-cluster")
 
 _stopped: set[str] = set()
 
@@ -26,7 +26,7 @@ class EngineControlError(RuntimeError):
     """engines.sh exited non-zero; the message carries its output."""
 
 
-async def _run(action: str, name: str, within: float) -> str:
+async def _run(action: str, name: str, within: float, *extra: str) -> str:
     if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}; one of {ENGINE_NAMES}")
     proc = await asyncio.create_subprocess_exec(
@@ -34,6 +34,7 @@ async def _run(action: str, name: str, within: float) -> str:
         str(ENGINES_SH),
         action,
         name,
+        *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -54,6 +55,13 @@ async def stop(name: EngineName, within: float = 90.0) -> None:
     """Stop engine ``name`` cleanly (PostgreSQL fast shutdown, Redis SHUTDOWN, Kafka SIGTERM)."""
     _stopped.add(name)
     await _run("down", name, within)
+
+
+async def kill(name: EngineName, node: int | None = None, within: float = 30.0) -> None:
+    """``kill -9`` one process of an engine: ``nats``, or node N of ``kafka3`` / ``redis-cluster``
+    (``start`` brings it back)."""
+    _stopped.add(name)
+    await _run("kill", name, within, *([] if node is None else [str(node)]))
 
 
 async def start(name: EngineName, within: float = 120.0) -> None:

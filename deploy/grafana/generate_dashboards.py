@@ -439,6 +439,31 @@ def write_path() -> Board:
         "relay = swept by the backstop. "
         "A steady relay rate means the fast path is failing.",
     )
+    b.row("History cache")
+    b.panel(
+        "History cache hit ratio",
+        [
+            (
+                "sum by (kind) (rate(shardchat_history_cache_requests_total{outcome=\"hit\"}[5m]))"
+                " / sum by (kind) (rate(shardchat_history_cache_requests_total[5m]))",
+                "{{kind}}",
+            )
+        ],
+        unit="percentunit",
+        description="Share of newest-page (messages) and catch-up (events) reads served by the "
+        "cache instead of the Store.",
+    )
+    b.panel(
+        "History cache lookups /s",
+        [
+            (
+                "sum by (kind, outcome) (rate(shardchat_history_cache_requests_total[1m]))",
+                "{{kind}} {{outcome}}",
+            ),
+            ("sum(rate(shardchat_history_cache_dropped_total[1m]))", "dropped"),
+        ],
+        unit="ops",
+    )
     return b
 
 

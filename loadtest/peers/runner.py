@@ -293,6 +293,7 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
             ENGINE_STATE / "pg" / "data" / "postmaster.pid",
             ENGINE_STATE / "kafka" / "kafka.pid",
             ENGINE_STATE / "redis" / "redis.pid",
+            ENGINE_STATE / "nats" / "nats.pid",
         )
     cpu_used: dict[str, Any] = {}
     latency: list[Latency] = []
@@ -320,7 +321,7 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
     }
     if "engines" in groups:
         cpu_used["engines_note"] = (
-            "engines = the whole PostgreSQL, Kafka and Redis of deploy/local, "
+            "engines = the whole PostgreSQL, Kafka, Redis and NATS of deploy/local, "
             "whoever else uses them"
         )
     result.extra = result.extra | extra

@@ -68,6 +68,12 @@ def add_common(
     )
     p.add_argument("--connect-timeout", type=float, default=300.0)
     p.add_argument(
+        "--event-log",
+        choices=("kafka", "redis-streams", "nats"),
+        default="kafka",
+        help="the event log of the gateways (local engines; --embedded uses the memory log)",
+    )
+    p.add_argument(
         "--embedded",
         action="store_true",
         help="one gateway on SQLite + memory adapters instead of the local engines",
@@ -143,7 +149,9 @@ def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iter
     if args.embedded:
         cluster = Cluster.embedded(run_id, log_dir, overrides)
     else:
-        cluster = Cluster.on_engines(run_id, args.gateways, log_dir, overrides)
+        cluster = Cluster.on_engines(
+            run_id, args.gateways, log_dir, overrides, event_log=args.event_log
+        )
     harness: Harness | None = None
     try:
         cluster.migrate()

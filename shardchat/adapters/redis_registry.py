@@ -1,20 +1,33 @@
 """Registry on Redis (redis-py asyncio). Guarantees: see ``shardchat.registry.Registry``.
 
-Key layout (``P`` = ``prefix``; single Redis instance or primary, not Redis Cluster, because the
-Lua scripts derive key names from the prefix):
+Key layout (``P`` = ``prefix``). The same keys serve a single Redis and a Redis Cluster: every
+script touches keys of ONE hash slot. The gateway-wide keys share the hash tag ``{gw}``, so the
+scripts that walk a gateway's partitions stay in one slot; partitions are few (tens), rooms are
+many, so room keys are spread over every slot.
 
-- ``P gw:exp``  ZSET gateway id -> expiry (ms, Redis server clock)
-- ``P gw:rec``  HASH gateway id -> GatewayRecord (msgspec JSON)
-- ``P gw:drain`` HASH gateway id -> "1" (router's drain mark)
-- ``P room:{id}`` / ``P part:{n}`` ZSET gateway id -> expiry (ms)
-- ``P gw:{id}:parts`` SET the partitions last set by that gateway (so ``set_partitions`` can
+- ``P{gw}:exp``  ZSET gateway id -> expiry (ms, Redis server clock)
+- ``P{gw}:rec``  HASH gateway id -> GatewayRecord (msgspec JSON)
+- ``P{gw}:drain`` HASH gateway id -> "1" (router's drain mark)
+- ``P{gw}:part:{n}`` ZSET gateway id -> expiry (ms): the partition map
+- ``P{gw}:parts:{id}`` SET the partitions last set by that gateway (so ``set_partitions`` can
   drop the ones it gave up)
+- ``P room:{id}`` ZSET gateway id -> expiry (ms): the room map, one slot per room
 - ``P presence:{uid}`` string with PX
 - ``P sess:{sid}`` HASH {epoch, blob} with PX: the epoch sits next to the blob so that one
   script compares and writes atomically (``save_session_if``). A new name, not ``session:``,
   because older versions kept a string there, which HGET would reject (WRONGTYPE) until it
   expired.
-- pub/sub channel ``P{channel}``
+- pub/sub channel ``P{channel}``: PUBLISH/SUBSCRIBE on a single Redis; on a Redis Cluster
+  sharded SPUBLISH/SSUBSCRIBE (a message travels to the channel's shard only, not over the
+  whole cluster bus).
+
+Redis Cluster (``cluster=True``, any node's URL): a call that spans slots (``add_rooms``, the
+batched session saves, ``get_presence``) runs one script or read per slot, concurrently;
+``gateways_for_room`` reads the room's slot and the gateway slot (two reads, concurrently). A
+master failure makes calls raise ``RegistryUnavailable`` until its replica took over (about
+``cluster-node-timeout`` plus a second); the client then follows the new slot map. Writes
+acknowledged by the failed master in its last moments may be lost (Redis replicates
+asynchronously): the registry is ephemeral and the next heartbeat repairs it.
 
 Why expiry scores instead of one key per entry: ``live_gateways`` and the map lookups are one
 ZRANGEBYSCORE, with no SCAN; why the server clock (``TIME`` inside Lua): gateways and routers on
@@ -33,26 +46,37 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shardchat.registry import GatewayRecord, RegistryUnavailable, Subscription
 
 log = logging.getLogger(__name__)
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    ClusterError,  # cluster down, slots moving, a master failing over
+    TryAgainError,
+    OSError,
+)
 
 # Rooms per script call: bounds how long one call blocks Redis (about 1 ms per 1000 rooms).
 _ROOM_CHUNK = 1000
+# Concurrent per-slot calls of one registry call on a cluster (well under the pool size).
+_FANOUT = 16
 # Sessions per batched save: bounds how long one call blocks Redis (blobs are ~100 B each).
 _SESSION_CHUNK = 500
 
@@ -85,13 +109,13 @@ return 1
 """
 )
 
-# KEYS: gw:exp, gw:rec, gw:drain, gw:{id}:parts  ARGV: id, prefix
+# KEYS: gw:exp, gw:rec, gw:drain, gw:parts:{id}  ARGV: id, partition key prefix
 _REMOVE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 for _, p in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  redis.call('ZREM', ARGV[2] .. 'part:' .. p, ARGV[1])
+  redis.call('ZREM', ARGV[2] .. p, ARGV[1])
 end
 redis.call('DEL', KEYS[4])
 return 1
@@ -144,7 +168,7 @@ return 1
 """
 )
 
-# KEYS: gw:{id}:parts  ARGV: id, ttl ms, prefix, partitions...
+# KEYS: gw:parts:{id}  ARGV: id, ttl ms, partition key prefix, partitions...
 _SET_PARTITIONS = (
     _NOW
     + """
@@ -152,11 +176,11 @@ local exp = now + tonumber(ARGV[2])
 local wanted = {}
 for i = 4, #ARGV do wanted[ARGV[i]] = true end
 for _, p in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if not wanted[p] then redis.call('ZREM', ARGV[3] .. 'part:' .. p, ARGV[1]) end
+  if not wanted[p] then redis.call('ZREM', ARGV[3] .. p, ARGV[1]) end
 end
 redis.call('DEL', KEYS[1])
 for i = 4, #ARGV do
-  local k = ARGV[3] .. 'part:' .. ARGV[i]
+  local k = ARGV[3] .. ARGV[i]
   redis.call('SADD', KEYS[1], ARGV[i])
   redis.call('ZADD', k, exp, ARGV[1])
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
@@ -168,7 +192,8 @@ return 1
 """
 )
 
-# KEYS: map key, gw:exp  -> ids of live gateways with a live entry
+# KEYS: map key, gw:exp  -> ids of live gateways with a live entry (both keys in one slot:
+# the partition map)
 _MAP_GET = (
     _NOW
     + """
@@ -178,6 +203,15 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   if s and tonumber(s) > now then out[#out + 1] = id end
 end
 return out
+"""
+)
+
+# KEYS: one map key or gw:exp  -> the ids with a live entry (the room map: its slot and the
+# gateway slot are read apart, then intersected)
+_LIVE_IDS = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """
 )
 
@@ -245,9 +279,12 @@ class RedisRegistry:
         reconnect_max_s: float = 2.0,
         max_connections: int = 64,
         pool_timeout_s: float = 5.0,
+        cluster: bool = False,
     ) -> None:
         self._url = url
         self._prefix = prefix
+        self._cluster = cluster
+        self._socket_timeout_s = socket_timeout_s
         self._max_pending = max_pending
         self._poll_s = poll_s
         self._ping_after_s = ping_after_s
@@ -259,27 +296,38 @@ class RedisRegistry:
         # instead, and Redis sees at most ``max_connections`` sockets per process. A URL query
         # ``?max_connections=N&timeout=S`` overrides both (redis-py parses it), so deployments
         # tune them through SHARDCHAT_REDIS_URL.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=min(socket_timeout_s, 2.0),
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        )
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes the pool too
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+        self._redis: aioredis.Redis | RedisCluster
+        if cluster:
+            # Pools per node; the client follows MOVED and refreshes the slot map itself.
+            self._redis = RedisCluster.from_url(
+                url,
+                max_connections=max_connections,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=min(socket_timeout_s, 2.0),
+                retry=retry,
+            )
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=pool_timeout_s,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=min(socket_timeout_s, 2.0),
+                retry=retry,
+            )
+            self._redis = aioredis.Redis.from_pool(pool)  # closes the pool too
         # Pub/sub: no library-level retry; the pump alone decides when to reconnect, so two
         # reconnect mechanisms never race on the one connection.
-        self._ps_redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=min(socket_timeout_s, 2.0),
-            retry=Retry(NoBackoff(), 0, supported_errors=()),
-            # named so operators (and tests) can find it in CLIENT LIST
-            client_name=f"{prefix}pubsub".replace(" ", "_"),
-        )
-        self._k_exp = f"{prefix}gw:exp"
-        self._k_rec = f"{prefix}gw:rec"
-        self._k_drain = f"{prefix}gw:drain"
+        # On a cluster: a connection to the master of the pub/sub slot, opened per connection.
+        self._ps_redis: aioredis.Redis | None = None if cluster else self._pubsub_client(url)
+        # Cluster: every channel carries the tag {ps}, so SSUBSCRIBE takes one connection to
+        # one shard (see the module docstring).
+        self._channel_prefix = f"{prefix}{{ps}}:" if cluster else prefix
+        self._k_exp = f"{prefix}{{gw}}:exp"
+        self._k_rec = f"{prefix}{{gw}}:rec"
+        self._k_drain = f"{prefix}{{gw}}:drain"
+        self._part_prefix = f"{prefix}{{gw}}:part:"
         self._heartbeat = self._redis.register_script(_HEARTBEAT)
         self._remove = self._redis.register_script(_REMOVE)
         self._mark_draining = self._redis.register_script(_MARK_DRAINING)
@@ -287,6 +335,7 @@ class RedisRegistry:
         self._map_add = self._redis.register_script(_MAP_ADD)
         self._set_partitions = self._redis.register_script(_SET_PARTITIONS)
         self._map_get = self._redis.register_script(_MAP_GET)
+        self._live_ids = self._redis.register_script(_LIVE_IDS)
         self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
         self._session_claim = self._redis.register_script(_SESSION_CLAIM)
         self._sessions_save_if = self._redis.register_script(_SESSIONS_SAVE_IF)
@@ -307,6 +356,13 @@ class RedisRegistry:
         """Start the pub/sub pump. Never fails when Redis is down: it keeps retrying."""
         if self._tasks:
             return
+        if isinstance(self._redis, RedisCluster):
+            # Read the slot map now: concurrent first calls on a cluster client that has none
+            # yet each start the discovery and break each other's connections (redis-py).
+            try:
+                await self._redis.initialize()
+            except _UNAVAILABLE as exc:
+                log.warning("redis cluster not reachable yet: %s", exc)
         self._tasks = [
             asyncio.create_task(self._pump(), name="registry-pubsub-pump"),
             asyncio.create_task(self._syncer(), name="registry-pubsub-sync"),
@@ -329,7 +385,8 @@ class RedisRegistry:
         for event in self._ready.values():
             event.set()  # wake ready() waiters; their subscriptions have ended
         await self._redis.aclose()
-        await self._ps_redis.aclose()
+        if self._ps_redis is not None:
+            await self._ps_redis.aclose()
 
     async def ping(self) -> None:
         with _translate_errors():
@@ -347,7 +404,7 @@ class RedisRegistry:
         with _translate_errors():
             await self._remove(
                 keys=[self._k_exp, self._k_rec, self._k_drain, self._parts_key(gateway_id)],
-                args=[gateway_id, self._prefix],
+                args=[gateway_id, self._part_prefix],
             )
 
     async def mark_draining(self, gateway_id: str) -> bool:
@@ -372,15 +429,42 @@ class RedisRegistry:
         return f"{self._prefix}room:{room_id}"
 
     def _parts_key(self, gateway_id: str) -> str:
-        return f"{self._prefix}gw:{gateway_id}:parts"
+        return f"{self._prefix}{{gw}}:parts:{gateway_id}"
+
+    async def _gather(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
+        """Await ``calls`` (one per slot group), at most ``_FANOUT`` at a time: a cluster
+        client's per-node pool refuses calls beyond its size instead of queueing them."""
+        if len(calls) == 1:
+            return [await calls[0]]
+        gate = asyncio.Semaphore(_FANOUT)
+
+        async def one(call: Awaitable[Any]) -> Any:
+            async with gate:
+                return await call
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    def _by_slot(self, keys: Sequence[str], chunk: int) -> list[list[int]]:
+        """Indexes of ``keys`` grouped so one script may touch each group: chunks in order on
+        one Redis; on a cluster one group per hash slot, at most ``chunk`` keys each."""
+        if not self._cluster:
+            return [list(range(i, min(i + chunk, len(keys)))) for i in range(0, len(keys), chunk)]
+        slots: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            slots.setdefault(key_slot(key.encode()), []).append(i)
+        return [g[i : i + chunk] for g in slots.values() for i in range(0, len(g), chunk)]
 
     async def add_rooms(self, gateway_id: str, room_ids: Sequence[int], ttl_s: float) -> None:
         ttl_ms = _ms(ttl_s)
+        keys = [self._room_key(r) for r in room_ids]
+        calls = [
+            self._map_add(keys=[keys[i] for i in group], args=[gateway_id, ttl_ms])
+            for group in self._by_slot(keys, _ROOM_CHUNK)
+        ]
         with _translate_errors():
-            # One round trip per chunk; a gateway's usual room set is one chunk.
-            for start in range(0, len(room_ids), _ROOM_CHUNK):
-                keys = [self._room_key(r) for r in room_ids[start : start + _ROOM_CHUNK]]
-                await self._map_add(keys=keys, args=[gateway_id, ttl_ms])
+            # One round trip per chunk (a gateway's usual room set is one chunk on one Redis;
+            # one call per slot, concurrently, on a cluster).
+            await self._gather(calls)
 
     async def remove_rooms(self, gateway_id: str, room_ids: Sequence[int]) -> None:
         if not room_ids:
@@ -392,9 +476,13 @@ class RedisRegistry:
                 await pipe.execute()
 
     async def gateways_for_room(self, room_id: int) -> set[str]:
+        # The room's slot and the gateway slot differ (on a cluster): read both at once.
         with _translate_errors():
-            ids: list[bytes] = await self._map_get(keys=[self._room_key(room_id), self._k_exp])
-        return {i.decode() for i in ids}
+            entries, live = await asyncio.gather(
+                self._live_ids(keys=[self._room_key(room_id)]),
+                self._live_ids(keys=[self._k_exp]),
+            )
+        return {i.decode() for i in set(entries) & set(live)}
 
     async def set_partitions(
         self, gateway_id: str, partitions: Sequence[int], ttl_s: float
@@ -402,11 +490,11 @@ class RedisRegistry:
         with _translate_errors():
             await self._set_partitions(
                 keys=[self._parts_key(gateway_id)],
-                args=[gateway_id, _ms(ttl_s), self._prefix, *sorted(set(partitions))],
+                args=[gateway_id, _ms(ttl_s), self._part_prefix, *sorted(set(partitions))],
             )
 
     async def gateways_for_partition(self, partition: int) -> set[str]:
-        key = f"{self._prefix}part:{partition}"
+        key = f"{self._part_prefix}{partition}"
         with _translate_errors():
             ids: list[bytes] = await self._map_get(keys=[key, self._k_exp])
         return {i.decode() for i in ids}
@@ -420,8 +508,13 @@ class RedisRegistry:
         if not user_ids:
             return {}
         ids = list(user_ids)
+        keys = [f"{self._prefix}presence:{u}" for u in ids]
         with _translate_errors():
-            values: list[Any] = await self._redis.mget([f"{self._prefix}presence:{u}" for u in ids])
+            values: list[Any] = await (
+                self._redis.mget_nonatomic(keys)
+                if isinstance(self._redis, RedisCluster)
+                else self._redis.mget(keys)
+            )
         return {u: v.decode() for u, v in zip(ids, values, strict=True) if v is not None}
 
     def _session_key(self, session_id: str) -> str:
@@ -434,18 +527,21 @@ class RedisRegistry:
     async def save_sessions_if(
         self, items: Sequence[tuple[str, bytes, int]], ttl_s: float
     ) -> list[bool]:
-        out: list[bool] = []
+        out = [False] * len(items)
         ttl_ms = _ms(ttl_s)
-        for i in range(0, len(items), _SESSION_CHUNK):
-            chunk = items[i : i + _SESSION_CHUNK]
+        keys = [self._session_key(sid) for sid, _, _ in items]
+        groups = self._by_slot(keys, _SESSION_CHUNK)
+        calls = []
+        for group in groups:
             args: list[Any] = [ttl_ms]
-            for _, blob, epoch in chunk:
-                args += (epoch, blob)
-            with _translate_errors():
-                done = await self._sessions_save_if(
-                    keys=[self._session_key(sid) for sid, _, _ in chunk], args=args
-                )
-            out += (bool(x) for x in done)
+            for i in group:
+                args += (items[i][2], items[i][1])
+            calls.append(self._sessions_save_if(keys=[keys[i] for i in group], args=args))
+        with _translate_errors():
+            results = await self._gather(calls)
+        for group, done in zip(groups, results, strict=True):
+            for i, ok in zip(group, done, strict=True):
+                out[i] = bool(ok)
         return out
 
     async def claim_session(self, session_id: str, epoch: int, blob: bytes, ttl_s: float) -> bool:
@@ -472,7 +568,12 @@ class RedisRegistry:
     # -- pub/sub -------------------------------------------------------------------------------
     async def publish(self, channel: str, payload: bytes) -> int:
         with _translate_errors():
-            receivers: int = await self._redis.publish(self._prefix + channel, payload)
+            full = self._channel_prefix + channel
+            receivers: int = await (
+                self._redis.spublish(full, payload)
+                if self._cluster
+                else self._redis.publish(full, payload)
+            )
         return receivers
 
     def subscribe(self, channel: str) -> Subscription:
@@ -485,7 +586,7 @@ class RedisRegistry:
         if self._closed:
             sub._end()
             return sub
-        full = self._prefix + channel
+        full = self._channel_prefix + channel
         group = self._subs.get(full)
         if group is None:
             group = self._subs[full] = weakref.WeakSet()
@@ -494,14 +595,14 @@ class RedisRegistry:
         return sub
 
     def _on_sub_closed(self, sub: Subscription) -> None:
-        full = self._prefix + sub.channel
+        full = self._channel_prefix + sub.channel
         group = self._subs.get(full)
         if group is not None:
             group.discard(sub)
         self._dirty.set()
 
     async def _wait_ready(self, channel: str) -> None:
-        full = self._prefix + channel
+        full = self._channel_prefix + channel
         if self._closed or full not in self._subs:
             return
         # One long-lived Event per wanted channel: cleared on disconnect, set on confirmation,
@@ -529,10 +630,10 @@ class RedisRegistry:
                 add, drop = want - self._sent, self._sent - want
                 try:
                     if add:
-                        await ps.subscribe(*add)
+                        await self._subscribe_on(ps, add)
                         self._sent |= add
                     if drop:
-                        await ps.unsubscribe(*drop)
+                        await (ps.sunsubscribe(*drop) if self._cluster else ps.unsubscribe(*drop))
                         self._sent -= drop
                 except _UNAVAILABLE as exc:
                     # The pump sees the same broken connection and re-subscribes everything.
@@ -543,13 +644,14 @@ class RedisRegistry:
         delay = 0.05
         failing = False
         while not self._closed:
-            ps = self._ps_redis.pubsub()
+            ps: PubSub | None = None
             try:
+                ps = (await self._connect_pubsub_client()).pubsub()
                 async with self._ps_lock:
                     await ps.connect()  # type: ignore[no-untyped-call]
                     want = self._wanted()
                     if want:
-                        await ps.subscribe(*want)
+                        await self._subscribe_on(ps, want)
                     self._sent = want
                     self._ps = ps
                 if failing:
@@ -583,10 +685,42 @@ class RedisRegistry:
                 self._sent = set()
                 for event in self._ready.values():
                     event.clear()  # not confirmed on the next connection until Redis says so
-                with contextlib.suppress(Exception):
-                    await ps.aclose()  # type: ignore[no-untyped-call]
+                if ps is not None:
+                    with contextlib.suppress(Exception):
+                        await ps.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._reconnect_max_s)
+
+    async def _subscribe_on(self, ps: PubSub, channels: set[str]) -> None:
+        await (ps.ssubscribe(*channels) if self._cluster else ps.subscribe(*channels))
+
+    def _pubsub_client(self, url: str) -> aioredis.Redis:
+        """The pub/sub connection's client: no library-level retry; the pump alone decides
+        when to reconnect, so two reconnect mechanisms never race on the one connection."""
+        return aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=min(self._socket_timeout_s, 2.0),
+            retry=Retry(NoBackoff(), 0, supported_errors=()),
+            # named so operators (and tests) can find it in CLIENT LIST
+            client_name=f"{self._prefix}pubsub".replace(" ", "_"),
+        )
+
+    async def _connect_pubsub_client(self) -> aioredis.Redis:
+        """On a cluster: a client of the pub/sub slot's current master (after a failover the
+        slot map is read again first)."""
+        if not isinstance(self._redis, RedisCluster):
+            assert self._ps_redis is not None
+            return self._ps_redis
+        await self._redis.initialize()  # no-op once done
+        if self._ps_redis is not None:
+            await self._ps_redis.aclose()
+            self._ps_redis = None
+            await self._redis.nodes_manager.initialize()  # the map may be stale: refresh it
+        node = self._redis.get_node_from_key(self._channel_prefix)
+        if node is None:
+            raise RedisConnectionError("no master serves the pub/sub slot")
+        self._ps_redis = self._pubsub_client(f"redis://{node.host}:{node.port}/0")
+        return self._ps_redis
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -594,13 +728,13 @@ class RedisRegistry:
         if kind == "pong" or channel is None:
             return
         full = channel.decode() if isinstance(channel, bytes) else str(channel)
-        if kind == "message":
+        if kind in ("message", "smessage"):
             for sub in list(self._subs.get(full, ())):
                 sub._deliver(msg["data"])
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             if full in self._subs:
                 self._ready.setdefault(full, asyncio.Event()).set()
-        elif kind == "unsubscribe":
+        elif kind in ("unsubscribe", "sunsubscribe"):
             event = self._ready.get(full)
             if event is not None:
                 event.clear()

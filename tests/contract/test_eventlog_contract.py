@@ -1,42 +1,61 @@
-"""One contract for every EventLog adapter: the in-process memory log and real Kafka.
+"""One contract for every EventLog adapter: the in-process memory log, real Kafka, Redis Streams
+and NATS JetStream.
 
-The Kafka variant runs against the private broker of deploy/local on a fresh topic per test.
+The server variants run against the private engines of deploy/local on a fresh topic (Kafka
+topic, set of streams) per test, deleted after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from shardchat.adapters.kafka_log import KafkaEventLog
 from shardchat.adapters.memory_log import MemoryEventLog
+from shardchat.adapters.nats_log import NatsEventLog
+from shardchat.adapters.redis_streams_log import RedisStreamsEventLog
 from shardchat.eventlog import EventLog, LogReader, LogRecord, room_key
 from shardchat.partitioner import partition_for
 
 
-@pytest.fixture(params=["memory", "kafka"])
-def log_target(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """``("memory", "")`` or ``(bootstrap, fresh topic)``; resolved outside the event loop
-    because the engine fixtures run their own probes with ``asyncio.run``."""
-    if request.param == "memory":
-        return "memory", ""
-    return request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue("fresh_topic")
+@pytest.fixture(params=["memory", "kafka", "redis-streams", "nats"])
+def log_target(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """``(kind, server address, topic)``; resolved outside the event loop because the engine
+    fixtures run their own probes with ``asyncio.run``."""
+    kind = request.param
+    if kind == "memory":
+        return kind, "", "contract"
+    if kind == "kafka":
+        return kind, request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue(
+            "fresh_topic"
+        )
+    topic = f"contract-{uuid.uuid4().hex[:12]}"
+    if kind == "redis-streams":
+        return kind, request.getfixturevalue("redis_url"), topic
+    return kind, request.getfixturevalue("nats_url"), topic
 
 
 @pytest.fixture
-async def log(log_target: tuple[str, str]) -> AsyncIterator[EventLog]:
-    bootstrap, topic = log_target
+async def log(log_target: tuple[str, str, str]) -> AsyncIterator[EventLog]:
+    kind, address, topic = log_target
     event_log: EventLog
-    if bootstrap == "memory":
-        event_log = MemoryEventLog(num_partitions=8, topic="contract")
+    if kind == "memory":
+        event_log = MemoryEventLog(num_partitions=8, topic=topic)
+    elif kind == "kafka":
+        event_log = KafkaEventLog(address, topic, num_partitions=8)
+    elif kind == "redis-streams":
+        event_log = RedisStreamsEventLog(address, topic, num_partitions=8)
     else:
-        event_log = KafkaEventLog(bootstrap, topic, num_partitions=8)
+        event_log = NatsEventLog(address, topic, num_partitions=8)
     await event_log.start()
     try:
         yield event_log
     finally:
+        if isinstance(event_log, RedisStreamsEventLog | NatsEventLog):
+            await event_log.delete()
         await event_log.close()
 
 

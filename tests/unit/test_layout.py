@@ -19,7 +19,7 @@ PACKAGES = (
     "graphql_edge",
     "loadtest",
 )
-ENGINE_CLIENTS = frozenset({"aiokafka", "redis", "asyncpg", "aiosqlite"})
+ENGINE_CLIENTS = frozenset({"aiokafka", "redis", "asyncpg", "aiosqlite", "nats"})
 ADAPTERS = ROOT / "shardchat" / "adapters"
 # protocol/ is sans-I/O: bytes in, events out. No event loop, no sockets, no engine clients.
 PROTOCOL_FORBIDDEN = frozenset(
