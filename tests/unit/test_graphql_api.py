@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from chat_core.outbox import OutboxPublisher
@@ -90,8 +91,14 @@ class Edge:
 
 
 @asynccontextmanager
-async def make_edge(tmp_path: Path, **edge: Any) -> AsyncIterator[Edge]:
-    settings = Settings(sqlite_path=str(tmp_path / "edge.sqlite3"))
+async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
+    """``overrides``: Settings fields (``access_token_ttl_s`` ...) or EdgeSettings fields."""
+    names = {f.name for f in msgspec.structs.fields(Settings)}
+    edge = {k: v for k, v in overrides.items() if k not in names}
+    settings = Settings(
+        sqlite_path=str(tmp_path / "edge.sqlite3"),
+        **{k: v for k, v in overrides.items() if k in names},
+    )
     store = SqliteStore(settings.sqlite_path)
     await store.start()
     await migrate(store)
