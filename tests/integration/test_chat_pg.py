@@ -19,7 +19,7 @@ from user_core.service import AuthService
 
 pytestmark = pytest.mark.integration
 
-KEYS = {"k1": "integration-secret-key-of-32-bytes-or-more"}
+KEYS = {"k1": "pg-test-key-Hv7Rm2Qx9Lc4Tn8Wb3Yk6Fp1Jd5Gs0Za"}
 
 
 @pytest.fixture

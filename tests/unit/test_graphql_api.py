@@ -106,10 +106,10 @@ async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     await log.start()
     publisher = OutboxPublisher(log, store)
     await publisher.start()
-    auth = CountingAuth(store, settings)
-    chat = ChatService(store, settings, on_commit=publisher.submit)
     registry = MemoryRegistry()
     await registry.start()
+    auth = CountingAuth(store, registry, settings)
+    chat = ChatService(store, settings, on_commit=publisher.submit)
     events = LogRoomEvents(chat, log, poll_ms=50)
     placement = OnePlacement()
     app = create_app(
@@ -119,6 +119,7 @@ async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
         placement,
         events=events,
         presence=registry,
+        revocations=registry,
         edge=EdgeSettings(**edge),
     )
     transport = httpx.ASGITransport(app=app)

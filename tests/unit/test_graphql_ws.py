@@ -23,6 +23,7 @@ SUB = """subscription($r: ID!, $a: Int) { roomEvents(roomId: $r, afterSeq: $a) {
   ... on MessageDeleted { id seq }
   ... on ReactionAdded { messageId userId emoji seq }
   ... on MemberJoined { userId seq }
+  ... on MemberLeft { userId seq removedBy }
 } }"""
 
 
