@@ -55,9 +55,7 @@ def reaction(room_id: int, seq: int, message_id: int, user_id: int, emoji: str) 
     }
 
 
-def member(
-    room_id: int, seq: int, user_id: int, removed_by: int | None = None
-) -> dict[str, Any]:
+def member(room_id: int, seq: int, user_id: int, removed_by: int | None = None) -> dict[str, Any]:
     """Data of MEMBER_JOIN and MEMBER_LEAVE (same shape); a MEMBER_LEAVE of a member removed by
     the owner or an admin also names them in ``removed_by``."""
     data = _base(room_id, seq) | {"user_id": str(user_id)}

@@ -5,7 +5,8 @@ section 9): rooms are private unless created public; public rooms are listed and
 them; private rooms are joined only by invitation (owner and admins invite; in a public room any
 member does); direct rooms are the one private room of a pair. To a non-member, a room that
 exists and one that does not are the same: NOT_FOUND, same message, on every path, so room ids
-can't be probed. FORBIDDEN is kept for members lacking a role (an admin removing the owner). Right after each commit the committed events are handed to
+can't be probed. FORBIDDEN is kept for members lacking a role (an admin removing the owner).
+Right after each commit the committed events are handed to
 ``on_commit`` (the outbox publisher's fast path); the Store's ``room_events`` rows are the
 backstop the relay sweeps if that hand-off is lost.
 

@@ -240,9 +240,7 @@ async def m_invite(_: Any, info: GraphQLResolveInfo, roomId: str, userIds: list[
 @mutation
 async def m_accept_invitation(_: Any, info: GraphQLResolveInfo, roomId: str) -> Room:
     ctx = ctx_of(info)
-    return await ctx.services.chat.accept_invitation(
-        ctx.require_user(), parse_id(roomId, "roomId")
-    )
+    return await ctx.services.chat.accept_invitation(ctx.require_user(), parse_id(roomId, "roomId"))
 
 
 @mutation

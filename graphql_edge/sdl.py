@@ -82,7 +82,13 @@ type Room {
 enum RoomRole { OWNER ADMIN MEMBER }
 type RoomMember { user: User!, role: RoomRole! }
 type Invitation { roomId: ID!, roomName: String!, inviter: User!, createdAt: String! }
-type AuthSession { id: ID!, createdAt: String!, lastUsedAt: String, client: String, current: Boolean! }
+type AuthSession {
+  id: ID!
+  createdAt: String!
+  lastUsedAt: String
+  client: String
+  current: Boolean!
+}
 type TwoFactorSetup { secret: String!, otpauthUri: String! }
 type TwoFactorStatus { enabled: Boolean!, recoveryCodesLeft: Int! }
 type Message {

@@ -280,8 +280,11 @@ class Registry(Protocol):
         """Start a subscription now (no await needed to register it); see Subscription."""
         ...
 
-    async def revoke_tokens(self, subjects: Sequence[str], not_before_ms: int, ttl_s: float) -> None:
-        """Refuse tokens of these subjects issued before ``not_before_ms`` (user_core.revocation)."""
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
+        """Refuse tokens of these subjects issued before ``not_before_ms``
+        (``user_core.revocation``)."""
         ...
 
     async def tokens_not_before(self, subjects: Sequence[str]) -> list[int]:
@@ -291,9 +294,9 @@ class Registry(Protocol):
     async def backoff_failure(
         self, key: str, free: int, base_s: float, max_s: float, forget_s: float
     ) -> float:
-        """Count a failure of ``key``; from the ``free``-th failure on it is locked for ``base_s``,
-        doubling per further failure, at most ``max_s``. Returns the lock now (0 = none). The count is
-        forgotten ``forget_s`` after the last failure (plus the lock)."""
+        """Count a failure of ``key``; from the ``free``-th failure on it is locked for
+        ``base_s``, doubling per further failure, at most ``max_s``. Returns the lock now
+        (0 = none). The count is forgotten ``forget_s`` after the last failure (plus the lock)."""
         ...
 
     async def backoff_wait(self, key: str) -> float:

@@ -240,9 +240,7 @@ class AuthService:
             await self._failed(key)
             raise Unauthenticated("current password is wrong")
         validate_password(new, record.user.username)
-        await self.store.set_password_hash(
-            actor.user_id, await passwords.hash_password_async(new)
-        )
+        await self.store.set_password_hash(actor.user_id, await passwords.hash_password_async(new))
         now = self._now_ms()
         families = await self.store.revoke_all_sessions(actor.user_id, now)
         await self._revoke(actor.user_id, families, everything=True, not_before_ms=now + 1)
@@ -338,8 +336,10 @@ class AuthService:
         """Turn 2FA on with a first code of the enrolled secret; returns the ten recovery codes
         (shown once: only their hashes are kept)."""
         record = await self._record(actor)
-        if record.totp_enabled or not record.totp_secret or twofactor.looks_like_recovery_code(
-            code
+        if (
+            record.totp_enabled
+            or not record.totp_secret
+            or twofactor.looks_like_recovery_code(code)
         ):
             raise BadInput("start the two-factor setup first")
         await self._checked_code(record, code)

@@ -220,9 +220,10 @@ class MemoryRegistry:
             if not group:
                 del self._subs[sub.channel]
 
-
     # -- token revocation / backoff ------------------------------------------------------------
-    async def revoke_tokens(self, subjects: Sequence[str], not_before_ms: int, ttl_s: float) -> None:
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
         now = self._clock()
         for subject in subjects:
             held = self._not_before.get(subject)

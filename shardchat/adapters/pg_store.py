@@ -160,7 +160,9 @@ class PgStore:
         return None if r is None else _user_record(r)
 
     async def get_user_record(self, user_id: int) -> UserRecord | None:
-        r = await self.pool.fetchrow(f"SELECT {_USER_RECORD_COLS} FROM users WHERE id = $1", user_id)
+        r = await self.pool.fetchrow(
+            f"SELECT {_USER_RECORD_COLS} FROM users WHERE id = $1", user_id
+        )
         return None if r is None else _user_record(r)
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
@@ -430,9 +432,12 @@ class PgStore:
             async with self.pool.acquire() as conn, conn.transaction():
                 # A concurrent opener of the same pair blocks on the pair's key until we commit,
                 # then finds it taken: its new room is rolled back with the rest of its work.
-                if await conn.fetchval(
-                    "SELECT 1 FROM direct_rooms WHERE user_lo = $1 AND user_hi = $2", lo, hi
-                ) is None:
+                if (
+                    await conn.fetchval(
+                        "SELECT 1 FROM direct_rooms WHERE user_lo = $1 AND user_hi = $2", lo, hi
+                    )
+                    is None
+                ):
                     room, events = await self._create_room(
                         conn, room_id, name, now_ms, [user_a, user_b], public=False, direct=True
                     )

@@ -495,7 +495,9 @@ class RedisRegistry:
     def _revocation_key(self, subject: str) -> str:
         return f"{self._prefix}nbf:{subject}"
 
-    async def revoke_tokens(self, subjects: Sequence[str], not_before_ms: int, ttl_s: float) -> None:
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
         if not subjects:
             return
         with _translate_errors():

@@ -175,7 +175,9 @@ class SqliteStore:
             return int(cur.rowcount)
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        await self._write("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+        await self._write(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
 
     async def set_totp(self, user_id: int, secret: str | None, enabled: bool) -> None:
         async with self._tx() as db:

@@ -220,17 +220,29 @@ async def test_rooms_membership_and_errors(edge: Edge) -> None:
     assert (await edge.gql("{ rooms { id } }", token=tc))["data"]["rooms"] == []
     q = "query($id: ID!) { room(id: $id) { id name lastSeq members { username } } }"
     assert (await edge.gql(q, {"id": room["id"]}, ta))["data"]["room"]["id"] == room["id"]
-    assert code(await edge.gql(q, {"id": room["id"]}, tc)) == "FORBIDDEN"
+    assert (await edge.gql(q, {"id": room["id"]}, tc))["data"]["room"] is None  # not in it
     assert (await edge.gql(q, {"id": "12345"}, ta))["data"]["room"] is None
     assert code(await edge.gql(q, {"id": "not-a-number"}, ta)) == "BAD_USER_INPUT"
     join = "mutation($r: ID!) { joinRoom(roomId: $r) { id members { username } } }"
+    assert code(await edge.gql(join, {"r": room["id"]}, tc)) == "NOT_FOUND"  # private
+    invite = "mutation($r: ID!, $u: [ID!]!) { inviteToRoom(roomId: $r, userIds: $u) }"
+    assert (await edge.gql(invite, {"r": room["id"], "u": [carol]}, ta))["data"] == {
+        "inviteToRoom": [carol]
+    }
+    pending = "{ invitations { roomId roomName inviter { username } createdAt } }"
+    (inv,) = (await edge.gql(pending, token=tc))["data"]["invitations"]
+    assert (inv["roomId"], inv["roomName"], inv["inviter"]["username"]) == (
+        room["id"],
+        "general",
+        "alice",
+    )
     joined = (await edge.gql(join, {"r": room["id"]}, tc))["data"]["joinRoom"]
     assert "carol" in {m["username"] for m in joined["members"]}
     assert code(await edge.gql(join, {"r": "999"}, tc)) == "NOT_FOUND"
     leave = "mutation($r: ID!) { leaveRoom(roomId: $r) }"
     assert (await edge.gql(leave, {"r": room["id"]}, tc))["data"]["leaveRoom"] is True
     send = await edge.gql(SEND, {"r": room["id"], "c": "hi", "n": "n1"}, tc)
-    assert code(send) == "FORBIDDEN"
+    assert code(send) == "NOT_FOUND"
     user = "query($id: ID!) { user(id: $id) { id username status } }"
     assert (await edge.gql(user, {"id": carol}, ta))["data"]["user"]["username"] == "carol"
     assert (await edge.gql(user, {"id": "77"}, ta))["data"]["user"] is None

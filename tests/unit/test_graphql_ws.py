@@ -155,7 +155,7 @@ async def test_subscription_errors(server: Server) -> None:
         )
         err = await recv(ws)
         assert err["type"] == "error" and err["id"] == "a"
-        assert err["payload"][0]["extensions"]["code"] == "FORBIDDEN"
+        assert err["payload"][0]["extensions"]["code"] == "NOT_FOUND"  # as an unknown room
         await send(ws, {"type": "subscribe", "id": "b", "payload": {"query": "{ nope }"}})
         err = await recv(ws)
         assert (

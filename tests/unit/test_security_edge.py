@@ -16,7 +16,7 @@ import pytest
 
 from tests.unit.test_graphql_api import ROOM, SEND, Edge, code, make_edge
 from tests.unit.test_graphql_ws import SUB, Server, closed_with, init, open_ws, recv, send
-from tests.unit.test_graphql_ws import server as server  # noqa: F401  (fixture)
+from tests.unit.test_graphql_ws import server as server
 
 ROOM_Q = "query($id: ID!) { room(id: $id) { id name } }"
 JOIN = "mutation($r: ID!) { joinRoom(roomId: $r) { id } }"
@@ -48,9 +48,10 @@ async def test_obs1_stranger_cannot_join_read_or_probe_a_private_room(edge: Edge
     assert await edge.gql(ROOM_Q, {"id": room}, tc) == await edge.gql(ROOM_Q, {"id": unknown}, tc)
     joined = await edge.gql(JOIN, {"r": room}, tc)
     assert code(joined) == "NOT_FOUND"
-    assert joined["errors"][0]["message"] == (await edge.gql(JOIN, {"r": unknown}, tc))[
-        "errors"
-    ][0]["message"]
+    assert (
+        joined["errors"][0]["message"]
+        == (await edge.gql(JOIN, {"r": unknown}, tc))["errors"][0]["message"]
+    )
     history = await edge.gql(HISTORY, {"r": room}, tc)
     assert code(history) == "NOT_FOUND" and "secret" not in json.dumps(history)
     for mutation, args in [
@@ -76,7 +77,9 @@ async def test_obs1_alias_sweeps_are_refused_and_queries_rate_limited(tmp_path: 
 
 # --- observation 2: a roomEvents subscription kept delivering after leaveRoom -------------------
 async def _subscribe(ws: Any, room: str) -> None:
-    await send(ws, {"type": "subscribe", "id": "s", "payload": {"query": SUB, "variables": {"r": room}}})
+    await send(
+        ws, {"type": "subscribe", "id": "s", "payload": {"query": SUB, "variables": {"r": room}}}
+    )
     await asyncio.sleep(0.2)  # the stream is registered once the resolver ran
 
 
@@ -188,7 +191,9 @@ async def test_obs6_presence_is_shown_only_to_users_sharing_a_room(edge: Edge) -
 # --- 2FA: login needs a code once enrolled --------------------------------------------------------
 async def test_two_factor_login_needs_a_fresh_code(edge: Edge) -> None:
     _, token, _ = await edge.user("careful")
-    setup = 'mutation { beginTwoFactorSetup(password: "correct horse battery") { secret otpauthUri } }'
+    setup = (
+        'mutation { beginTwoFactorSetup(password: "correct horse battery") { secret otpauthUri } }'
+    )
     s = (await edge.gql(setup, token=token))["data"]["beginTwoFactorSetup"]
     assert s["otpauthUri"].startswith("otpauth://totp/") and "careful" in s["otpauthUri"]
     totp = pyotp.TOTP(s["secret"])
