@@ -648,3 +648,51 @@ async def test_subscribe_and_unsubscribe_are_saved_before_the_next_op(cluster: C
     await b.until(lambda f: f["op"] == 11)  # served after the UNSUBSCRIBE (and its save)
     assert await saved_rooms() == set()
     await b.ws.close()
+
+
+async def test_a_revoked_login_ends_its_live_session_and_cannot_resume(cluster: Cluster) -> None:
+    gw = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    tokens = await cluster.core.auth.login(alice.username, "correct horse battery")
+    other = await cluster.core.auth.login(alice.username, "correct horse battery")
+    c = await Client.open(gw.port)
+    ready = await c.identify(tokens.access_token)
+    keep = await Client.open(gw.port)
+    await keep.identify(other.access_token)
+    assert await cluster.core.auth.logout(tokens.refresh_token)
+    assert await c.close_code() == 4501  # terminal: the session ended with it
+    again = await Client.open(gw.port)
+    await again.recv()
+    await again.send(
+        6, {"token": tokens.access_token, "session_id": ready["d"]["session_id"], "seq": 1}
+    )
+    assert await again.close_code() == 4501
+    await keep.send(1, None)  # the other login of the same user is untouched
+    assert (await keep.until(lambda f: f["op"] == 11))["d"] is None
+
+
+async def test_identify_limit_keys_on_the_client_behind_a_trusted_proxy(cluster: Cluster) -> None:
+    gw = await cluster.gateway(
+        identify_per_window=1, identify_window_s=60.0, trusted_proxies=("127.0.0.1",)
+    )
+    _, tok = await cluster.user("proxied")
+    for client in ("203.0.113.1", "203.0.113.2"):  # two clients behind one proxy: one each
+        c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": client})
+        await c.identify(tok)
+        await c.ws.close()
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "203.0.113.1"})
+    await c.recv()
+    await c.send(2, {"token": tok})
+    assert await c.close_code() == 4008  # the first one again
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: Cluster) -> None:
+    gw = await cluster.gateway(identify_per_window=1, identify_window_s=60.0)
+    _, tok = await cluster.user("proxied")
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "198.51.100.7"})
+    await c.identify(tok)
+    await c.ws.close()
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "198.51.100.8"})
+    await c.recv()
+    await c.send(2, {"token": tok})
+    assert await c.close_code() == 4008  # both were the peer 127.0.0.1
