@@ -13,6 +13,7 @@ from typing import Any
 
 import pyotp
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests.unit.test_graphql_api import ROOM, SEND, Edge, code, make_edge
 from tests.unit.test_graphql_ws import SUB, Server, closed_with, init, open_ws, recv, send
@@ -210,3 +211,65 @@ async def test_two_factor_login_needs_a_fresh_code(edge: Edge) -> None:
     assert ok["data"]["login"]["accessToken"]
     again = await edge.gql(LOGIN, {"u": "careful", "p": PASSWORD, "c": codes[0]})
     assert code(again) == "UNAUTHENTICATED"
+
+
+# --- LOW items -----------------------------------------------------------------------------------
+async def test_content_type_must_be_json_and_origins_apply_to_post(tmp_path: Path) -> None:
+    async with make_edge(tmp_path, allowed_origins=("https://chat.example",)) as e:
+        body = b'{"query": "{ __typename }"}'
+        for ctype in ("text/plain; x=json", "application/jsonp", "multipart/json"):
+            resp = await e.http.post("/graphql", content=body, headers={"content-type": ctype})
+            assert resp.status_code == 415, ctype
+        ok = {"content-type": "application/json; charset=utf-8"}
+        assert (await e.http.post("/graphql", content=body, headers=ok)).status_code == 200
+        evil = {**ok, "origin": "https://evil.example"}
+        assert (await e.http.post("/graphql", content=body, headers=evil)).status_code == 403
+        good = {**ok, "origin": "https://chat.example"}
+        assert (await e.http.post("/graphql", content=body, headers=good)).status_code == 200
+
+
+async def test_graphql_ws_origin_and_operation_cap(tmp_path: Path) -> None:
+    from tests.unit.test_graphql_ws import serve_edge
+
+    async with (
+        make_edge(tmp_path, allowed_origins=("https://chat.example",), ws_max_operations=2) as e,
+        serve_edge(e) as url,
+    ):
+        _, token, _ = await e.user("capped")
+        room = (await e.gql(ROOM, {"n": "r"}, token))["data"]["createRoom"]["id"]
+        with pytest.raises(InvalidStatus) as refused:  # no Origin at all: refused too
+            await open_ws(url)
+        assert refused.value.response.status_code == 403
+        async with await open_ws(url, origin="https://chat.example") as ws:  # type: ignore[arg-type]
+            await init(ws, token)
+            sub = {"query": SUB, "variables": {"r": room}}
+            for op in ("1", "2", "3"):
+                await send(ws, {"type": "subscribe", "id": op, "payload": sub})
+            err = await recv(ws)
+            assert err["type"] == "error" and err["id"] == "3"
+            assert err["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_slow_or_abandoned_bodies_are_dropped_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.unit.test_graphql_ws import serve_edge
+
+    async with make_edge(tmp_path, http_body_timeout_s=0.5) as e, serve_edge(e) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        head = (
+            "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            'Content-Length: 100\r\n\r\n{"query":'
+        ).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 3)  # the body never completes
+        assert b" 408 " in status
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        await writer.drain()
+        writer.close()  # gone mid-body
+        await asyncio.sleep(0.8)
+    assert "Exception in ASGI application" not in caplog.text
