@@ -258,9 +258,9 @@ async def test_slow_or_abandoned_bodies_are_dropped_quietly(
     async with make_edge(tmp_path, http_body_timeout_s=0.5) as e, serve_edge(e) as url:
         port = int(url.split(":")[2].split("/")[0])
         head = (
-            "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            'Content-Length: 100\r\n\r\n{"query":'
-        ).encode()
+            b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"query":'
+        )
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(head)
         await writer.drain()
@@ -273,3 +273,33 @@ async def test_slow_or_abandoned_bodies_are_dropped_quietly(
         writer.close()  # gone mid-body
         await asyncio.sleep(0.8)
     assert "Exception in ASGI application" not in caplog.text
+
+
+async def test_python_client_two_factor_sessions_and_invitations(edge: Edge) -> None:
+    from shardchat.client import EdgeClient, ShardchatError, TwoFactorRequired
+
+    alice = EdgeClient("http://edge", http=edge.http)
+    bob = EdgeClient("http://edge", http=edge.http)
+    await alice.register("alice", PASSWORD)
+    b = await bob.register("bob", "battery staple horse")
+    secret, uri = await alice.begin_two_factor(PASSWORD)
+    assert uri.startswith("otpauth://totp/shardchat:alice")
+    codes = await alice.confirm_two_factor(pyotp.TOTP(secret).now())
+    with pytest.raises(TwoFactorRequired):
+        await alice.login("alice", PASSWORD)
+    await alice.login("alice", PASSWORD, codes[1])
+    assert len(await alice.sessions()) == 2  # the registration's login and this one
+    room = await alice.create_room("club")
+    assert await alice.invite(int(room["id"]), [int(b.user["id"])]) == [int(b.user["id"])]
+    (inv,) = await bob.invitations()
+    assert inv["roomName"] == "club" and inv["inviter"]["username"] == "alice"
+    assert (await bob.accept_invitation(int(room["id"])))["id"] == room["id"]
+    assert await alice.remove_member(int(room["id"]), int(b.user["id"]))
+    dm = await bob.open_direct_room(int((alice.session.user if alice.session else {})["id"]))
+    assert dm["direct"] is True
+    old = [s["id"] for s in await alice.sessions() if not s["current"]]
+    assert await alice.revoke_session(old[0])
+    await alice.change_password(PASSWORD, "a much better passphrase")
+    with pytest.raises(ShardchatError):
+        await alice.disable_two_factor("000000")
+    assert await alice.disable_two_factor(codes[2])
