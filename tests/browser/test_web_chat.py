@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def _invite(edge_url: str, owner: str, guest: str, room_id: str) -> None:
             await client.login(owner, f"{owner} correct horse")
             await client.invite(int(room_id), [int(guest_id)])
 
-    asyncio.run(invite())
+    # Playwright's sync API runs its own event loop in this thread: use another thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, invite()).result(30)
 
 
 def _send(page: Any, text: str) -> None:
