@@ -7,6 +7,7 @@ X-Forwarded-For and the services trust only HAProxy (127.0.0.1).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import Iterator
@@ -72,7 +73,8 @@ async def test_limits_origin_and_resume_through_haproxy(
             "SHARDCHAT_HAPROXY_PORT": str(balancer_port),
             "SHARDCHAT_GATEWAYS": "2",
         }
-        subprocess.run(["bash", str(ENGINES), "up", "haproxy"], env=lb_env, check=True)
+        up = ["bash", str(ENGINES), "up", "haproxy"]
+        await asyncio.to_thread(subprocess.run, up, env=lb_env, check=True)
         await _wait_ready(f"http://{public}/readyz")
 
         # Origin on HTTP POST, through the balancer
