@@ -55,6 +55,10 @@ def reaction(room_id: int, seq: int, message_id: int, user_id: int, emoji: str) 
     }
 
 
-def member(room_id: int, seq: int, user_id: int) -> dict[str, Any]:
-    """Data of MEMBER_JOIN and MEMBER_LEAVE (same shape)."""
-    return _base(room_id, seq) | {"user_id": str(user_id)}
+def member(room_id: int, seq: int, user_id: int, removed_by: int | None = None) -> dict[str, Any]:
+    """Data of MEMBER_JOIN and MEMBER_LEAVE (same shape); a MEMBER_LEAVE of a member removed by
+    the owner or an admin also names them in ``removed_by``."""
+    data = _base(room_id, seq) | {"user_id": str(user_id)}
+    if removed_by is not None:
+        data["removed_by"] = str(removed_by)
+    return data

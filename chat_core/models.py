@@ -35,9 +35,27 @@ class RoomEvent(msgspec.Struct, frozen=True):
 
 
 class Room(msgspec.Struct, frozen=True):
+    """``public``: listed and joinable by anyone; else only invited users join (the default).
+    ``direct``: the one two-person room of a pair (``ChatService.open_direct_room``)."""
+
     id: int
     name: str
     last_seq: int
+    created_at_ms: int
+    public: bool = False
+    direct: bool = False
+
+
+#: Room roles, strongest first. The owner (one per group room) and admins invite and remove
+#: members; only the owner names admins.
+ROLES = ("owner", "admin", "member")
+
+
+class Invitation(msgspec.Struct, frozen=True):
+    room_id: int
+    room_name: str
+    user_id: int  # the invited user
+    inviter_id: int
     created_at_ms: int
 
 

@@ -1,8 +1,12 @@
 """ChatService: rooms, membership, messages, reactions, history and room-event recovery.
 
-Every rule of chat lives here; the Store only makes each change atomic. Authorization:
-an unknown room or message is NOT_FOUND; a room (or a message of a room) the actor is not a
-member of is FORBIDDEN. Right after each commit the committed events are handed to
+Every rule of chat lives here; the Store only makes each change atomic. Access (docs/protocol.md
+section 9): rooms are private unless created public; public rooms are listed and anyone joins
+them; private rooms are joined only by invitation (owner and admins invite; in a public room any
+member does); direct rooms are the one private room of a pair. To a non-member, a room that
+exists and one that does not are the same: NOT_FOUND, same message, on every path, so room ids
+can't be probed. FORBIDDEN is kept for members lacking a role (an admin removing the owner).
+Right after each commit the committed events are handed to
 ``on_commit`` (the outbox publisher's fast path); the Store's ``room_events`` rows are the
 backstop the relay sweeps if that hand-off is lost.
 
@@ -23,7 +27,7 @@ from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
 from chat_core.history_cache import CachedHistory
-from chat_core.models import Message, Room, RoomEvent
+from chat_core.models import Invitation, Message, Room, RoomEvent
 from shardchat.config import Settings
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
@@ -34,6 +38,10 @@ log = logging.getLogger(__name__)
 
 OnCommit = Callable[[Sequence[RoomEvent]], None]
 MAX_EVENTS_PAGE = 1000
+MAX_INVITES = 100  # users per inviteToRoom
+MAX_PUBLIC_PAGE = 100
+_NO_ROOM = "room not found"
+_NO_MESSAGE = "message not found"
 
 
 def _no_op(events: Sequence[RoomEvent]) -> None:
@@ -91,67 +99,180 @@ class ChatService:
             log.exception("on_commit sink failed; the outbox relay will publish these events")
 
     # --- rooms -----------------------------------------------------------------------------------
-    async def _authorize(self, actor: int, room_id: int) -> Room:
+    async def _member_room(self, actor: int, room_id: int) -> tuple[Room, str]:
+        """The room and the actor's role, or NOT_FOUND: the same answer, after the same query,
+        whether the room is unknown or the actor is not in it."""
         check.snowflake(room_id, "room id")
-        room = await self.store.get_room(room_id)
-        if room is None:
-            raise NotFound("room not found")
-        if not await self.store.is_member(room_id, actor):
-            raise Forbidden("not a member of this room")
-        return room
+        role = await self.store.member_role(room_id, actor)
+        room = await self.store.get_room(room_id) if role is not None else None
+        if room is None or role is None:
+            raise NotFound(_NO_ROOM)
+        return room, role
 
-    async def create_room(self, actor: int, name: str, member_ids: Sequence[int] = ()) -> Room:
-        """The actor and ``member_ids`` join at once, each with its own MEMBER_JOIN (actor first).
-        Unknown member ids are BAD_USER_INPUT."""
-        check.room_name(name)
-        members = list(
-            dict.fromkeys([actor, *(check.snowflake(m, "member id") for m in member_ids)])
-        )
-        known = await self.store.get_users(members)
-        unknown = [m for m in members if m not in known]
+    async def _known_users(self, user_ids: Sequence[int], what: str) -> list[int]:
+        ids = list(dict.fromkeys(check.snowflake(u, what) for u in user_ids))
+        known = await self.store.get_users(ids)
+        unknown = [u for u in ids if u not in known]
         if unknown:
             raise BadInput(f"unknown user id(s): {', '.join(map(str, unknown))}")
+        return ids
+
+    async def create_room(
+        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+    ) -> Room:
+        """The actor (the owner) and ``member_ids`` join at once, each with its own MEMBER_JOIN
+        (actor first). Unknown member ids are BAD_USER_INPUT."""
+        check.room_name(name)
+        members = await self._known_users([actor, *member_ids], "member id")
         room, events = await self.store.create_room(
-            self.ids.next_id(), name, self._clock_ms(), members
+            self.ids.next_id(), name, self._clock_ms(), members, public=public
         )
         self._published(events)
         return room
 
-    async def join_room(self, actor: int, room_id: int) -> Room:
-        """Anyone may join an existing room; joining twice is a no-op (no second event)."""
-        check.snowflake(room_id, "room id")
+    async def open_direct_room(self, actor: int, other: int) -> Room:
+        """The one private two-person room of the pair, created on first use (idempotent and
+        race-safe: concurrent calls of either side return the same room)."""
+        if check.snowflake(other, "user id") == actor:
+            raise BadInput("a direct room needs another user")
+        users = await self.store.get_users([actor, other])
+        if other not in users:
+            raise BadInput(f"unknown user id(s): {other}")
+        first, second = sorted((actor, other))
+        name = f"{users[first].username}, {users[second].username}"[:100]
+        room, events = await self.store.open_direct_room(
+            self.ids.next_id(), actor, other, name, self._clock_ms()
+        )
+        self._published(events)
+        return room
+
+    async def _add(self, actor: int, room_id: int) -> Room:
         result = await self.store.add_member(room_id, actor, self._clock_ms())
         if result is None:
-            raise NotFound("room not found")
+            raise NotFound(_NO_ROOM)
         room, event = result
         if event is not None:
             self._published([event])
         return room
 
-    async def leave_room(self, actor: int, room_id: int) -> bool:
-        """True when left. Unknown room: NOT_FOUND; not a member: FORBIDDEN (as for any other
-        action of a non-member)."""
+    async def join_room(self, actor: int, room_id: int) -> Room:
+        """Join a public room, or a private one the actor is invited to (accepting the
+        invitation). Anything else is NOT_FOUND. Joining twice is a no-op (no second event)."""
         check.snowflake(room_id, "room id")
-        if await self.store.get_room(room_id) is None:
-            raise NotFound("room not found")
+        room = await self.store.get_room(room_id)
+        if room is None:
+            raise NotFound(_NO_ROOM)
+        if await self.store.member_role(room_id, actor) is not None:
+            return room
+        if not room.public and not await self.store.has_invitation(room_id, actor):
+            raise NotFound(_NO_ROOM)
+        return await self._add(actor, room_id)
+
+    async def accept_invitation(self, actor: int, room_id: int) -> Room:
+        check.snowflake(room_id, "room id")
+        if not await self.store.has_invitation(room_id, actor):
+            raise NotFound("invitation not found")
+        return await self._add(actor, room_id)
+
+    async def decline_invitation(self, actor: int, room_id: int) -> bool:
+        check.snowflake(room_id, "room id")
+        if not await self.store.delete_invitation(room_id, actor):
+            raise NotFound("invitation not found")
+        return True
+
+    async def invitations(self, actor: int) -> list[Invitation]:
+        return await self.store.invitations_of(actor)
+
+    async def invite(self, actor: int, room_id: int, user_ids: Sequence[int]) -> list[int]:
+        """Invite users (owner/admins of a private room; any member of a public one). Returns
+        those invited now: members and users already invited are skipped."""
+        room, role = await self._member_room(actor, room_id)
+        if room.direct:
+            raise BadInput("nobody can be invited to a direct room")
+        if not room.public and role == "member":
+            raise Forbidden("only the owner or an admin can invite to this room")
+        if not 0 < len(user_ids) <= MAX_INVITES:
+            raise BadInput(f"invite 1 to {MAX_INVITES} users at a time")
+        ids = await self._known_users(user_ids, "user id")
+        return await self.store.create_invitations(room_id, actor, ids, self._clock_ms())
+
+    async def leave_room(self, actor: int, room_id: int) -> bool:
+        """True when left; NOT_FOUND when not a member (or no such room). The owner's leaving
+        hands the room to the longest-standing admin, else member. Direct rooms are kept."""
+        room, _ = await self._member_room(actor, room_id)
+        if room.direct:
+            raise BadInput("a direct room can't be left")
         event = await self.store.remove_member(room_id, actor, self._clock_ms())
         if event is None:
-            raise Forbidden("not a member of this room")
+            raise NotFound(_NO_ROOM)
         self._published([event])
         return True
 
+    async def remove_member(self, actor: int, room_id: int, user_id: int) -> bool:
+        """The owner removes anyone, an admin removes plain members. The MEMBER_LEAVE names the
+        remover in ``removed_by``; it ends the removed member's live streams on every path."""
+        room, role = await self._member_room(actor, room_id)
+        check.snowflake(user_id, "user id")
+        if room.direct:
+            raise BadInput("nobody can be removed from a direct room")
+        if user_id == actor:
+            raise BadInput("use leaveRoom to leave a room")
+        target = await self.store.member_role(room_id, user_id)
+        if target is None:
+            raise NotFound("not a member of this room")
+        if not (role == "owner" or (role == "admin" and target == "member")):
+            raise Forbidden("only the owner, or an admin for plain members, can remove members")
+        event = await self.store.remove_member(room_id, user_id, self._clock_ms(), actor)
+        if event is None:  # left meanwhile
+            raise NotFound("not a member of this room")
+        self._published([event])
+        return True
+
+    async def set_member_role(self, actor: int, room_id: int, user_id: int, role: str) -> bool:
+        """The owner makes members admins (``admin``) or plain members again (``member``)."""
+        _, mine = await self._member_room(actor, room_id)
+        if role not in ("admin", "member"):
+            raise BadInput("role must be admin or member")
+        if mine != "owner":
+            raise Forbidden("only the owner can change roles")
+        if check.snowflake(user_id, "user id") == actor:
+            raise BadInput("the owner's role changes only when the owner leaves")
+        if not await self.store.set_member_role(room_id, user_id, role):
+            raise NotFound("not a member of this room")
+        return True
+
     async def get_room(self, actor: int, room_id: int) -> Room:
-        return await self._authorize(actor, room_id)
+        room, _ = await self._member_room(actor, room_id)
+        return room
 
     async def list_rooms(self, actor: int) -> list[Room]:
         return await self.store.rooms_of(actor)
 
+    async def public_rooms(self, after: int | None = None, limit: int = 50) -> list[Room]:
+        if after is not None:
+            check.snowflake(after, "cursor")
+        if not 1 <= limit <= MAX_PUBLIC_PAGE:
+            raise BadInput(f"limit must be between 1 and {MAX_PUBLIC_PAGE}")
+        return await self.store.public_rooms(after, limit)
+
     async def room_members(self, actor: int, room_id: int) -> list[int]:
-        await self._authorize(actor, room_id)
+        await self._member_room(actor, room_id)
         return await self.store.members_of(room_id)
+
+    async def member_roles(self, actor: int, room_id: int) -> list[tuple[int, str]]:
+        await self._member_room(actor, room_id)
+        return await self.store.member_roles(room_id)
+
+    async def member_role(self, actor: int, room_id: int) -> str:
+        _, role = await self._member_room(actor, room_id)
+        return role
 
     async def is_member(self, room_id: int, user_id: int) -> bool:
         return await self.store.is_member(room_id, user_id)
+
+    async def shares_room_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
+        """Those of ``user_ids`` who share a room with ``viewer`` (who may see their presence)."""
+        return await self.store.shared_with(viewer, user_ids)
 
     # --- messages --------------------------------------------------------------------------------
     async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message:
@@ -195,10 +316,15 @@ class ChatService:
             outcome = await self._committer.submit(row)
         else:
             (outcome,) = await self._write_batch([row])
-        if outcome.status == "no_room":
-            raise NotFound("room not found")
-        if outcome.status == "not_member":
-            raise Forbidden("not a member of this room")
+        if outcome.status in ("no_room", "not_member"):
+            raise NotFound(_NO_ROOM)
+        assert outcome.message is not None
+        if outcome.message.room_id != room_id:
+            # The nonce was spent on a message of another room: no answer from that room, and
+            # only a member of this one learns more than NOT_FOUND.
+            if not await self.store.is_member(room_id, actor):
+                raise NotFound(_NO_ROOM)
+            raise BadInput("this nonce was already used for a message in another room")
         return outcome
 
     async def _write_batch(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
@@ -216,10 +342,8 @@ class ChatService:
     async def _visible_message(self, actor: int, message_id: int) -> Message:
         check.snowflake(message_id, "message id")
         msg = await self.store.get_message(message_id)
-        if msg is None or msg.deleted:
-            raise NotFound("message not found")
-        if not await self.store.is_member(msg.room_id, actor):
-            raise Forbidden("not a member of this room")
+        if msg is None or msg.deleted or not await self.store.is_member(msg.room_id, actor):
+            raise NotFound(_NO_MESSAGE)
         return msg
 
     async def edit_message(self, actor: int, message_id: int, content: str) -> Message:
@@ -228,7 +352,7 @@ class ChatService:
         await self._own_message(actor, message_id)
         result = await self.store.edit_message(message_id, content, self._clock_ms())
         if result is None:  # deleted in between
-            raise NotFound("message not found")
+            raise NotFound(_NO_MESSAGE)
         msg, event = result
         self._published([event])
         reactions = await self.store.reaction_counts([msg.id], actor)
@@ -240,7 +364,7 @@ class ChatService:
         await self._own_message(actor, message_id)
         event = await self.store.delete_message(message_id, self._clock_ms())
         if event is None:
-            raise NotFound("message not found")
+            raise NotFound(_NO_MESSAGE)
         self._published([event])
         return True
 
@@ -285,7 +409,7 @@ class ChatService:
         for cursor in (before, after):
             if cursor is not None:
                 check.snowflake(cursor, "cursor")
-        room = await self._authorize(actor, room_id)
+        room, _ = await self._member_room(actor, room_id)
         if self.history_cache is not None and before is None and after is None:
             items = await self.history_cache.newest(room, limit, self._newest)
         else:

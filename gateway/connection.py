@@ -41,7 +41,9 @@ from protocol.close_codes import CloseCode
 from protocol.codec import Encoding
 from protocol.frames import RoomSubscription
 from protocol.session import Session as ProtocolSession
-from shardchat.errors import ChatError, Forbidden
+from shardchat.clientip import real_client
+from shardchat.errors import ChatError, NotFound
+from user_core.tokens import Principal
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -60,14 +62,28 @@ class _Closing(Exception):
 
 class ClientConnection:
     # Slots: one per live connection, so every byte counts (no per-instance __dict__).
-    __slots__ = ("busy", "close_code", "encoding", "gw", "ip", "out", "proto", "session", "ws")
+    __slots__ = (
+        "busy",
+        "close_code",
+        "encoding",
+        "gw",
+        "ip",
+        "out",
+        "principal",
+        "proto",
+        "session",
+        "ws",
+    )
 
     def __init__(self, gw: Gateway, ws: ServerConnection, encoding: Encoding) -> None:
         self.gw = gw
         self.ws = ws
         self.encoding = encoding
-        self.ip = str(ws.remote_address[0]) if ws.remote_address else "?"
         s = gw.settings
+        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
+        forwarded = ws.request.headers.get("X-Forwarded-For") if ws.request else None
+        self.ip = real_client(peer, forwarded, s.trusted_proxies)  # IDENTIFY limit key
+        self.principal: Principal | None = None  # whose token IDENTIFY/RESUME accepted
         if ws.protocol.extensions:  # raw frame writes need an extension-free connection
             raise RuntimeError("the gateway must serve with compression=None")
         self.out = Outbound(
@@ -188,16 +204,18 @@ class ClientConnection:
                 await self.gw.hub.publish_presence(session, action.status)
 
     # --- IDENTIFY -------------------------------------------------------------------------
-    def _authenticate(self, token: str) -> int:
+    async def _authenticate(self, token: str) -> int:
+        """The token's user (revocation checked); kept so a later revocation can close us."""
         if not self.gw.identify_limits.take(self.ip, time.monotonic()):
             raise _Closing(CloseCode.RATE_LIMITED, "identify rate limited")
         try:
-            return self.gw.auth.verify_access(token)
+            self.principal = await self.gw.auth.authenticate(token)
         except ChatError as exc:
             raise _Closing(CloseCode.AUTHENTICATION_FAILED) from exc
+        return self.principal.user_id
 
     async def _identify(self, action: Authenticate) -> None:
-        user_id = self._authenticate(action.token)
+        user_id = await self._authenticate(action.token)
         user = await self.gw.auth.get_user(user_id)
         if user is None:
             raise _Closing(CloseCode.AUTHENTICATION_FAILED)
@@ -258,7 +276,7 @@ class ClientConnection:
         replay that follows may be cut anywhere without moving a position past unread events.
         """
         gw = self.gw
-        user_id = self._authenticate(action.token)
+        user_id = await self._authenticate(action.token)
         blob = await gw.take_session(action.session_id, user_id)
         if self.close_code is not None:
             return
@@ -382,7 +400,7 @@ class ClientConnection:
         try:
             seq, recovered = await hub.join(session, room_id, pos)
         except LeftRoom:
-            raise Forbidden("left the room") from None
+            raise NotFound("room not found") from None
         except CatchUpAborted:
             raise
         except Exception:

@@ -10,11 +10,12 @@ from typing import Protocol
 
 from chat_core.models import Message, Room, RoomEvent
 from user_core.models import User
+from user_core.tokens import Principal
 
 
 class AuthPort(Protocol):
-    def verify_access(self, token: str) -> int:
-        """The user id of a valid access token; raises ``Unauthenticated`` otherwise."""
+    async def authenticate(self, token: str) -> Principal:
+        """A valid, unrevoked access token's principal; ``Unauthenticated`` otherwise."""
         ...
 
     async def get_user(self, user_id: int) -> User | None: ...

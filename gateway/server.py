@@ -38,6 +38,7 @@ from shardchat.registry import (
     Registry,
     gateway_control_channel,
 )
+from user_core import revocation
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,17 @@ def _trim_handshake(conn: ServerConnection, request: Request, response: Response
     """Drop the handshake request's headers once websockets has answered them.
 
     Why: websockets keeps the opening request alive for the whole connection (its parser
-    generator holds it), about 2 KiB of header objects per idle connection. Only ``Origin`` is
-    read afterwards (``Gateway._handler``); the path is a separate attribute and stays.
+    generator holds it), about 2 KiB of header objects per idle connection. Only ``Origin``
+    (``Gateway._handler``) and ``X-Forwarded-For`` (``ClientConnection``, behind trusted
+    proxies) are read afterwards; the path is a separate attribute and stays.
     """
     origin = request.headers.get("Origin")
+    forwarded = request.headers.get("X-Forwarded-For")
     request.headers.clear()
     if origin is not None:
         request.headers["Origin"] = origin
+    if forwarded is not None:  # read by ClientConnection for the real client address
+        request.headers["X-Forwarded-For"] = forwarded
 
 
 class Gateway:
@@ -158,12 +163,15 @@ class Gateway:
         self.url = s.public_gateway_url or f"ws://{s.host}:{self.port}/ws"
         control = self.registry.subscribe(gateway_control_channel(self.gateway_id))
         events = self.registry.subscribe(events_channel(self.gateway_id))
+        revoked = self.registry.subscribe(revocation.CHANNEL)
         await control.ready()
         await events.ready()
+        await revoked.ready()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._listen(control, self._on_control)),
             loop.create_task(self._listen(events, self.hub.on_ephemeral)),
+            loop.create_task(self._listen(revoked, self._on_revocation)),
             loop.create_task(self._beat_loop()),
             loop.create_task(self._sweep_loop()),
         ]
@@ -428,6 +436,16 @@ class Gateway:
                 handle(payload)
             except Exception:
                 log.exception("registry message handler failed")
+
+    def _on_revocation(self, payload: bytes) -> None:
+        """A login (or every login) of a user was revoked: its live sessions end with 4501
+        (terminal: the client needs a new token), so they can't be resumed either."""
+        rev = revocation.decode(payload)
+        if rev is None:
+            return
+        for conn in list(self.conns):
+            if conn.principal is not None and rev.covers(conn.principal):
+                conn.close(CloseCode.AUTHENTICATION_FAILED, "token revoked")
 
     def _on_control(self, payload: bytes) -> None:
         if payload == DRAIN_MESSAGE:

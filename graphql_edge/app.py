@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -34,25 +33,30 @@ from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
 from graphql_edge.schema import build
 from graphql_edge.settings import EdgeSettings
-from graphql_edge.ws import Connection
+from graphql_edge.ws import Connection, LiveConnections
+from shardchat.config import Settings
+from shardchat.registry import Registry
 
 
 def create_app(
-    settings: Any,
+    settings: Settings,
     auth: Auth,
     chat: Chat,
     placement: Placement,
     *,
     events: RoomEventSource | None = None,
     presence: Presence | None = None,
+    revocations: Registry | None = None,
     edge: EdgeSettings | None = None,
     ready: Callable[[], Awaitable[bool]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
-    """The edge app. ``settings`` is ``shardchat.config.Settings`` (``allowed_origins`` and any
-    ``graphql_*`` fields are read); ``edge`` overrides the GraphQL limits outright.
+    """The edge app. ``settings``: origins, trusted proxies, the auth limits and the
+    ``graphql_*`` fields are read; ``edge`` overrides the GraphQL limits outright.
     ``events`` serves subscriptions (``graphql_edge.events.LogRoomEvents`` normally); without it
-    ``roomEvents`` answers INTERNAL. ``presence`` (a Registry) feeds ``User.status``.
+    ``roomEvents`` answers INTERNAL. ``presence`` (a Registry) feeds ``User.status``;
+    ``revocations`` (a Registry) tells which graphql-ws connections to close when a token is
+    revoked (``user_core.revocation``).
     """
     edge = edge or EdgeSettings.from_settings(settings)
     services = Services(
@@ -62,20 +66,33 @@ def create_app(
         events=events,
         presence=presence,
         mutation_limiter=TokenBuckets(edge.mutation_burst, edge.mutation_per_s),
+        query_limiter=TokenBuckets(edge.query_burst, edge.query_per_s),
+        auth_limiter=TokenBuckets(settings.auth_ip_burst, settings.auth_ip_per_s),
     )
     pipeline = Pipeline(build(), edge)
-    origins: tuple[str, ...] = tuple(getattr(settings, "allowed_origins", ()) or ())
+    origins: tuple[str, ...] = tuple(settings.allowed_origins)
+    trusted: tuple[str, ...] = tuple(settings.trusted_proxies)
+    live = LiveConnections(revocations)
 
     async def graphql_ws(ws: WebSocket) -> None:
-        await Connection(ws, pipeline, services, origins).serve()
+        conn = Connection(ws, pipeline, services, origins, trusted)
+        async with live.holding(conn):
+            await conn.serve()
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
+        await live.close()
         if on_shutdown is not None:
             await on_shutdown()
 
-    endpoint = GraphQLEndpoint(pipeline, services)
+    endpoint = GraphQLEndpoint(
+        pipeline,
+        services,
+        origins=origins,
+        trusted_proxies=trusted,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
     routes = [
         Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_ws),

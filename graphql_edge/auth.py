@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from graphql_edge.ports import Auth
 from shardchat.errors import ChatError
+from shardchat.registry import RegistryUnavailable
+from user_core.tokens import Principal
+
+log = logging.getLogger(__name__)
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -15,11 +21,12 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def authenticate(auth: Auth, header: str | None) -> tuple[int | None, str | None]:
-    """(user id, None) for a good token; (None, why) for a bad one; (None, None) for none.
+async def authenticate(auth: Auth, header: str | None) -> tuple[Principal | None, str | None]:
+    """(principal, None) for a good token; (None, why) for a bad one; (None, None) for none.
 
     A bad token does not fail the whole request: login/refresh still work with a stale header,
-    and every field that needs a caller reports UNAUTHENTICATED with the reason.
+    and every field that needs a caller reports UNAUTHENTICATED with the reason. When token
+    revocation can't be checked (the Registry is down) the token is not accepted.
     """
     if not header:
         return None, None
@@ -27,6 +34,9 @@ def authenticate(auth: Auth, header: str | None) -> tuple[int | None, str | None
     if token is None:
         return None, "Authorization must be 'Bearer <accessToken>'"
     try:
-        return auth.verify_access(token), None
+        return await auth.authenticate(token), None
     except ChatError as exc:
         return None, exc.message
+    except RegistryUnavailable:
+        log.warning("token revocation check unavailable: token not accepted")
+        return None, "authentication is unavailable; retry shortly"

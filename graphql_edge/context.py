@@ -11,6 +11,7 @@ from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
 from shardchat.errors import RateLimited, Unauthenticated
 from user_core.models import User
+from user_core.tokens import Principal
 
 
 @dataclass(slots=True)
@@ -22,33 +23,56 @@ class Services:
     placement: Placement
     events: RoomEventSource | None
     presence: Presence | None
-    mutation_limiter: TokenBuckets
+    mutation_limiter: TokenBuckets  # per user (per IP before login)
+    query_limiter: TokenBuckets  # root fields, per user (per IP before login)
+    auth_limiter: TokenBuckets  # register/login/refresh/2FA, per client IP always
 
 
 @dataclass(slots=True)
 class Context:
     services: Services
-    user_id: int | None
+    principal: Principal | None
     auth_error: str | None  # why a presented token was refused (None: no token presented)
-    client_key: str  # rate-limit key before login: the client address
+    client_ip: str  # the real client address (behind trusted proxies: X-Forwarded-For's)
+    client: str | None = None  # what the session list shows of a login (User-Agent)
     users: DataLoader[int, User] = field(init=False)
     statuses: DataLoader[int, str] = field(init=False)
     members: DataLoader[int, list[int]] = field(init=False)
+    shared: DataLoader[int, bool] = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = DataLoader(self._load_users)
         self.statuses = DataLoader(self._load_statuses)
         self.members = DataLoader(self._load_members)
+        self.shared = DataLoader(self._load_shared)
+
+    @property
+    def user_id(self) -> int | None:
+        return None if self.principal is None else self.principal.user_id
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:
+            raise Unauthenticated(self.auth_error or "authentication required")
+        return self.principal
 
     def require_user(self) -> int:
-        if self.user_id is None:
-            raise Unauthenticated(self.auth_error or "authentication required")
-        return self.user_id
+        return self.require_principal().user_id
+
+    def _caller_key(self) -> str:
+        return f"u:{self.user_id}" if self.user_id is not None else f"ip:{self.client_ip}"
 
     def take_mutation_token(self) -> None:
-        key = f"u:{self.user_id}" if self.user_id is not None else f"ip:{self.client_key}"
-        if not self.services.mutation_limiter.allow(key):
+        if not self.services.mutation_limiter.allow(self._caller_key()):
             raise RateLimited("too many mutations; slow down")
+
+    def take_auth_token(self) -> None:
+        """Auth mutations are charged to the client address, whatever token came along: a
+        token of one's own must not buy more guesses at someone else's password."""
+        if not self.services.auth_limiter.allow(f"ip:{self.client_ip}"):
+            raise RateLimited("too many sign-in attempts from this address; slow down")
+
+    def take_query_tokens(self, root_fields: int) -> bool:
+        return self.services.query_limiter.allow(self._caller_key(), root_fields)
 
     async def _load_users(self, ids: list[int]) -> dict[int, User]:
         return await self.services.auth.get_users(ids)
@@ -58,6 +82,11 @@ class Context:
         if presence is None:
             return {}
         return await presence.get_presence(ids)
+
+    async def _load_shared(self, ids: list[int]) -> dict[int, bool]:
+        viewer = self.require_user()
+        shared = await self.services.chat.shares_room_with(viewer, ids)
+        return {i: i in shared or i == viewer for i in ids}
 
     async def _load_members(self, room_ids: list[int]) -> dict[int, list[int]]:
         # ChatService has no multi-room member query yet: one concurrent call per room listed

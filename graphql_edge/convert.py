@@ -67,6 +67,9 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
         obj["messageId"] = str(d["message_id"])
     if "user_id" in d:
         obj["userId"] = str(d["user_id"])
+    if event.type == "MEMBER_LEAVE":
+        removed_by = d.get("removed_by")
+        obj["removedBy"] = None if removed_by is None else str(removed_by)
     if "emoji" in d:
         obj["emoji"] = d["emoji"]
     if "content" in d:

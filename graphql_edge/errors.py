@@ -38,6 +38,8 @@ def format_error(error: GraphQLError) -> dict[str, Any]:
     else:
         message = error.message
     out: dict[str, Any] = {"message": message, "extensions": {"code": code}}
+    if isinstance(original, ChatError) and original.reason is not None:
+        out["extensions"]["reason"] = original.reason
     if error.locations:
         out["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
     if error.path is not None:

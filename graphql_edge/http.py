@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,7 +11,7 @@ from typing import Any
 import msgspec
 from graphql import GraphQLError
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from graphql_edge import metrics
@@ -19,6 +20,7 @@ from graphql_edge.context import Context, Services
 from graphql_edge.errors import simple_error
 from graphql_edge.outcome import errors_body, outcome_of, result_body
 from graphql_edge.pipeline import Pipeline, request_from_json
+from shardchat.clientip import real_client
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,35 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def is_json(content_type: str) -> bool:
+    """``application/json``, with parameters (``; charset=utf-8``) or not; nothing else."""
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def client_address(request: Request, trusted_proxies: tuple[str, ...]) -> str:
+    peer = request.client.host if request.client else "unknown"
+    return real_client(peer, request.headers.get("x-forwarded-for"), trusted_proxies)
+
+
 class GraphQLEndpoint:
-    def __init__(self, pipeline: Pipeline, services: Services) -> None:
+    """POST /graphql. ``origins``: when set, a request whose ``Origin`` is not one of them is
+    refused with 403 (browsers send Origin on every cross-site POST; requests without one come
+    from non-browser clients, which carry a bearer token, never a cookie)."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        services: Services,
+        *,
+        origins: tuple[str, ...] = (),
+        trusted_proxies: tuple[str, ...] = (),
+        body_timeout_s: float = 10.0,
+    ) -> None:
         self.pipeline = pipeline
         self.services = services
+        self.origins = origins
+        self.trusted_proxies = trusted_proxies
+        self.body_timeout_s = body_timeout_s
 
     async def handle(self, request: Request) -> Response:
         if request.method != "POST":
@@ -63,13 +90,20 @@ class GraphQLEndpoint:
         return response
 
     async def _handle(self, request: Request) -> tuple[str, Response]:
-        ctype = request.headers.get("content-type", "")
-        if "json" not in ctype:
+        origin = request.headers.get("origin")
+        if self.origins and origin is not None and origin not in self.origins:
+            return "invalid", self._reject("origin not allowed", 403)
+        if not is_json(request.headers.get("content-type", "")):
             return "invalid", self._reject("Content-Type must be application/json", 415)
         try:
-            raw = await _read_body(request, self.pipeline.settings.max_body_bytes)
+            async with asyncio.timeout(self.body_timeout_s):
+                raw = await _read_body(request, self.pipeline.settings.max_body_bytes)
         except _TooLarge:
             return "invalid", self._reject("request body too large", 413)
+        except TimeoutError:
+            return "invalid", self._reject("request body too slow", 408)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            return "invalid", Response(status_code=400)
         try:
             parsed = msgspec.json.decode(raw)
         except msgspec.DecodeError:
@@ -87,9 +121,20 @@ class GraphQLEndpoint:
             metrics.REQUESTS.labels(kind, "bad_user_input").inc()
             msg = "subscriptions use the graphql-transport-ws WebSocket on this path"
             return kind, _json({"errors": [simple_error(msg, "BAD_USER_INPUT")]})
-        user_id, auth_error = authenticate(self.services.auth, request.headers.get("authorization"))
-        client = request.client.host if request.client else "unknown"
-        ctx = Context(self.services, user_id, auth_error, client)
+        principal, auth_error = await authenticate(
+            self.services.auth, request.headers.get("authorization")
+        )
+        ctx = Context(
+            self.services,
+            principal,
+            auth_error,
+            client_address(request, self.trusted_proxies),
+            request.headers.get("user-agent"),
+        )
+        if not ctx.take_query_tokens(prepared.root_fields):
+            metrics.REQUESTS.labels(kind, "rate_limited").inc()
+            msg = "too many requests; slow down"
+            return kind, _json({"errors": [simple_error(msg, "RATE_LIMITED")]})
         result = await self.pipeline.execute(prepared, ctx)
         metrics.REQUESTS.labels(kind, outcome_of(result.errors)).inc()
         return kind, _json(result_body(result))

@@ -158,3 +158,25 @@ def check_limits(
     if m.cost > max_cost:
         errors.append(GraphQLError(f"Query cost {m.cost} exceeds the limit of {max_cost}."))
     return errors
+
+
+def root_field_count(
+    operation: OperationDefinitionNode, fragments: Mapping[str, FragmentDefinitionNode]
+) -> int:
+    """Root fields of the operation, aliases and fragments included (``__typename`` too): what
+    one request asks for at once, and what the per-user query rate limit charges."""
+
+    def count(sel: SelectionSetNode, seen: frozenset[str]) -> int:
+        n = 0
+        for node in sel.selections:
+            if isinstance(node, FieldNode):
+                n += 1
+            elif isinstance(node, InlineFragmentNode):
+                n += count(node.selection_set, seen)
+            elif isinstance(node, FragmentSpreadNode):
+                frag = fragments.get(node.name.value)
+                if frag is not None and frag.name.value not in seen:
+                    n += count(frag.selection_set, seen | {frag.name.value})
+        return n
+
+    return count(operation.selection_set, frozenset())

@@ -29,7 +29,7 @@ from graphql import (
 )
 
 from graphql_edge.context import Context
-from graphql_edge.limits import check_limits
+from graphql_edge.limits import check_limits, root_field_count
 from graphql_edge.settings import EdgeSettings, query_hash
 from shardchat.errors import BadInput, Forbidden
 
@@ -48,6 +48,7 @@ class Prepared:
     operation: OperationDefinitionNode
     variables: dict[str, Any] | None
     operation_name: str | None
+    root_fields: int = 1  # what the per-user query rate limit charges
 
     @property
     def kind(self) -> str:
@@ -111,9 +112,17 @@ class Pipeline:
             max_cost=self.settings.max_cost,
             default_list_size=self.settings.default_list_size,
         )
+        roots = root_field_count(operation, fragments)
+        if roots > self.settings.max_root_fields:
+            limit_errors.append(
+                GraphQLError(
+                    f"{roots} root fields exceed the limit of {self.settings.max_root_fields}"
+                    " per operation (aliases count)."
+                )
+            )
         if limit_errors:
             return limit_errors
-        return Prepared(doc, operation, req.variables, req.operation_name)
+        return Prepared(doc, operation, req.variables, req.operation_name, roots)
 
     async def execute(self, prepared: Prepared, ctx: Context) -> ExecutionResult:
         result = execute(

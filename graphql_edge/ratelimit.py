@@ -1,4 +1,5 @@
-"""Token buckets keyed by caller, for mutations (per user; per client IP before login)."""
+"""Token buckets keyed by caller: mutations and queries (per user; per client IP before login),
+and the auth mutations (per client IP, whatever token comes with them)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ class TokenBuckets:
         self._max_keys = max_keys
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated_at)
 
-    def allow(self, key: str) -> bool:
+    def allow(self, key: str, cost: float = 1.0) -> bool:
         now = self._clock()
         tokens, updated = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        ok = tokens >= 1.0
+        ok = tokens >= cost
         if ok:
-            tokens -= 1.0
+            tokens -= cost
         self._buckets[key] = (tokens, now)
         if len(self._buckets) > self._max_keys:
             self._sweep(now)

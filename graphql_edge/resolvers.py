@@ -12,13 +12,13 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
-from chat_core.models import Message, Room, RoomEvent
+from chat_core.models import Invitation, Message, Room, RoomEvent
 from graphql_edge.context import Context
 from graphql_edge.convert import event_object, iso_ms, parse_id
 from shardchat.errors import BadInput, NotFound
 from shardchat.registry import GatewayRecord
 from shardchat.tracing import start_span
-from user_core.models import AuthTokens, User
+from user_core.models import AuthTokens, SessionInfo, User
 
 Resolver = Callable[..., Any]
 
@@ -34,6 +34,18 @@ def mutation(fn: Callable[..., Awaitable[Any]]) -> Resolver:
     @wraps(fn)
     async def wrapper(root: Any, info: GraphQLResolveInfo, **args: Any) -> Any:
         ctx_of(info).take_mutation_token()
+        return await fn(root, info, **args)
+
+    return wrapper
+
+
+def auth_mutation(fn: Callable[..., Awaitable[Any]]) -> Resolver:
+    """Sign-in mutations spend a token of the client address's bucket (never the caller's
+    user bucket); the per-account backoff of AuthService comes on top."""
+
+    @wraps(fn)
+    async def wrapper(root: Any, info: GraphQLResolveInfo, **args: Any) -> Any:
+        ctx_of(info).take_auth_token()
         return await fn(root, info, **args)
 
     return wrapper
@@ -56,6 +68,48 @@ async def q_user(_: Any, info: GraphQLResolveInfo, id: str) -> User | None:
     return await ctx.users.load(parse_id(id))
 
 
+async def q_user_by_username(_: Any, info: GraphQLResolveInfo, username: str) -> User | None:
+    ctx = ctx_of(info)
+    ctx.require_user()
+    return await ctx.services.auth.find_user(username)
+
+
+async def q_public_rooms(
+    _: Any, info: GraphQLResolveInfo, after: str | None = None, limit: int = 50
+) -> list[Room]:
+    ctx = ctx_of(info)
+    ctx.require_user()
+    cursor = parse_id(after, "after") if after is not None else None
+    return await ctx.services.chat.public_rooms(cursor, limit)
+
+
+async def q_invitations(_: Any, info: GraphQLResolveInfo) -> list[Invitation]:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.invitations(ctx.require_user())
+
+
+async def q_sessions(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    ctx = ctx_of(info)
+    me = ctx.require_principal()
+    return [_session(s, s.id == me.session_id) for s in await ctx.services.auth.sessions(me)]
+
+
+def _session(s: SessionInfo, current: bool) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "createdAt": iso_ms(s.created_at_ms),
+        "lastUsedAt": _opt_iso(s.last_used_at_ms),
+        "client": s.client,
+        "current": current,
+    }
+
+
+async def q_two_factor(_: Any, info: GraphQLResolveInfo) -> dict[str, Any]:
+    ctx = ctx_of(info)
+    enabled, left = await ctx.services.auth.two_factor_status(ctx.require_principal())
+    return {"enabled": enabled, "recoveryCodesLeft": left}
+
+
 async def q_rooms(_: Any, info: GraphQLResolveInfo) -> list[Room]:
     ctx = ctx_of(info)
     return await ctx.services.chat.list_rooms(ctx.require_user())
@@ -67,7 +121,7 @@ async def q_room(_: Any, info: GraphQLResolveInfo, id: str) -> Room | None:
     try:
         return await ctx.services.chat.get_room(actor, parse_id(id))
     except NotFound:
-        return None  # nullable field: an unknown room is null; a non-member still gets FORBIDDEN
+        return None  # nullable field: null for an unknown room and for one the caller is not in
 
 
 async def q_messages(
@@ -97,34 +151,122 @@ async def q_gateway(_: Any, info: GraphQLResolveInfo, key: str | None = None) ->
 # --- Mutation ---------------------------------------------------------------------------------
 
 
-@mutation
+@auth_mutation
 async def m_register(_: Any, info: GraphQLResolveInfo, username: str, password: str) -> AuthTokens:
-    return await ctx_of(info).services.auth.register(username, password)
+    ctx = ctx_of(info)
+    return await ctx.services.auth.register(username, password, ctx.client)
 
 
-@mutation
-async def m_login(_: Any, info: GraphQLResolveInfo, username: str, password: str) -> AuthTokens:
-    return await ctx_of(info).services.auth.login(username, password)
+@auth_mutation
+async def m_login(
+    _: Any, info: GraphQLResolveInfo, username: str, password: str, totpCode: str | None = None
+) -> AuthTokens:
+    ctx = ctx_of(info)
+    return await ctx.services.auth.login(username, password, totpCode, ctx.client)
 
 
-@mutation
+@auth_mutation
 async def m_refresh(_: Any, info: GraphQLResolveInfo, refreshToken: str) -> AuthTokens:
     return await ctx_of(info).services.auth.refresh(refreshToken)
 
 
-@mutation
+@auth_mutation
 async def m_logout(_: Any, info: GraphQLResolveInfo, refreshToken: str) -> bool:
     return await ctx_of(info).services.auth.logout(refreshToken)
 
 
 @mutation
+async def m_revoke_session(_: Any, info: GraphQLResolveInfo, id: str) -> bool:
+    ctx = ctx_of(info)
+    return await ctx.services.auth.revoke_session(ctx.require_principal(), id)
+
+
+@auth_mutation
+async def m_change_password(
+    _: Any, info: GraphQLResolveInfo, currentPassword: str, newPassword: str
+) -> AuthTokens:
+    ctx = ctx_of(info)
+    me = ctx.require_principal()
+    return await ctx.services.auth.change_password(me, currentPassword, newPassword, ctx.client)
+
+
+@auth_mutation
+async def m_begin_two_factor(_: Any, info: GraphQLResolveInfo, password: str) -> dict[str, str]:
+    ctx = ctx_of(info)
+    secret, uri = await ctx.services.auth.begin_two_factor(ctx.require_principal(), password)
+    return {"secret": secret, "otpauthUri": uri}
+
+
+@auth_mutation
+async def m_confirm_two_factor(_: Any, info: GraphQLResolveInfo, code: str) -> list[str]:
+    ctx = ctx_of(info)
+    return await ctx.services.auth.confirm_two_factor(ctx.require_principal(), code)
+
+
+@auth_mutation
+async def m_disable_two_factor(_: Any, info: GraphQLResolveInfo, code: str) -> bool:
+    ctx = ctx_of(info)
+    return await ctx.services.auth.disable_two_factor(ctx.require_principal(), code)
+
+
+@mutation
 async def m_create_room(
-    _: Any, info: GraphQLResolveInfo, name: str, memberIds: list[str] | None = None
+    _: Any,
+    info: GraphQLResolveInfo,
+    name: str,
+    memberIds: list[str] | None = None,
+    public: bool | None = False,
 ) -> Room:
     ctx = ctx_of(info)
     actor = ctx.require_user()
     members = [parse_id(m, "memberIds") for m in memberIds or ()]
-    return await ctx.services.chat.create_room(actor, name, members)
+    return await ctx.services.chat.create_room(actor, name, members, public=bool(public))
+
+
+@mutation
+async def m_open_direct_room(_: Any, info: GraphQLResolveInfo, userId: str) -> Room:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.open_direct_room(ctx.require_user(), parse_id(userId, "userId"))
+
+
+@mutation
+async def m_invite(_: Any, info: GraphQLResolveInfo, roomId: str, userIds: list[str]) -> list[str]:
+    ctx = ctx_of(info)
+    users = [parse_id(u, "userIds") for u in userIds]
+    invited = await ctx.services.chat.invite(ctx.require_user(), parse_id(roomId, "roomId"), users)
+    return [str(u) for u in invited]
+
+
+@mutation
+async def m_accept_invitation(_: Any, info: GraphQLResolveInfo, roomId: str) -> Room:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.accept_invitation(ctx.require_user(), parse_id(roomId, "roomId"))
+
+
+@mutation
+async def m_decline_invitation(_: Any, info: GraphQLResolveInfo, roomId: str) -> bool:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.decline_invitation(
+        ctx.require_user(), parse_id(roomId, "roomId")
+    )
+
+
+@mutation
+async def m_remove_member(_: Any, info: GraphQLResolveInfo, roomId: str, userId: str) -> bool:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.remove_member(
+        ctx.require_user(), parse_id(roomId, "roomId"), parse_id(userId, "userId")
+    )
+
+
+@mutation
+async def m_set_member_role(
+    _: Any, info: GraphQLResolveInfo, roomId: str, userId: str, role: str
+) -> bool:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.set_member_role(
+        ctx.require_user(), parse_id(roomId, "roomId"), parse_id(userId, "userId"), role.lower()
+    )
 
 
 @mutation
@@ -191,17 +333,21 @@ async def s_room_events(
     room_id = parse_id(roomId, "roomId")
     if afterSeq is not None and afterSeq < 0:
         raise BadInput("afterSeq must be >= 0")
-    await ctx.services.chat.get_room(actor, room_id)  # NotFound / Forbidden
+    await ctx.services.chat.get_room(actor, room_id)  # NotFound for non-members too
     events = ctx.services.events
     if events is None:
         raise RuntimeError("subscriptions are not configured on this edge")
-    return _as_objects(events.subscribe(room_id, afterSeq))
+    return _as_objects(events.subscribe(room_id, afterSeq), str(actor))
 
 
-async def _as_objects(source: AsyncIterator[RoomEvent]) -> AsyncIterator[Any]:
+async def _as_objects(source: AsyncIterator[RoomEvent], subscriber: str) -> AsyncIterator[Any]:
+    """The events as union members, up to and including the subscriber's own MEMBER_LEAVE (a
+    leave or a removal): then the stream ends, so nothing later of the room reaches them."""
     try:
         async for event in source:
             yield event_object(event)
+            if event.type == "MEMBER_LEAVE" and event.data.get("user_id") == subscriber:
+                return
     finally:
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
@@ -216,11 +362,38 @@ def s_identity(event: Any, _info: GraphQLResolveInfo, **_args: Any) -> Any:
 
 
 async def user_status(user: User, info: GraphQLResolveInfo) -> str:
+    """Live presence for the caller and users sharing a room with them; "offline" to anyone
+    else (as the gateway sends PRESENCE_UPDATE only to users sharing a room)."""
     ctx = ctx_of(info)
+    if ctx.user_id is None or not await ctx.shared.load(user.id):
+        return "offline"
     status = await ctx.statuses.load(user.id)
     if status is None or (status == "invisible" and user.id != ctx.user_id):
         return "offline"
     return status
+
+
+async def room_my_role(room: Room, info: GraphQLResolveInfo) -> str:
+    ctx = ctx_of(info)
+    return (await ctx.services.chat.member_role(ctx.require_user(), room.id)).upper()
+
+
+async def room_member_roles(room: Room, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    ctx = ctx_of(info)
+    roles = await ctx.services.chat.member_roles(ctx.require_user(), room.id)
+    users = await ctx.users.load_many([uid for uid, _ in roles])
+    return [
+        {"user": u, "role": role.upper()}
+        for u, (_, role) in zip(users, roles, strict=True)
+        if u is not None
+    ]
+
+
+async def invitation_inviter(inv: Invitation, info: GraphQLResolveInfo) -> User:
+    user = await ctx_of(info).users.load(inv.inviter_id)
+    if user is None:
+        raise NotFound("inviter not found")
+    return user
 
 
 async def room_members(room: Room, info: GraphQLResolveInfo) -> list[User]:
@@ -252,8 +425,13 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
     "Query": {
         "me": q_me,
         "user": q_user,
+        "userByUsername": q_user_by_username,
         "rooms": q_rooms,
         "room": q_room,
+        "publicRooms": q_public_rooms,
+        "invitations": q_invitations,
+        "sessions": q_sessions,
+        "twoFactor": q_two_factor,
         "messages": q_messages,
         "gateway": q_gateway,
     },
@@ -262,9 +440,20 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "login": m_login,
         "refreshToken": m_refresh,
         "logout": m_logout,
+        "revokeSession": m_revoke_session,
+        "changePassword": m_change_password,
+        "beginTwoFactorSetup": m_begin_two_factor,
+        "confirmTwoFactor": m_confirm_two_factor,
+        "disableTwoFactor": m_disable_two_factor,
         "createRoom": m_create_room,
+        "openDirectRoom": m_open_direct_room,
         "joinRoom": m_join_room,
         "leaveRoom": m_leave_room,
+        "inviteToRoom": m_invite,
+        "acceptInvitation": m_accept_invitation,
+        "declineInvitation": m_decline_invitation,
+        "removeMember": m_remove_member,
+        "setMemberRole": m_set_member_role,
         "sendMessage": m_send,
         "editMessage": m_edit,
         "deleteMessage": m_delete,
@@ -278,7 +467,19 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "user": _attr("user"),
     },
     "User": {"id": _attr("id", str), "status": user_status},
-    "Room": {"id": _attr("id", str), "lastSeq": _attr("last_seq"), "members": room_members},
+    "Room": {
+        "id": _attr("id", str),
+        "lastSeq": _attr("last_seq"),
+        "members": room_members,
+        "myRole": room_my_role,
+        "memberRoles": room_member_roles,
+    },
+    "Invitation": {
+        "roomId": _attr("room_id", str),
+        "roomName": _attr("room_name"),
+        "inviter": invitation_inviter,
+        "createdAt": _attr("created_at_ms", iso_ms),
+    },
     "Message": {
         "id": _attr("id", str),
         "roomId": _attr("room_id", str),

@@ -7,6 +7,17 @@ Additions to the minimum of section 7, all additive (no client of the minimum br
   ``ReactionRemoved`` (REACTION_ADD / REACTION_REMOVE), ``MemberJoined`` / ``MemberLeft``
   (MEMBER_JOIN / MEMBER_LEAVE). Each carries ``roomId`` and the room ``seq``.
 
+Access and accounts (issue 11; docs/protocol.md section 9 and docs/security.md):
+- rooms are private unless ``createRoom(public: true)``; ``publicRooms`` lists public ones,
+  ``joinRoom`` joins a public room or accepts an invitation; ``inviteToRoom``, ``invitations``,
+  ``acceptInvitation``, ``declineInvitation``, ``removeMember``, ``setMemberRole``,
+  ``openDirectRoom``; ``Room.public/direct/myRole/memberRoles``. A room the caller is not in
+  answers exactly like an unknown one (``room`` null, NOT_FOUND elsewhere).
+- ``login(totpCode)``, ``beginTwoFactorSetup``, ``confirmTwoFactor``, ``disableTwoFactor``,
+  ``twoFactor``; ``sessions``, ``revokeSession``, ``changePassword``; ``userByUsername``.
+- ``User.status`` is the live presence only for the caller and users sharing a room with them,
+  "offline" for everyone else.
+
 ``messages`` returns ChatService.history's order: newest first when paging back (no cursor, or
 ``before``), oldest first with ``after``; ``before`` and ``after`` together are BAD_USER_INPUT.
 """
@@ -15,20 +26,36 @@ SDL = """
 type Query {
   me: User!
   user(id: ID!): User
+  userByUsername(username: String!): User
   rooms: [Room!]!
   room(id: ID!): Room
+  publicRooms(after: ID, limit: Int = 50): [Room!]!
+  invitations: [Invitation!]!
   messages(roomId: ID!, before: ID, after: ID, limit: Int = 50): MessagePage!
   gateway(key: String): GatewayInfo!
+  sessions: [AuthSession!]!
+  twoFactor: TwoFactorStatus!
 }
 
 type Mutation {
   register(username: String!, password: String!): AuthPayload!
-  login(username: String!, password: String!): AuthPayload!
+  login(username: String!, password: String!, totpCode: String): AuthPayload!
   refreshToken(refreshToken: String!): AuthPayload!
   logout(refreshToken: String!): Boolean!
-  createRoom(name: String!, memberIds: [ID!]): Room!
+  revokeSession(id: ID!): Boolean!
+  changePassword(currentPassword: String!, newPassword: String!): AuthPayload!
+  beginTwoFactorSetup(password: String!): TwoFactorSetup!
+  confirmTwoFactor(code: String!): [String!]!
+  disableTwoFactor(code: String!): Boolean!
+  createRoom(name: String!, memberIds: [ID!], public: Boolean = false): Room!
+  openDirectRoom(userId: ID!): Room!
   joinRoom(roomId: ID!): Room!
   leaveRoom(roomId: ID!): Boolean!
+  inviteToRoom(roomId: ID!, userIds: [ID!]!): [ID!]!
+  acceptInvitation(roomId: ID!): Room!
+  declineInvitation(roomId: ID!): Boolean!
+  removeMember(roomId: ID!, userId: ID!): Boolean!
+  setMemberRole(roomId: ID!, userId: ID!, role: RoomRole!): Boolean!
   sendMessage(roomId: ID!, content: String!, nonce: String!): Message!
   editMessage(id: ID!, content: String!): Message!
   deleteMessage(id: ID!): Boolean!
@@ -42,7 +69,28 @@ type Subscription {
 
 type AuthPayload { accessToken: String!, refreshToken: String!, expiresIn: Int!, user: User! }
 type User { id: ID!, username: String!, status: String! }
-type Room { id: ID!, name: String!, lastSeq: Int!, members: [User!]! }
+type Room {
+  id: ID!
+  name: String!
+  lastSeq: Int!
+  members: [User!]!
+  public: Boolean!
+  direct: Boolean!
+  myRole: RoomRole!
+  memberRoles: [RoomMember!]!
+}
+enum RoomRole { OWNER ADMIN MEMBER }
+type RoomMember { user: User!, role: RoomRole! }
+type Invitation { roomId: ID!, roomName: String!, inviter: User!, createdAt: String! }
+type AuthSession {
+  id: ID!
+  createdAt: String!
+  lastUsedAt: String
+  client: String
+  current: Boolean!
+}
+type TwoFactorSetup { secret: String!, otpauthUri: String! }
+type TwoFactorStatus { enabled: Boolean!, recoveryCodesLeft: Int! }
 type Message {
   id: ID!
   roomId: ID!
@@ -65,7 +113,7 @@ type MessageDeleted { roomId: ID!, seq: Int!, id: ID! }
 type ReactionAdded { roomId: ID!, seq: Int!, messageId: ID!, userId: ID!, emoji: String! }
 type ReactionRemoved { roomId: ID!, seq: Int!, messageId: ID!, userId: ID!, emoji: String! }
 type MemberJoined { roomId: ID!, seq: Int!, userId: ID! }
-type MemberLeft { roomId: ID!, seq: Int!, userId: ID! }
+type MemberLeft { roomId: ID!, seq: Int!, userId: ID!, removedBy: ID }
 
 union RoomEvent = Message | MessageUpdated | MessageDeleted | ReactionAdded | ReactionRemoved
   | MemberJoined | MemberLeft

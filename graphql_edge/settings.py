@@ -28,6 +28,10 @@ class EdgeSettings:
     mutation_burst: int = 20
     mutation_per_s: float = 2.0
     ws_init_timeout_s: float = 3.0  # graphql-ws default connectionInitWaitTimeout
+    query_burst: int = 120  # root fields per user (per IP before login): burst ...
+    query_per_s: float = 20.0  # ... and sustained rate
+    max_root_fields: int = 10  # per operation, aliases included
+    ws_max_operations: int = 50  # operations running at once on one graphql-ws connection
     static_dir: Path = field(default=STATIC_DIR)
 
     @classmethod

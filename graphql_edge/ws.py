@@ -6,6 +6,13 @@ Messages are JSON text frames ``{type, id?, payload?}``:
   the handshake's Authorization header. A bad or missing token closes 4403 Forbidden (as
   graphql-ws does when ``onConnect`` refuses). No init within ``ws_init_timeout_s``: 4408; a
   second init: 4429.
+- The token stays checked: the connection closes with 4403 when it expires, when it is revoked
+  (logout, ``revokeSession``, password change: ``LiveConnections`` hears the revocation), and
+  every ``subscribe`` re-checks it first. Reconnect with a fresh token.
+- With ``allowed_origins`` set, the handshake's ``Origin`` must be one of them (absent: refused
+  too), else close 4403 before accepting.
+- At most ``ws_max_operations`` operations run at once: one more gets an ``error``
+  (RATE_LIMITED). Each operation is charged to the user's query rate limit like over HTTP.
 - ``ping`` -> ``pong`` (either side may ping; a ``pong`` needs no answer).
 - ``subscribe {id, payload: {query, variables?, operationName?, extensions?}}`` before the ack:
   4401 Unauthorized; an id still running: 4409 "Subscriber for <id> already exists".
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +40,11 @@ from graphql_edge.auth import authenticate
 from graphql_edge.context import Context, Services
 from graphql_edge.outcome import errors_body, outcome_of, result_body
 from graphql_edge.pipeline import Pipeline, request_from_json
+from shardchat.clientip import real_client
+from shardchat.errors import ChatError
+from shardchat.registry import Registry, RegistryUnavailable
+from user_core import revocation
+from user_core.tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +67,36 @@ class Connection:
         pipeline: Pipeline,
         services: Services,
         allowed_origins: tuple[str, ...],
+        trusted_proxies: tuple[str, ...] = (),
     ) -> None:
         self.ws = ws
         self.pipeline = pipeline
         self.services = services
         self.allowed_origins = allowed_origins
+        peer = ws.client.host if ws.client else "unknown"
+        self.client_ip = real_client(peer, ws.headers.get("x-forwarded-for"), trusted_proxies)
         self.init_received = False
-        self.user_id: int | None = None
+        self.principal: Principal | None = None
         self.ops: dict[str, asyncio.Task[None]] = {}
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> int | None:
+        return None if self.principal is None else self.principal.user_id
+
+    def revoke(self) -> None:
+        """The token was revoked or expired: close 4403 now (safe from any callback)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(4403, "Forbidden"))
 
     async def serve(self) -> None:
         if SUBPROTOCOL not in self.ws.scope.get("subprotocols", []):
             await self.ws.close(4406, "Subprotocol not acceptable")
             return
-        origin = self.ws.headers.get("origin")
-        if self.allowed_origins and origin is not None and origin not in self.allowed_origins:
+        if self.allowed_origins and self.ws.headers.get("origin") not in self.allowed_origins:
             await self.ws.close(4403, "Forbidden origin")
             return
         await self.ws.accept(subprotocol=SUBPROTOCOL)
@@ -85,6 +111,8 @@ class Connection:
         finally:
             self._closed = True
             init_timer.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             for task in list(self.ops.values()):
                 task.cancel()
             metrics.WS_CONNECTIONS.dec()
@@ -114,7 +142,7 @@ class Connection:
         elif kind == "pong":
             pass
         elif kind == "subscribe":
-            self._on_subscribe(msg)
+            await self._on_subscribe(msg)
         elif kind == "complete":
             op_id = msg.get("id")
             if not isinstance(op_id, str):
@@ -136,20 +164,33 @@ class Connection:
             header = payload.get("authorization") or payload.get("Authorization")
         if not isinstance(header, str):
             header = self.ws.headers.get("authorization")
-        user_id, _why = authenticate(self.services.auth, header)
-        if user_id is None:
+        principal, _why = await authenticate(self.services.auth, header)
+        if principal is None:
             raise _Close(4403, "Forbidden")
-        self.user_id = user_id
+        self.principal = principal
+        # Closed when the token expires, subscriptions included: reconnect with a fresh one.
+        delay = max(0.0, principal.expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self.revoke)
         await self._send({"type": "connection_ack"})
 
-    def _on_subscribe(self, msg: dict[str, Any]) -> None:
+    async def _on_subscribe(self, msg: dict[str, Any]) -> None:
         op_id, payload = msg.get("id"), msg.get("payload")
         if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
             raise _Close(4400, "Invalid message received")
-        if self.user_id is None:
+        if self.principal is None:
             raise _Close(4401, "Unauthorized")
         if op_id in self.ops:
             raise _Close(4409, f"Subscriber for {op_id[:64]} already exists")
+        try:
+            await self.services.auth.check_revoked(self.principal)
+        except ChatError:
+            raise _Close(4403, "Forbidden") from None
+        except RegistryUnavailable:
+            raise _Close(4500, "Internal server error") from None
+        if len(self.ops) >= self.pipeline.settings.ws_max_operations:
+            limit = self.pipeline.settings.ws_max_operations
+            await self._send_error(op_id, f"at most {limit} operations per connection")
+            return
         task = asyncio.create_task(self._run(op_id, payload))
         self.ops[op_id] = task
         task.add_done_callback(lambda t: self._forget(op_id, t))
@@ -188,7 +229,17 @@ class Connection:
             metrics.REQUESTS.labels("other", outcome_of(prepared)).inc()
             await self._send_errors(op_id, prepared)
             return
-        ctx = Context(self.services, self.user_id, None, _client_host(self.ws))
+        ctx = Context(
+            self.services,
+            self.principal,
+            None,
+            self.client_ip,
+            self.ws.headers.get("user-agent"),
+        )
+        if not ctx.take_query_tokens(prepared.root_fields):
+            metrics.REQUESTS.labels(prepared.kind, "rate_limited").inc()
+            await self._send_error(op_id, "too many requests; slow down")
+            return
         if prepared.kind != "subscription":
             result = await self.pipeline.execute(prepared, ctx)
             metrics.REQUESTS.labels(prepared.kind, outcome_of(result.errors)).inc()
@@ -219,9 +270,13 @@ class Connection:
     async def _send_errors(self, op_id: str, errors: list[GraphQLError]) -> None:
         await self._send({"type": "error", "id": op_id, "payload": errors_body(errors)["errors"]})
 
+    async def _send_error(self, op_id: str, message: str) -> None:
+        payload = [{"message": message, "extensions": {"code": "RATE_LIMITED"}}]
+        await self._send({"type": "error", "id": op_id, "payload": payload})
+
     async def _init_timeout(self) -> None:
         await asyncio.sleep(self.pipeline.settings.ws_init_timeout_s)
-        if self.user_id is None and not self._closed:
+        if self.principal is None and not self._closed:
             await self._close(4408, "Connection initialisation timeout")
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -238,5 +293,41 @@ class Connection:
             await self.ws.close(code, reason)
 
 
-def _client_host(ws: WebSocket) -> str:
-    return ws.client.host if ws.client else "unknown"
+class LiveConnections:
+    """The open graphql-ws connections of this edge, closed (4403) when their token is revoked.
+
+    One Registry subscription per edge process, started with the first connection.
+    """
+
+    def __init__(self, registry: Registry | None) -> None:
+        self._registry = registry
+        self._conns: set[Connection] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def holding(self, conn: Connection) -> AsyncIterator[None]:
+        if self._listener is None and self._registry is not None:
+            sub = self._registry.subscribe(revocation.CHANNEL)
+            await sub.ready()
+            self._listener = asyncio.get_running_loop().create_task(self._listen(sub))
+        self._conns.add(conn)
+        try:
+            yield
+        finally:
+            self._conns.discard(conn)
+
+    async def _listen(self, sub: AsyncIterator[bytes]) -> None:
+        async for payload in sub:
+            rev = revocation.decode(payload)
+            if rev is None:
+                continue
+            for conn in list(self._conns):
+                if conn.principal is not None and rev.covers(conn.principal):
+                    conn.revoke()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None

@@ -75,7 +75,7 @@ from graphql import (
 )
 from graphql.validation import ASTValidationRule
 
-from chat_core.models import Message, Room, RoomEvent
+from chat_core.models import Invitation, Message, Room, RoomEvent
 from graphql_edge import resolvers
 from graphql_edge.context import Context, Services
 from graphql_edge.convert import event_typename
@@ -87,7 +87,8 @@ from graphql_edge.sdl import SDL
 from graphql_edge.settings import EdgeSettings
 from loadtest.edge import HISTORY, SEND
 from shardchat.registry import GatewayRecord
-from user_core.models import AuthTokens, User
+from user_core.models import AuthTokens, SessionInfo, User
+from user_core.tokens import Principal
 
 DEFAULT_OUT = "loadtest/results/graphql_libs.json"
 SAMPLES = 5
@@ -133,10 +134,16 @@ class MemoryAuth:
     def __init__(self) -> None:
         self.users = {USER_ID: User(id=USER_ID, username="bench", created_at_ms=1_700_000_000_000)}
 
-    async def register(self, username: str, password: str) -> AuthTokens:
+    async def register(self, username: str, password: str, client: str | None = None) -> AuthTokens:
         raise _unused("register")
 
-    async def login(self, username: str, password: str) -> AuthTokens:
+    async def login(
+        self,
+        username: str,
+        password: str,
+        totp_code: str | None = None,
+        client: str | None = None,
+    ) -> AuthTokens:
         raise _unused("login")
 
     async def refresh(self, refresh_token: str) -> AuthTokens:
@@ -145,8 +152,37 @@ class MemoryAuth:
     async def logout(self, refresh_token: str) -> bool:
         raise _unused("logout")
 
-    def verify_access(self, token: str) -> int:
-        raise _unused("verify_access")
+    async def authenticate(self, token: str) -> Principal:
+        raise _unused("authenticate")
+
+    async def check_revoked(self, principal: Principal) -> None:
+        raise _unused("check_revoked")
+
+    async def sessions(self, actor: Principal) -> list[SessionInfo]:
+        raise _unused("sessions")
+
+    async def revoke_session(self, actor: Principal, session_id: str) -> bool:
+        raise _unused("revoke_session")
+
+    async def change_password(
+        self, actor: Principal, current: str, new: str, client: str | None = None
+    ) -> AuthTokens:
+        raise _unused("change_password")
+
+    async def begin_two_factor(self, actor: Principal, password: str) -> tuple[str, str]:
+        raise _unused("begin_two_factor")
+
+    async def confirm_two_factor(self, actor: Principal, code: str) -> list[str]:
+        raise _unused("confirm_two_factor")
+
+    async def disable_two_factor(self, actor: Principal, code: str) -> bool:
+        raise _unused("disable_two_factor")
+
+    async def two_factor_status(self, actor: Principal) -> tuple[bool, int]:
+        raise _unused("two_factor_status")
+
+    async def find_user(self, username: str) -> User | None:
+        raise _unused("find_user")
 
     async def get_user(self, user_id: int) -> User | None:
         return self.users.get(user_id)
@@ -196,7 +232,9 @@ class MemoryChat:
     async def list_rooms(self, actor: int) -> list[Room]:
         return self.rooms
 
-    async def create_room(self, actor: int, name: str, member_ids: Sequence[int] = ()) -> Room:
+    async def create_room(
+        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+    ) -> Room:
         raise _unused("create_room")
 
     async def join_room(self, actor: int, room_id: int) -> Room:
@@ -226,6 +264,39 @@ class MemoryChat:
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
         raise _unused("events_after")
 
+    async def open_direct_room(self, actor: int, other: int) -> Room:
+        raise _unused("open_direct_room")
+
+    async def accept_invitation(self, actor: int, room_id: int) -> Room:
+        raise _unused("accept_invitation")
+
+    async def decline_invitation(self, actor: int, room_id: int) -> bool:
+        raise _unused("decline_invitation")
+
+    async def invitations(self, actor: int) -> list[Invitation]:
+        raise _unused("invitations")
+
+    async def invite(self, actor: int, room_id: int, user_ids: Sequence[int]) -> list[int]:
+        raise _unused("invite")
+
+    async def remove_member(self, actor: int, room_id: int, user_id: int) -> bool:
+        raise _unused("remove_member")
+
+    async def set_member_role(self, actor: int, room_id: int, user_id: int, role: str) -> bool:
+        raise _unused("set_member_role")
+
+    async def public_rooms(self, after: int | None = None, limit: int = 50) -> list[Room]:
+        raise _unused("public_rooms")
+
+    async def member_roles(self, actor: int, room_id: int) -> list[tuple[int, str]]:
+        raise _unused("member_roles")
+
+    async def member_role(self, actor: int, room_id: int) -> str:
+        raise _unused("member_role")
+
+    async def shares_room_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
+        return set(user_ids)
+
 
 class NoPlacement:
     async def choose(self, key: str | None) -> GatewayRecord:
@@ -239,8 +310,10 @@ def memory_services() -> Services:
         placement=NoPlacement(),
         events=None,
         presence=None,
-        # the benchmark measures execution, not the limiter: a bucket that never runs dry
+        # the benchmark measures execution, not the limiters: buckets that never run dry
         mutation_limiter=TokenBuckets(10**12, 1e12),
+        query_limiter=TokenBuckets(10**12, 1e12),
+        auth_limiter=TokenBuckets(10**12, 1e12),
     )
 
 
@@ -302,7 +375,7 @@ class Variants:
         }
 
     def context(self) -> Context:
-        return Context(self.services, USER_ID, None, "bench")
+        return Context(self.services, Principal(USER_ID, "bench", 0, 2**40), None, "bench")
 
     async def _execute(self, doc: DocumentNode, op: Operation) -> dict[str, Any]:
         # the arguments of Pipeline.execute

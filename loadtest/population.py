@@ -57,7 +57,7 @@ async def populate(
                 )
             )
         )
-        tokens = {uid: core.auth.access.issue(uid) for uid in ids}
+        tokens = {uid: core.auth.access.issue(uid, "bench") for uid in ids}
         await core.publisher.flush(30)
         return Population(tokens, rooms)
     finally:

@@ -2,9 +2,13 @@
 
 Used by the load-test harness and the tests. Two pieces:
 
-``EdgeClient`` (HTTP, httpx): ``register``/``login``/``refresh``/``logout``, ``graphql()``,
-``gateway()`` discovery. It keeps the current tokens and refreshes the access token shortly
-before it expires.
+``EdgeClient`` (HTTP, httpx): ``register``/``login`` (with a TOTP or recovery code when 2FA is
+on: ``TwoFactorRequired`` says when one is needed)/``refresh``/``logout``, ``graphql()``,
+``gateway()`` discovery, 2FA (``begin_two_factor``, ``confirm_two_factor``,
+``disable_two_factor``), sessions (``sessions``, ``revoke_session``, ``change_password``) and
+rooms (``create_room``, ``invite``, ``invitations``, ``accept_invitation``,
+``decline_invitation``, ``remove_member``, ``open_direct_room``, ``public_rooms``). It keeps the
+current tokens and refreshes the access token shortly before it expires.
 
 ``GatewayClient`` (websockets): ``await GatewayClient.connect(url, token)`` does HELLO ->
 IDENTIFY -> READY and heartbeats; ``subscribe({room: after_seq})``, ``send(room, content, nonce)``
@@ -61,6 +65,10 @@ class ShardchatError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+class TwoFactorRequired(ShardchatError):
+    """The password was right and the account has 2FA on: log in again with ``totp_code``."""
 
 
 class GatewayClosed(Exception):
@@ -143,8 +151,10 @@ class EdgeClient:
         errors = payload.get("errors") if isinstance(payload, dict) else None
         if errors:
             first = errors[0]
-            code = (first.get("extensions") or {}).get("code", "INTERNAL")
-            raise ShardchatError(code, first.get("message", ""), errors)
+            ext = first.get("extensions") or {}
+            code = ext.get("code", "INTERNAL")
+            kind = TwoFactorRequired if ext.get("reason") == "TWO_FACTOR_REQUIRED" else None
+            raise (kind or ShardchatError)(code, first.get("message", ""), errors)
         if resp.status_code != 200 or not isinstance(payload.get("data"), dict):
             raise ShardchatError("INTERNAL", f"HTTP {resp.status_code}")
         data: dict[str, Any] = payload["data"]
@@ -155,10 +165,88 @@ class EdgeClient:
         data = await self.graphql(q, {"u": username, "p": password}, auth=False)
         return self._keep(data["register"])
 
-    async def login(self, username: str, password: str) -> Session:
-        q = _credentials_mutation("login")
-        data = await self.graphql(q, {"u": username, "p": password}, auth=False)
+    async def login(self, username: str, password: str, totp_code: str | None = None) -> Session:
+        """Log in; with 2FA on, ``totp_code`` is a current code or an unused recovery code
+        (without one: ``TwoFactorRequired``)."""
+        q = (
+            "mutation($u: String!, $p: String!, $c: String) "
+            f"{{ login(username: $u, password: $p, totpCode: $c) {{ {_AUTH_FIELDS} }} }}"
+        )
+        variables = {"u": username, "p": password, "c": totp_code}
+        data = await self.graphql(q, variables, auth=False)
         return self._keep(data["login"])
+
+    # -- 2FA, sessions -------------------------------------------------------------------------
+    async def begin_two_factor(self, password: str) -> tuple[str, str]:
+        """``(secret, otpauth URI)``: show the URI as a QR code, then ``confirm_two_factor``."""
+        q = "mutation($p: String!) { beginTwoFactorSetup(password: $p) { secret otpauthUri } }"
+        setup = (await self.graphql(q, {"p": password}))["beginTwoFactorSetup"]
+        return str(setup["secret"]), str(setup["otpauthUri"])
+
+    async def confirm_two_factor(self, code: str) -> list[str]:
+        """Turn 2FA on with a first code; returns the ten one-time recovery codes."""
+        q = "mutation($c: String!) { confirmTwoFactor(code: $c) }"
+        return list((await self.graphql(q, {"c": code}))["confirmTwoFactor"])
+
+    async def disable_two_factor(self, code: str) -> bool:
+        q = "mutation($c: String!) { disableTwoFactor(code: $c) }"
+        return bool((await self.graphql(q, {"c": code}))["disableTwoFactor"])
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        q = "{ sessions { id createdAt lastUsedAt client current } }"
+        return list((await self.graphql(q))["sessions"])
+
+    async def revoke_session(self, session_id: str) -> bool:
+        q = "mutation($i: ID!) { revokeSession(id: $i) }"
+        return bool((await self.graphql(q, {"i": session_id}))["revokeSession"])
+
+    async def change_password(self, current: str, new: str) -> Session:
+        """Every other login ends; this client continues with the new session returned."""
+        q = (
+            "mutation($c: String!, $n: String!) "
+            f"{{ changePassword(currentPassword: $c, newPassword: $n) {{ {_AUTH_FIELDS} }} }}"
+        )
+        return self._keep((await self.graphql(q, {"c": current, "n": new}))["changePassword"])
+
+    # -- rooms ---------------------------------------------------------------------------------
+    async def create_room(
+        self, name: str, member_ids: Iterable[int] = (), *, public: bool = False
+    ) -> dict[str, Any]:
+        q = (
+            "mutation($n: String!, $m: [ID!], $p: Boolean) "
+            "{ createRoom(name: $n, memberIds: $m, public: $p) { id name lastSeq public } }"
+        )
+        variables = {"n": name, "m": [str(m) for m in member_ids], "p": public}
+        return dict((await self.graphql(q, variables))["createRoom"])
+
+    async def invite(self, room_id: int, user_ids: Iterable[int]) -> list[int]:
+        q = "mutation($r: ID!, $u: [ID!]!) { inviteToRoom(roomId: $r, userIds: $u) }"
+        variables = {"r": str(room_id), "u": [str(u) for u in user_ids]}
+        return [int(u) for u in (await self.graphql(q, variables))["inviteToRoom"]]
+
+    async def invitations(self) -> list[dict[str, Any]]:
+        q = "{ invitations { roomId roomName inviter { id username } createdAt } }"
+        return list((await self.graphql(q))["invitations"])
+
+    async def accept_invitation(self, room_id: int) -> dict[str, Any]:
+        q = "mutation($r: ID!) { acceptInvitation(roomId: $r) { id name lastSeq } }"
+        return dict((await self.graphql(q, {"r": str(room_id)}))["acceptInvitation"])
+
+    async def decline_invitation(self, room_id: int) -> bool:
+        q = "mutation($r: ID!) { declineInvitation(roomId: $r) }"
+        return bool((await self.graphql(q, {"r": str(room_id)}))["declineInvitation"])
+
+    async def remove_member(self, room_id: int, user_id: int) -> bool:
+        q = "mutation($r: ID!, $u: ID!) { removeMember(roomId: $r, userId: $u) }"
+        variables = {"r": str(room_id), "u": str(user_id)}
+        return bool((await self.graphql(q, variables))["removeMember"])
+
+    async def open_direct_room(self, user_id: int) -> dict[str, Any]:
+        q = "mutation($u: ID!) { openDirectRoom(userId: $u) { id name lastSeq direct } }"
+        return dict((await self.graphql(q, {"u": str(user_id)}))["openDirectRoom"])
+
+    async def public_rooms(self) -> list[dict[str, Any]]:
+        return list((await self.graphql("{ publicRooms { id name lastSeq } }"))["publicRooms"])
 
     async def refresh(self) -> Session:
         """Rotate the refresh token (the old one is spent) and get a new access token."""

@@ -48,11 +48,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     router_port: int = 8082
     public_gateway_url: str = ""  # ws URL clients use to reach this gateway; derived if empty
     allowed_origins: tuple[str, ...] = ()  # empty = any origin (dev); else exact matches
+    # Addresses/CIDRs of the proxies in front (HAProxy, Traefik, an Ingress): only from these is
+    # X-Forwarded-For believed; per-IP limits key on the real client address it names.
+    trusted_proxies: tuple[str, ...] = ()
 
     # --- auth ---------------------------------------------------------------------------------
     jwt_keys: dict[str, str] = {}  # key id -> HS256 secret; the first is used to sign
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
+    dev_mode: bool = False  # allows missing or weak signing keys (``shardchat dev`` sets it)
+    login_free_failures: int = 5  # failed logins per account before the backoff starts
+    login_backoff_base_s: float = 1.0  # first lock; doubles per further failure
+    login_backoff_max_s: float = 300.0
+    auth_ip_burst: int = 30  # register/login/refresh/2FA per client IP: burst ...
+    auth_ip_per_s: float = 1.0  # ... and sustained rate
 
     # --- protocol limits (PROTOCOL.md section 6) ------------------------------------------------
     max_frame_bytes: int = 16 * 1024
@@ -85,6 +94,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graphql_mutation_burst: int = 20
     graphql_mutation_per_s: float = 2.0
     graphql_ws_init_timeout_s: float = 3.0
+    graphql_query_burst: int = 120  # per-user root fields (queries and mutations): burst ...
+    graphql_query_per_s: float = 20.0  # ... and sustained rate
+    graphql_max_root_fields: int = 10  # root fields (aliases included) per operation
+    graphql_ws_max_operations: int = 50  # running operations per graphql-ws connection
+    http_body_timeout_s: float = 10.0  # a request body must arrive within this
 
     # --- observability ------------------------------------------------------------------------
     otlp_endpoint: str = ""  # empty = tracing off

@@ -17,9 +17,12 @@ class ChatError(Exception):
 
     code: ErrorCode = "INTERNAL"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: a finer, stable cause for clients to act on (``extensions.reason`` in GraphQL),
+        #: e.g. TWO_FACTOR_REQUIRED
+        self.reason = reason
 
 
 class Unauthenticated(ChatError):

@@ -176,6 +176,11 @@ class Registry(Protocol):
       process sharing the backend, at most once, in publish order per publisher; nothing is
       kept for late subscribers or across a backend outage. See :class:`Subscription`.
     - ``close`` ends every open subscription iterator.
+    - ``revoke_tokens`` keeps, per subject, the LATEST "not before" written (a smaller one never
+      replaces it) for ``ttl_s``; ``tokens_not_before`` reads them (0 = none), one round trip.
+    - backoff counters (``backoff_failure`` / ``backoff_wait`` / ``backoff_clear``) are shared by
+      every process using the backend and timed by one clock (Redis's own), so N edges behind a
+      balancer throttle one account together.
     """
 
     async def start(self) -> None: ...
@@ -284,6 +289,31 @@ class Registry(Protocol):
     def subscribe(self, channel: str) -> Subscription:
         """Start a subscription now (no await needed to register it); see Subscription."""
         ...
+
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
+        """Refuse tokens of these subjects issued before ``not_before_ms``
+        (``user_core.revocation``)."""
+        ...
+
+    async def tokens_not_before(self, subjects: Sequence[str]) -> list[int]:
+        """The "not before" of each subject, 0 when none is held."""
+        ...
+
+    async def backoff_failure(
+        self, key: str, free: int, base_s: float, max_s: float, forget_s: float
+    ) -> float:
+        """Count a failure of ``key``; from the ``free``-th failure on it is locked for
+        ``base_s``, doubling per further failure, at most ``max_s``. Returns the lock now
+        (0 = none). The count is forgotten ``forget_s`` after the last failure (plus the lock)."""
+        ...
+
+    async def backoff_wait(self, key: str) -> float:
+        """Seconds ``key`` stays locked (0 = free)."""
+        ...
+
+    async def backoff_clear(self, key: str) -> None: ...
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from shardchat.migrate import migrate
 from shardchat.registry import Registry
 from shardchat.store import Store, open_store
 from user_core.service import AuthService
+from user_core.tokens import weak_key_problem
 
 log = logging.getLogger("shardchat")
 
@@ -92,6 +93,28 @@ def open_history_cache(settings: Settings) -> CachedHistory | None:
     return CachedHistory(cache, settings.history_cache_events)
 
 
+class InsecureSettings(Exception):
+    """Settings that must not be used outside dev mode (the message says which and why)."""
+
+
+def check_signing_keys(settings: Settings) -> None:
+    """Refuse placeholder, known-default or short (< 32 bytes) JWT keys, and no keys at all
+    (each process would sign with its own random key), unless ``settings.dev_mode``."""
+    if settings.dev_mode:
+        return
+    if not settings.jwt_keys:
+        raise InsecureSettings(
+            "SHARDCHAT_JWT_KEYS is empty: set a key (see docs/security.md, 'Signing keys')"
+        )
+    for kid, secret in settings.jwt_keys.items():
+        problem = weak_key_problem(kid, secret)
+        if problem is not None:
+            raise InsecureSettings(
+                f"SHARDCHAT_JWT_KEYS: {problem}; make one with"
+                " `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+
+
 @dataclass
 class Core:
     settings: Settings
@@ -105,7 +128,9 @@ class Core:
 
     @classmethod
     async def open(cls, settings: Settings, *, apply_migrations: bool = True) -> Core:
-        """Start every adapter and service; on failure, close what was started."""
+        """Start every adapter and service; on failure, close what was started. Refuses to
+        start on missing or weak signing keys unless ``dev_mode`` (``check_signing_keys``)."""
+        check_signing_keys(settings)
         ids = IdGenerator(settings.worker_id if settings.worker_id >= 0 else None)
         store = open_store(settings)
         event_log = open_event_log(settings)
@@ -131,7 +156,7 @@ class Core:
         )
         await publisher.start()
         await relay.start()
-        auth = AuthService(store, settings, ids=ids)
+        auth = AuthService(store, registry, settings, ids=ids)
         chat = ChatService(
             store,
             settings,

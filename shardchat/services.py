@@ -70,6 +70,11 @@ class HttpServer:
             log_config=None,  # uvicorn's loggers go through ours: one format for the process
             timeout_graceful_shutdown=HTTP_GRACE_S,
             server_header=False,
+            # X-Forwarded-For is read by the edge itself, from Settings.trusted_proxies only:
+            # uvicorn's own handling believes it from any loopback peer.
+            proxy_headers=False,
+            # Idle keep-alive connections are closed after this (uvicorn's default is 5 s).
+            timeout_keep_alive=5,
         )
         self.name = name
         self._server = _EmbeddedServer(config)
@@ -154,6 +159,7 @@ def build_edge_app(settings: Settings, core: Core, placement: Any) -> Any:
         placement,
         events=events,
         presence=core.registry,
+        revocations=core.registry,
         ready=ready,
         on_shutdown=events.close,
     )
@@ -256,6 +262,7 @@ def dev_settings(settings: Settings, data_dir: Path) -> Settings:
         event_log="memory",
         registry="memory",
         jwt_keys=settings.jwt_keys or dev_jwt_keys(data_dir),
+        dev_mode=True,
     )
 
 

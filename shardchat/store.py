@@ -13,9 +13,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from chat_core.models import Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
 from shardchat.config import Settings
-from user_core.models import User
+from user_core.models import SessionInfo, User
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -23,6 +23,8 @@ Dialect = Literal["sqlite", "postgres"]
 class UserRecord(msgspec.Struct, frozen=True):
     user: User
     password_hash: str
+    totp_secret: str | None = None  # set from enrolment on; used once ``totp_enabled``
+    totp_enabled: bool = False
 
 
 class NewMessage(msgspec.Struct, frozen=True):
@@ -65,6 +67,7 @@ class RefreshOutcome(msgspec.Struct, frozen=True):
 
     status: RefreshStatus
     user_id: int | None = None
+    family_id: str | None = None  # set for ok and reused
 
 
 class Store(Protocol):
@@ -88,6 +91,15 @@ class Store(Protocol):
       held by ``owner``, and then (re)sets its expiry to now + ttl (the database's clock where
       there is one); at most one owner holds a live lease.
     - Usernames are unique case-insensitively. Refresh tokens are stored only as hashes.
+    - Roles: ``create_room`` makes its first member the owner; ``remove_member`` of the owner
+      hands ownership to the longest-standing admin, else member, in the same transaction, so
+      a room with members always has exactly one owner. ``add_member`` deletes the user's
+      invitation to that room in its transaction.
+    - Direct rooms: ``open_direct_room`` stores at most one room per pair, even when both open
+      it at once from different processes (the pair is a primary key).
+    - TOTP replay: ``use_totp_step`` is a compare-and-set: of concurrent calls with one step, one
+      wins; a step not above the last accepted one is refused. ``use_recovery_code`` likewise
+      spends a code at most once.
     """
 
     dialect: Dialect
@@ -111,10 +123,38 @@ class Store(Protocol):
 
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]: ...
 
+    async def get_user_record(self, user_id: int) -> UserRecord | None: ...
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
+
+    async def set_totp(self, user_id: int, secret: str | None, enabled: bool) -> None:
+        """Enrol (secret, not enabled), enable, or clear (None: also drops recovery codes)."""
+        ...
+
+    async def use_totp_step(self, user_id: int, step: int) -> bool:
+        """Record ``step`` as the last accepted TOTP step; False if it is not above the last."""
+        ...
+
+    async def set_recovery_codes(self, user_id: int, code_hashes: Sequence[bytes]) -> None:
+        """Replace the user's recovery codes."""
+        ...
+
+    async def use_recovery_code(self, user_id: int, code_hash: bytes, now_ms: int) -> bool:
+        """Spend an unused code; False if unknown or spent."""
+        ...
+
+    async def recovery_codes_left(self, user_id: int) -> int: ...
+
     async def create_refresh_token(
-        self, token_hash: bytes, user_id: int, family_id: str, now_ms: int, expires_at_ms: int
+        self,
+        token_hash: bytes,
+        user_id: int,
+        family_id: str,
+        now_ms: int,
+        expires_at_ms: int,
+        client: str | None = None,
     ) -> None:
-        """Store the first token of a new family."""
+        """Store the first token of a new family (``client``: what the session list shows)."""
         ...
 
     async def rotate_refresh_token(
@@ -125,11 +165,41 @@ class Store(Protocol):
         """Revoke the family of that token; True if the token was known and its family live."""
         ...
 
+    async def refresh_family(self, token_hash: bytes) -> tuple[int, str] | None:
+        """``(user_id, family_id)`` of a stored refresh token, spent or not."""
+        ...
+
+    async def list_sessions(self, user_id: int, now_ms: int) -> list[SessionInfo]:
+        """Families not revoked that still hold an unused, unexpired token; newest first."""
+        ...
+
+    async def revoke_session(self, user_id: int, family_id: str, now_ms: int) -> bool:
+        """Revoke one of the user's families; False if not theirs or revoked already."""
+        ...
+
+    async def revoke_all_sessions(self, user_id: int, now_ms: int) -> list[str]:
+        """Revoke every live family of the user; returns their ids."""
+        ...
+
     # --- rooms and members -----------------------------------------------------------------------
     async def create_room(
-        self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
+        self,
+        room_id: int,
+        name: str,
+        created_at_ms: int,
+        member_ids: Sequence[int],
+        *,
+        public: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
-        """Create the room with the members (in order, no duplicates), one MEMBER_JOIN each."""
+        """Create the room with the members (in order, no duplicates), one MEMBER_JOIN each;
+        the first member owns it."""
+        ...
+
+    async def open_direct_room(
+        self, room_id: int, user_a: int, user_b: int, name: str, now_ms: int
+    ) -> tuple[Room, list[RoomEvent]]:
+        """The pair's direct room: created now with ``room_id`` (both members, two MEMBER_JOIN)
+        or the existing one (no events)."""
         ...
 
     async def add_member(
@@ -138,9 +208,47 @@ class Store(Protocol):
         """None if no such room; event None if already a member."""
         ...
 
-    async def remove_member(self, room_id: int, user_id: int, now_ms: int) -> RoomEvent | None:
-        """The MEMBER_LEAVE event, or None (nothing changed) if not a member."""
+    async def remove_member(
+        self, room_id: int, user_id: int, now_ms: int, removed_by: int | None = None
+    ) -> RoomEvent | None:
+        """The MEMBER_LEAVE event (with ``removed_by`` in its data when given), or None
+        (nothing changed) if not a member."""
         ...
+
+    async def member_role(self, room_id: int, user_id: int) -> str | None:
+        """The member's role (``chat_core.models.ROLES``); None if not a member."""
+        ...
+
+    async def member_roles(self, room_id: int) -> list[tuple[int, str]]:
+        """``(user_id, role)`` of every member, in join order."""
+        ...
+
+    async def set_member_role(self, room_id: int, user_id: int, role: str) -> bool:
+        """False if not a member."""
+        ...
+
+    async def public_rooms(self, after: int | None, limit: int) -> list[Room]:
+        """Public rooms by id, those with id > ``after`` when given."""
+        ...
+
+    async def shared_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
+        """Those of ``user_ids`` who share at least one room with ``viewer``."""
+        ...
+
+    # --- invitations -----------------------------------------------------------------------------
+    async def create_invitations(
+        self, room_id: int, inviter_id: int, user_ids: Sequence[int], now_ms: int
+    ) -> list[int]:
+        """Invite the users not yet members nor invited; returns those invited now."""
+        ...
+
+    async def invitations_of(self, user_id: int) -> list[Invitation]:
+        """The user's pending invitations, oldest first."""
+        ...
+
+    async def has_invitation(self, room_id: int, user_id: int) -> bool: ...
+
+    async def delete_invitation(self, room_id: int, user_id: int) -> bool: ...
 
     async def get_room(self, room_id: int) -> Room | None: ...
 

@@ -20,7 +20,7 @@ from shardchat.config import Settings
 from shardchat.runtime import Core
 from user_core.models import User
 
-JWT_KEYS = {"k1": "gateway-test-secret-0123456789abcdef"}
+JWT_KEYS = {"k1": "gw-test-key-Zq8vN3kT5rW1yH6mB0cX4jL7pD2fG9sA"}
 _names = itertools.count(1)
 
 Frame = dict[str, Any]

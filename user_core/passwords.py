@@ -7,6 +7,8 @@ helpers, which run it in a worker thread.
 from __future__ import annotations
 
 import asyncio
+from functools import cache
+from importlib import resources
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -37,3 +39,23 @@ async def hash_password_async(password: str) -> str:
 
 async def verify_password_async(password_hash: str | None, password: str) -> bool:
     return await asyncio.to_thread(verify_password, password_hash, password)
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The shipped list (``common_passwords.txt``), lower case."""
+    text = resources.files("user_core").joinpath("common_passwords.txt").read_text("utf-8")
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+def policy_problem(username: str, password: str) -> str | None:
+    """Why ``password`` is refused for ``username`` (None: acceptable). Length is checked by
+    the caller; here: one of the most common passwords, or the username itself (any case)."""
+    lowered = password.lower()
+    if lowered == username.lower():
+        return "password must not be the username"
+    if lowered in common_passwords() or lowered.strip() in common_passwords():
+        return "password is too common; choose a less guessable one"
+    return None

@@ -6,6 +6,10 @@ has expired (``access_token_ttl_s``), then drop it. With no keys configured a ra
 generated per process: fine for one dev process, wrong for a cluster (tokens would not verify
 on other nodes), so configure keys there.
 
+Access tokens carry ``sid`` (the login's refresh-token family, which ``revokeSession`` and
+logout revoke) and ``ims`` (issue time in milliseconds, compared with a user's "not before"):
+see ``user_core.revocation``.
+
 Refresh tokens are 32 random bytes, url-safe base64; only their SHA-256 is stored.
 """
 
@@ -17,10 +21,38 @@ import time
 from collections.abc import Callable, Mapping
 
 import jwt
+import msgspec
 
 from shardchat.errors import Unauthenticated
 
 ALGORITHM = "HS256"
+MIN_KEY_BYTES = 32
+MAX_SUBJECT = 2**63 - 1
+#: Substrings of secrets that are examples, not keys (compose's old fallback, the k8s
+#: placeholder, the usual suspects).
+PLACEHOLDERS = ("change-me", "changeme", "change_me", "placeholder", "example", "secret", "default")
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who a valid access token speaks for."""
+
+    user_id: int
+    session_id: str  # the refresh-token family of the login ("" for tokens without one)
+    issued_ms: int
+    expires_at: int  # epoch seconds
+
+
+def weak_key_problem(kid: str, secret: str) -> str | None:
+    """Why a signing key must not be used (None: fine)."""
+    if len(secret.encode()) < MIN_KEY_BYTES:
+        return f"key {kid!r} is shorter than {MIN_KEY_BYTES} bytes"
+    lowered = secret.lower()
+    for word in PLACEHOLDERS:
+        if word in lowered:
+            return f"key {kid!r} looks like a placeholder (contains {word!r})"
+    if len(set(secret)) < 8:
+        return f"key {kid!r} has too few distinct characters"
+    return None
 
 
 class AccessTokens:
@@ -37,9 +69,17 @@ class AccessTokens:
         self.ttl_s = ttl_s
         self._clock = clock
 
-    def issue(self, user_id: int) -> str:
-        now = int(self._clock())
-        claims = {"sub": str(user_id), "iat": now, "exp": now + self.ttl_s, "typ": "access"}
+    def issue(self, user_id: int, session_id: str, issued_ms: int | None = None) -> str:
+        now_s = self._clock()
+        now = int(now_s)
+        claims = {
+            "sub": str(user_id),
+            "iat": now,
+            "exp": now + self.ttl_s,
+            "typ": "access",
+            "sid": session_id,
+            "ims": issued_ms if issued_ms is not None else int(now_s * 1000),
+        }
         return jwt.encode(
             claims,
             self._keys[self._signing_kid],
@@ -47,9 +87,9 @@ class AccessTokens:
             headers={"kid": self._signing_kid},
         )
 
-    def verify(self, token: str) -> int:
-        """The user id; ``Unauthenticated`` for anything expired, forged, malformed or signed
-        with a key we do not have. One message for all: callers learn nothing to probe with."""
+    def verify(self, token: str) -> Principal:
+        """Who it speaks for; ``Unauthenticated`` for anything expired, forged, malformed or
+        signed with a key we do not have. One message for all: nothing to probe with."""
         try:
             header = jwt.get_unverified_header(token)
             key = self._keys.get(str(header.get("kid")))
@@ -63,12 +103,20 @@ class AccessTokens:
             )
             if claims.get("typ") != "access":
                 raise Unauthenticated("invalid or expired token")
-            user_id = int(claims["sub"])
+            sub = claims["sub"]
+            if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and len(sub) < 20):
+                raise Unauthenticated("invalid or expired token")
+            principal = Principal(
+                int(sub),
+                str(claims.get("sid", "")),
+                int(claims.get("ims", int(claims["iat"]) * 1000)),
+                int(claims["exp"]),
+            )
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):
             raise Unauthenticated("invalid or expired token") from None
-        if user_id <= 0:
+        if not 0 < principal.user_id <= MAX_SUBJECT:
             raise Unauthenticated("invalid or expired token")
-        return user_id
+        return principal
 
 
 def new_refresh_token() -> str:

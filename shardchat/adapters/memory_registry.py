@@ -32,6 +32,8 @@ class MemoryRegistry:
         self._sessions: dict[str, tuple[bytes, int, float]] = {}
         # Weak: an abandoned, unreferenced Subscription is collected and unsubscribes itself.
         self._subs: dict[str, weakref.WeakSet[Subscription]] = {}
+        self._not_before: dict[str, tuple[int, float]] = {}  # subject -> (ms, expires_at)
+        self._backoff: dict[str, tuple[int, float, float]] = {}  # key -> (fails, until, expires)
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -224,6 +226,54 @@ class MemoryRegistry:
             group.discard(sub)
             if not group:
                 del self._subs[sub.channel]
+
+    # -- token revocation / backoff ------------------------------------------------------------
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
+        now = self._clock()
+        for subject in subjects:
+            held = self._not_before.get(subject)
+            if held is not None and held[1] > now and held[0] > not_before_ms:
+                continue
+            self._not_before[subject] = (not_before_ms, now + ttl_s)
+
+    async def tokens_not_before(self, subjects: Sequence[str]) -> list[int]:
+        now = self._clock()
+        out = []
+        for subject in subjects:
+            held = self._not_before.get(subject)
+            if held is not None and held[1] <= now:
+                del self._not_before[subject]
+                held = None
+            out.append(0 if held is None else held[0])
+        return out
+
+    def _backoff_entry(self, key: str) -> tuple[int, float, float]:
+        entry = self._backoff.get(key)
+        if entry is not None and entry[2] <= self._clock():
+            del self._backoff[key]
+            entry = None
+        return entry or (0, 0.0, 0.0)
+
+    async def backoff_failure(
+        self, key: str, free: int, base_s: float, max_s: float, forget_s: float
+    ) -> float:
+        now = self._clock()
+        fails, until, _ = self._backoff_entry(key)
+        fails += 1
+        lock = 0.0
+        if fails >= free:
+            lock = min(base_s * 2 ** (fails - free), max_s)
+            until = now + lock
+        self._backoff[key] = (fails, until, now + forget_s + lock)
+        return lock
+
+    async def backoff_wait(self, key: str) -> float:
+        return max(0.0, self._backoff_entry(key)[1] - self._clock())
+
+    async def backoff_clear(self, key: str) -> None:
+        self._backoff.pop(key, None)
 
 
 async def _ready_now(channel: str) -> None:

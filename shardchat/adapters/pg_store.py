@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
 from shardchat.store import (
     Dialect,
     NewMessage,
@@ -28,10 +28,10 @@ from shardchat.store import (
     trace_from_column,
     trace_to_column,
 )
-from user_core.models import User
+from user_core.models import SessionInfo, User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
-_ROOM_COLS = "id, name, last_seq, created_at_ms"
+_ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 # The database's clock for leases: every process agrees on it.
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -54,7 +54,21 @@ def _message(r: Any) -> Message:
 
 
 def _room(r: Any) -> Room:
-    return Room(r["id"], r["name"], r["last_seq"], r["created_at_ms"])
+    return Room(
+        r["id"], r["name"], r["last_seq"], r["created_at_ms"], r["is_public"], r["is_direct"]
+    )
+
+
+def _user_record(r: Any) -> UserRecord:
+    return UserRecord(
+        User(r["id"], r["username"], r["created_at_ms"]),
+        r["password_hash"],
+        r["totp_secret"],
+        r["totp_enabled"],
+    )
+
+
+_USER_RECORD_COLS = "id, username, created_at_ms, password_hash, totp_secret, totp_enabled"
 
 
 def _event(r: Any) -> RoomEvent:
@@ -70,6 +84,10 @@ def _event(r: Any) -> RoomEvent:
 
 def _json(data: dict[str, Any]) -> str:
     return msgspec.json.encode(data).decode()
+
+
+class _LostRace(Exception):
+    """Raised inside a transaction to roll it back: another process did the same first."""
 
 
 class PgStore:
@@ -137,13 +155,69 @@ class PgStore:
 
     async def get_user_by_name(self, username: str) -> UserRecord | None:
         r = await self.pool.fetchrow(
-            "SELECT id, username, created_at_ms, password_hash FROM users"
-            " WHERE lower(username) = lower($1)",
-            username,
+            f"SELECT {_USER_RECORD_COLS} FROM users WHERE lower(username) = lower($1)", username
         )
-        if r is None:
-            return None
-        return UserRecord(User(r["id"], r["username"], r["created_at_ms"]), r["password_hash"])
+        return None if r is None else _user_record(r)
+
+    async def get_user_record(self, user_id: int) -> UserRecord | None:
+        r = await self.pool.fetchrow(
+            f"SELECT {_USER_RECORD_COLS} FROM users WHERE id = $1", user_id
+        )
+        return None if r is None else _user_record(r)
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self.pool.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1", user_id, password_hash
+        )
+
+    async def set_totp(self, user_id: int, secret: str | None, enabled: bool) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE users SET totp_secret = $2, totp_enabled = $3,"
+                " totp_last_step = CASE WHEN $2::text IS NULL THEN NULL ELSE totp_last_step END"
+                " WHERE id = $1",
+                user_id,
+                secret,
+                enabled,
+            )
+            if secret is None:
+                await conn.execute("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
+
+    async def use_totp_step(self, user_id: int, step: int) -> bool:
+        r = await self.pool.fetchval(
+            "UPDATE users SET totp_last_step = $2 WHERE id = $1"
+            " AND (totp_last_step IS NULL OR totp_last_step < $2) RETURNING 1",
+            user_id,
+            step,
+        )
+        return r is not None
+
+    async def set_recovery_codes(self, user_id: int, code_hashes: Sequence[bytes]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
+            await conn.execute(
+                "INSERT INTO recovery_codes (user_id, code_hash)"
+                " SELECT $1, h FROM unnest($2::bytea[]) AS h",
+                user_id,
+                list(code_hashes),
+            )
+
+    async def use_recovery_code(self, user_id: int, code_hash: bytes, now_ms: int) -> bool:
+        r = await self.pool.fetchval(
+            "UPDATE recovery_codes SET used_at_ms = $3 WHERE user_id = $1 AND code_hash = $2"
+            " AND used_at_ms IS NULL RETURNING 1",
+            user_id,
+            code_hash,
+            now_ms,
+        )
+        return r is not None
+
+    async def recovery_codes_left(self, user_id: int) -> int:
+        n: int = await self.pool.fetchval(
+            "SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at_ms IS NULL",
+            user_id,
+        )
+        return n
 
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
         if not user_ids:
@@ -155,14 +229,22 @@ class PgStore:
         return {r["id"]: User(r["id"], r["username"], r["created_at_ms"]) for r in rows}
 
     async def create_refresh_token(
-        self, token_hash: bytes, user_id: int, family_id: str, now_ms: int, expires_at_ms: int
+        self,
+        token_hash: bytes,
+        user_id: int,
+        family_id: str,
+        now_ms: int,
+        expires_at_ms: int,
+        client: str | None = None,
     ) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO refresh_families (id, user_id, created_at_ms) VALUES ($1, $2, $3)",
+                "INSERT INTO refresh_families (id, user_id, created_at_ms, last_used_at_ms, client)"
+                " VALUES ($1, $2, $3, $3, $4)",
                 family_id,
                 user_id,
                 now_ms,
+                client,
             )
             await conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
@@ -195,11 +277,16 @@ class PgStore:
                     now_ms,
                     r["family_id"],
                 )
-                return RefreshOutcome("reused")
+                return RefreshOutcome("reused", r["user_id"], r["family_id"])
             if r["expires_at_ms"] <= now_ms:
                 return RefreshOutcome("expired")
             await conn.execute(
                 "UPDATE refresh_tokens SET used_at_ms = $1 WHERE token_hash = $2", now_ms, old_hash
+            )
+            await conn.execute(
+                "UPDATE refresh_families SET last_used_at_ms = $1 WHERE id = $2",
+                now_ms,
+                r["family_id"],
             )
             await conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
@@ -210,7 +297,7 @@ class PgStore:
                 now_ms,
                 expires_at_ms,
             )
-            return RefreshOutcome("ok", r["user_id"])
+            return RefreshOutcome("ok", r["user_id"], r["family_id"])
 
     async def revoke_refresh_family(self, token_hash: bytes, now_ms: int) -> bool:
         result: str = await self.pool.execute(
@@ -220,6 +307,45 @@ class PgStore:
             token_hash,
         )
         return result != "UPDATE 0"
+
+    async def refresh_family(self, token_hash: bytes) -> tuple[int, str] | None:
+        r = await self.pool.fetchrow(
+            "SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = $1", token_hash
+        )
+        return None if r is None else (r["user_id"], r["family_id"])
+
+    async def list_sessions(self, user_id: int, now_ms: int) -> list[SessionInfo]:
+        rows = await self.pool.fetch(
+            "SELECT f.id, f.created_at_ms, f.last_used_at_ms, f.client FROM refresh_families f"
+            " WHERE f.user_id = $1 AND f.revoked_at_ms IS NULL AND EXISTS (SELECT 1 FROM"
+            " refresh_tokens t WHERE t.family_id = f.id AND t.used_at_ms IS NULL"
+            " AND t.expires_at_ms > $2) ORDER BY f.created_at_ms DESC, f.id",
+            user_id,
+            now_ms,
+        )
+        return [
+            SessionInfo(r["id"], r["created_at_ms"], r["last_used_at_ms"], r["client"])
+            for r in rows
+        ]
+
+    async def revoke_session(self, user_id: int, family_id: str, now_ms: int) -> bool:
+        result: str = await self.pool.execute(
+            "UPDATE refresh_families SET revoked_at_ms = $3"
+            " WHERE id = $2 AND user_id = $1 AND revoked_at_ms IS NULL",
+            user_id,
+            family_id,
+            now_ms,
+        )
+        return result != "UPDATE 0"
+
+    async def revoke_all_sessions(self, user_id: int, now_ms: int) -> list[str]:
+        rows = await self.pool.fetch(
+            "UPDATE refresh_families SET revoked_at_ms = $2"
+            " WHERE user_id = $1 AND revoked_at_ms IS NULL RETURNING id",
+            user_id,
+            now_ms,
+        )
+        return [r["id"] for r in rows]
 
     # --- rooms and members -----------------------------------------------------------------------
     async def _append(
@@ -244,7 +370,29 @@ class PgStore:
         return RoomEvent(room_id, seq, type_, data, now_ms)
 
     async def create_room(
-        self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
+        self,
+        room_id: int,
+        name: str,
+        created_at_ms: int,
+        member_ids: Sequence[int],
+        *,
+        public: bool = False,
+    ) -> tuple[Room, list[RoomEvent]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._create_room(
+                conn, room_id, name, created_at_ms, member_ids, public=public, direct=False
+            )
+
+    async def _create_room(
+        self,
+        conn: Any,
+        room_id: int,
+        name: str,
+        created_at_ms: int,
+        member_ids: Sequence[int],
+        *,
+        public: bool,
+        direct: bool,
     ) -> tuple[Room, list[RoomEvent]]:
         members = list(dict.fromkeys(member_ids))
         n = len(members)
@@ -252,24 +400,65 @@ class PgStore:
             RoomEvent(room_id, i + 1, "MEMBER_JOIN", ev.member(room_id, i + 1, u), created_at_ms)
             for i, u in enumerate(members)
         ]
-        async with self.pool.acquire() as conn, conn.transaction():
-            # A new room: nobody else can write to it yet, so its seqs are simply 1..n.
-            await conn.execute(
-                "INSERT INTO rooms (id, name, last_seq, created_at_ms) VALUES ($1, $2, $3, $4)",
-                room_id,
-                name,
-                n,
-                created_at_ms,
-            )
-            await conn.execute(
-                "INSERT INTO room_members (room_id, user_id, joined_at_ms)"
-                " SELECT $1, u, $3 FROM unnest($2::bigint[]) AS u",
-                room_id,
-                members,
-                created_at_ms,
-            )
-            await self._insert_events(conn, events)
-        return Room(room_id, name, n, created_at_ms), events
+        # A new room: nobody else can write to it yet, so its seqs are simply 1..n.
+        await conn.execute(
+            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            room_id,
+            name,
+            n,
+            created_at_ms,
+            public,
+            direct,
+        )
+        # A group room's first member owns it; the two of a direct room are equals.
+        await conn.execute(
+            "INSERT INTO room_members (room_id, user_id, joined_at_ms, role)"
+            " SELECT $1, u, $3, CASE WHEN i = 1 AND NOT $4 THEN 'owner' ELSE 'member' END"
+            " FROM unnest($2::bigint[]) WITH ORDINALITY AS m(u, i)",
+            room_id,
+            members,
+            created_at_ms,
+            direct,
+        )
+        await self._insert_events(conn, events)
+        return Room(room_id, name, n, created_at_ms, public, direct), events
+
+    async def open_direct_room(
+        self, room_id: int, user_a: int, user_b: int, name: str, now_ms: int
+    ) -> tuple[Room, list[RoomEvent]]:
+        lo, hi = sorted((user_a, user_b))
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # A concurrent opener of the same pair blocks on the pair's key until we commit,
+                # then finds it taken: its new room is rolled back with the rest of its work.
+                if (
+                    await conn.fetchval(
+                        "SELECT 1 FROM direct_rooms WHERE user_lo = $1 AND user_hi = $2", lo, hi
+                    )
+                    is None
+                ):
+                    room, events = await self._create_room(
+                        conn, room_id, name, now_ms, [user_a, user_b], public=False, direct=True
+                    )
+                    if await conn.fetchval(
+                        "INSERT INTO direct_rooms (user_lo, user_hi, room_id) VALUES ($1, $2, $3)"
+                        " ON CONFLICT DO NOTHING RETURNING 1",
+                        lo,
+                        hi,
+                        room_id,
+                    ):
+                        return room, events
+                    raise _LostRace
+        except _LostRace:
+            pass
+        r = await self.pool.fetchrow(
+            f"SELECT {_ROOM_COLS} FROM rooms WHERE id ="
+            " (SELECT room_id FROM direct_rooms WHERE user_lo = $1 AND user_hi = $2)",
+            lo,
+            hi,
+        )
+        return _room(r), []
 
     async def _insert_events(self, conn: Any, events: Sequence[RoomEvent]) -> None:
         if not events:
@@ -296,6 +485,9 @@ class PgStore:
                 user_id,
                 now_ms,
             )
+            await conn.execute(
+                "DELETE FROM room_invitations WHERE room_id = $1 AND user_id = $2", room_id, user_id
+            )
             event = None
             if inserted is not None:
                 event = await self._append(
@@ -304,18 +496,112 @@ class PgStore:
             r = await conn.fetchrow(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = $1", room_id)
         return None if r is None else (_room(r), event)
 
-    async def remove_member(self, room_id: int, user_id: int, now_ms: int) -> RoomEvent | None:
+    async def remove_member(
+        self, room_id: int, user_id: int, now_ms: int, removed_by: int | None = None
+    ) -> RoomEvent | None:
         async with self.pool.acquire() as conn, conn.transaction():
-            deleted = await conn.fetchval(
-                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING 1",
+            role = await conn.fetchval(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING role",
                 room_id,
                 user_id,
             )
-            if deleted is None:
+            if role is None:
                 return None
+            if role == "owner":  # the longest-standing admin, else member, takes over
+                await conn.execute(
+                    "UPDATE room_members SET role = 'owner' WHERE (room_id, user_id) = (SELECT"
+                    " room_id, user_id FROM room_members WHERE room_id = $1 ORDER BY"
+                    " role <> 'admin', joined_at_ms, user_id LIMIT 1)",
+                    room_id,
+                )
             return await self._append(
-                conn, room_id, "MEMBER_LEAVE", lambda s: ev.member(room_id, s, user_id), now_ms
+                conn,
+                room_id,
+                "MEMBER_LEAVE",
+                lambda s: ev.member(room_id, s, user_id, removed_by),
+                now_ms,
             )
+
+    async def member_role(self, room_id: int, user_id: int) -> str | None:
+        role: str | None = await self.pool.fetchval(
+            "SELECT role FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user_id
+        )
+        return role
+
+    async def member_roles(self, room_id: int) -> list[tuple[int, str]]:
+        rows = await self.pool.fetch(
+            "SELECT user_id, role FROM room_members WHERE room_id = $1"
+            " ORDER BY joined_at_ms, user_id",
+            room_id,
+        )
+        return [(r["user_id"], r["role"]) for r in rows]
+
+    async def set_member_role(self, room_id: int, user_id: int, role: str) -> bool:
+        result: str = await self.pool.execute(
+            "UPDATE room_members SET role = $3 WHERE room_id = $1 AND user_id = $2",
+            room_id,
+            user_id,
+            role,
+        )
+        return result != "UPDATE 0"
+
+    async def public_rooms(self, after: int | None, limit: int) -> list[Room]:
+        rows = await self.pool.fetch(
+            f"SELECT {_ROOM_COLS} FROM rooms WHERE is_public AND id > $1 ORDER BY id LIMIT $2",
+            after or 0,
+            limit,
+        )
+        return [_room(r) for r in rows]
+
+    async def shared_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
+        if not user_ids:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT o.user_id FROM room_members v JOIN room_members o"
+            " ON o.room_id = v.room_id WHERE v.user_id = $1 AND o.user_id = ANY($2::bigint[])",
+            viewer,
+            list(user_ids),
+        )
+        return {r["user_id"] for r in rows}
+
+    # --- invitations -----------------------------------------------------------------------------
+    async def create_invitations(
+        self, room_id: int, inviter_id: int, user_ids: Sequence[int], now_ms: int
+    ) -> list[int]:
+        rows = await self.pool.fetch(
+            "INSERT INTO room_invitations (room_id, user_id, inviter_id, created_at_ms)"
+            " SELECT $1, u, $2, $4 FROM unnest($3::bigint[]) AS u WHERE NOT EXISTS"
+            " (SELECT 1 FROM room_members m WHERE m.room_id = $1 AND m.user_id = u)"
+            " ON CONFLICT DO NOTHING RETURNING user_id",
+            room_id,
+            inviter_id,
+            list(dict.fromkeys(user_ids)),
+            now_ms,
+        )
+        return [r["user_id"] for r in rows]
+
+    async def invitations_of(self, user_id: int) -> list[Invitation]:
+        rows = await self.pool.fetch(
+            "SELECT i.room_id, r.name, i.user_id, i.inviter_id, i.created_at_ms"
+            " FROM room_invitations i JOIN rooms r ON r.id = i.room_id"
+            " WHERE i.user_id = $1 ORDER BY i.created_at_ms, i.room_id",
+            user_id,
+        )
+        return [Invitation(*r) for r in rows]
+
+    async def has_invitation(self, room_id: int, user_id: int) -> bool:
+        r = await self.pool.fetchval(
+            "SELECT 1 FROM room_invitations WHERE room_id = $1 AND user_id = $2", room_id, user_id
+        )
+        return r is not None
+
+    async def delete_invitation(self, room_id: int, user_id: int) -> bool:
+        r = await self.pool.fetchval(
+            "DELETE FROM room_invitations WHERE room_id = $1 AND user_id = $2 RETURNING 1",
+            room_id,
+            user_id,
+        )
+        return r is not None
 
     async def get_room(self, room_id: int) -> Room | None:
         r = await self.pool.fetchrow(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = $1", room_id)
@@ -323,8 +609,9 @@ class PgStore:
 
     async def rooms_of(self, user_id: int) -> list[Room]:
         rows = await self.pool.fetch(
-            "SELECT r.id, r.name, r.last_seq, r.created_at_ms FROM room_members m"
-            " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = $1 ORDER BY r.id",
+            "SELECT r.id, r.name, r.last_seq, r.created_at_ms, r.is_public, r.is_direct"
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_id = $1"
+            " ORDER BY r.id",
             user_id,
         )
         return [_room(r) for r in rows]

@@ -253,6 +253,43 @@ return 1
 """
 
 
+# KEYS: subjects  ARGV: not_before ms, ttl ms -> keep the larger value
+_REVOKE = """
+for _, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+    redis.call('SET', k, ARGV[1], 'PX', ARGV[2])
+  end
+end
+return 1
+"""
+
+# KEYS: backoff hash  ARGV: free, base ms, max ms, forget ms  -> lock ms now
+_BACKOFF_FAIL = (
+    _NOW
+    + """
+local fails = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local lock = 0
+if fails >= tonumber(ARGV[1]) then
+  lock = math.min(tonumber(ARGV[2]) * 2 ^ (fails - tonumber(ARGV[1])), tonumber(ARGV[3]))
+  redis.call('HSET', KEYS[1], 'until', now + lock)
+end
+redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[4]) + lock))
+return math.floor(lock)
+"""
+)
+
+# KEYS: backoff hash -> ms left
+_BACKOFF_WAIT = (
+    _NOW
+    + """
+local untl = redis.call('HGET', KEYS[1], 'until')
+if not untl then return 0 end
+return math.max(0, tonumber(untl) - now)
+"""
+)
+
+
 @contextlib.contextmanager
 def _translate_errors() -> Iterator[None]:
     """Callers see RegistryUnavailable, never redis exceptions (they must not import redis)."""
@@ -339,6 +376,9 @@ class RedisRegistry:
         self._session_delete_if = self._redis.register_script(_SESSION_DELETE_IF)
         self._session_claim = self._redis.register_script(_SESSION_CLAIM)
         self._sessions_save_if = self._redis.register_script(_SESSIONS_SAVE_IF)
+        self._revoke = self._redis.register_script(_REVOKE)
+        self._backoff_fail = self._redis.register_script(_BACKOFF_FAIL)
+        self._backoff_wait = self._redis.register_script(_BACKOFF_WAIT)
         self._record_decoder = msgspec.json.Decoder(GatewayRecord)
 
         # pub/sub state: full channel name -> live local subscriptions
@@ -564,6 +604,49 @@ class RedisRegistry:
     async def delete_session(self, session_id: str) -> None:
         with _translate_errors():
             await self._redis.delete(self._session_key(session_id))
+
+    # -- token revocation / backoff ------------------------------------------------------------
+    def _revocation_key(self, subject: str) -> str:
+        return f"{self._prefix}nbf:{subject}"
+
+    async def revoke_tokens(
+        self, subjects: Sequence[str], not_before_ms: int, ttl_s: float
+    ) -> None:
+        if not subjects:
+            return
+        with _translate_errors():
+            await self._revoke(
+                keys=[self._revocation_key(s) for s in subjects], args=[not_before_ms, _ms(ttl_s)]
+            )
+
+    async def tokens_not_before(self, subjects: Sequence[str]) -> list[int]:
+        if not subjects:
+            return []
+        with _translate_errors():
+            values: list[Any] = await self._redis.mget([self._revocation_key(s) for s in subjects])
+        return [0 if v is None else int(v) for v in values]
+
+    def _backoff_key(self, key: str) -> str:
+        return f"{self._prefix}backoff:{key}"
+
+    async def backoff_failure(
+        self, key: str, free: int, base_s: float, max_s: float, forget_s: float
+    ) -> float:
+        with _translate_errors():
+            lock_ms = await self._backoff_fail(
+                keys=[self._backoff_key(key)],
+                args=[free, _ms(base_s), _ms(max_s), _ms(forget_s)],
+            )
+        return int(lock_ms) / 1000
+
+    async def backoff_wait(self, key: str) -> float:
+        with _translate_errors():
+            left_ms = await self._backoff_wait(keys=[self._backoff_key(key)])
+        return int(left_ms) / 1000
+
+    async def backoff_clear(self, key: str) -> None:
+        with _translate_errors():
+            await self._redis.delete(self._backoff_key(key))
 
     # -- pub/sub -------------------------------------------------------------------------------
     async def publish(self, channel: str, payload: bytes) -> int:

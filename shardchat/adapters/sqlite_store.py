@@ -20,7 +20,7 @@ import aiosqlite
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
 from shardchat.store import (
     Dialect,
     NewMessage,
@@ -30,10 +30,11 @@ from shardchat.store import (
     trace_from_column,
     trace_to_column,
 )
-from user_core.models import User
+from user_core.models import SessionInfo, User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
-_ROOM_COLS = "id, name, last_seq, created_at_ms"
+_ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
+_USER_RECORD_COLS = "id, username, created_at_ms, password_hash, totp_secret, totp_enabled"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 
 
@@ -47,8 +48,12 @@ def _message(row: Iterable[Any]) -> Message:
 
 
 def _room(row: Iterable[Any]) -> Room:
-    rid, name, last_seq, created = row
-    return Room(rid, name, last_seq, created)
+    rid, name, last_seq, created, public, direct = row
+    return Room(rid, name, last_seq, created, bool(public), bool(direct))
+
+
+def _user_record(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(User(row[0], row[1], row[2]), row[3], row[4], bool(row[5]))
 
 
 class SqliteStore:
@@ -154,13 +159,67 @@ class SqliteStore:
 
     async def get_user_by_name(self, username: str) -> UserRecord | None:
         row = await self._one(
-            "SELECT id, username, created_at_ms, password_hash FROM users"
-            " WHERE username = ? COLLATE NOCASE",
+            f"SELECT {_USER_RECORD_COLS} FROM users WHERE username = ? COLLATE NOCASE",
             (username,),
         )
-        if row is None:
-            return None
-        return UserRecord(User(row[0], row[1], row[2]), row[3])
+        return None if row is None else _user_record(row)
+
+    async def get_user_record(self, user_id: int) -> UserRecord | None:
+        row = await self._one(f"SELECT {_USER_RECORD_COLS} FROM users WHERE id = ?", (user_id,))
+        return None if row is None else _user_record(row)
+
+    async def _write(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement in a write transaction; the number of rows it changed."""
+        async with self._tx() as db:
+            cur = await db.execute(sql, params)
+            return int(cur.rowcount)
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self._write(
+            "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
+        )
+
+    async def set_totp(self, user_id: int, secret: str | None, enabled: bool) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE users SET totp_secret = ?, totp_enabled = ?,"
+                " totp_last_step = CASE WHEN ? IS NULL THEN NULL ELSE totp_last_step END"
+                " WHERE id = ?",
+                (secret, int(enabled), secret, user_id),
+            )
+            if secret is None:
+                await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+
+    async def use_totp_step(self, user_id: int, step: int) -> bool:
+        changed = await self._write(
+            "UPDATE users SET totp_last_step = ? WHERE id = ?"
+            " AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            (step, user_id, step),
+        )
+        return changed > 0
+
+    async def set_recovery_codes(self, user_id: int, code_hashes: Sequence[bytes]) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+            await db.executemany(
+                "INSERT INTO recovery_codes (user_id, code_hash) VALUES (?, ?)",
+                [(user_id, h) for h in code_hashes],
+            )
+
+    async def use_recovery_code(self, user_id: int, code_hash: bytes, now_ms: int) -> bool:
+        changed = await self._write(
+            "UPDATE recovery_codes SET used_at_ms = ? WHERE user_id = ? AND code_hash = ?"
+            " AND used_at_ms IS NULL",
+            (now_ms, user_id, code_hash),
+        )
+        return changed > 0
+
+    async def recovery_codes_left(self, user_id: int) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM recovery_codes WHERE user_id = ? AND used_at_ms IS NULL",
+            (user_id,),
+        )
+        return int(row[0])
 
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
         ids = list(dict.fromkeys(user_ids))
@@ -173,12 +232,19 @@ class SqliteStore:
         return {r[0]: User(r[0], r[1], r[2]) for r in rows}
 
     async def create_refresh_token(
-        self, token_hash: bytes, user_id: int, family_id: str, now_ms: int, expires_at_ms: int
+        self,
+        token_hash: bytes,
+        user_id: int,
+        family_id: str,
+        now_ms: int,
+        expires_at_ms: int,
+        client: str | None = None,
     ) -> None:
         async with self._tx() as db:
             await db.execute(
-                "INSERT INTO refresh_families (id, user_id, created_at_ms) VALUES (?, ?, ?)",
-                (family_id, user_id, now_ms),
+                "INSERT INTO refresh_families (id, user_id, created_at_ms, last_used_at_ms, client)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (family_id, user_id, now_ms, now_ms, client),
             )
             await db.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
@@ -206,18 +272,21 @@ class SqliteStore:
                 await db.execute(
                     "UPDATE refresh_families SET revoked_at_ms = ? WHERE id = ?", (now_ms, family)
                 )
-                return RefreshOutcome("reused")
+                return RefreshOutcome("reused", user_id, family)
             if expires <= now_ms:
                 return RefreshOutcome("expired")
             await db.execute(
                 "UPDATE refresh_tokens SET used_at_ms = ? WHERE token_hash = ?", (now_ms, old_hash)
             )
             await db.execute(
+                "UPDATE refresh_families SET last_used_at_ms = ? WHERE id = ?", (now_ms, family)
+            )
+            await db.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at_ms,"
                 " expires_at_ms) VALUES (?, ?, ?, ?, ?)",
                 (new_hash, family, user_id, now_ms, expires_at_ms),
             )
-            return RefreshOutcome("ok", user_id)
+            return RefreshOutcome("ok", user_id, family)
 
     async def revoke_refresh_family(self, token_hash: bytes, now_ms: int) -> bool:
         async with self._tx() as db:
@@ -227,6 +296,41 @@ class SqliteStore:
                 (now_ms, token_hash),
             )
             return cur.rowcount > 0
+
+    async def refresh_family(self, token_hash: bytes) -> tuple[int, str] | None:
+        row = await self._one(
+            "SELECT user_id, family_id FROM refresh_tokens WHERE token_hash = ?", (token_hash,)
+        )
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    async def list_sessions(self, user_id: int, now_ms: int) -> list[SessionInfo]:
+        rows = await self._all(
+            "SELECT f.id, f.created_at_ms, f.last_used_at_ms, f.client FROM refresh_families f"
+            " WHERE f.user_id = ? AND f.revoked_at_ms IS NULL AND EXISTS (SELECT 1 FROM"
+            " refresh_tokens t WHERE t.family_id = f.id AND t.used_at_ms IS NULL"
+            " AND t.expires_at_ms > ?) ORDER BY f.created_at_ms DESC, f.id",
+            (user_id, now_ms),
+        )
+        return [SessionInfo(*r) for r in rows]
+
+    async def revoke_session(self, user_id: int, family_id: str, now_ms: int) -> bool:
+        changed = await self._write(
+            "UPDATE refresh_families SET revoked_at_ms = ?"
+            " WHERE id = ? AND user_id = ? AND revoked_at_ms IS NULL",
+            (now_ms, family_id, user_id),
+        )
+        return changed > 0
+
+    async def revoke_all_sessions(self, user_id: int, now_ms: int) -> list[str]:
+        async with (
+            self._tx() as db,
+            db.execute(
+                "UPDATE refresh_families SET revoked_at_ms = ?"
+                " WHERE user_id = ? AND revoked_at_ms IS NULL RETURNING id",
+                (now_ms, user_id),
+            ) as cur,
+        ):
+            return [str(r[0]) for r in await cur.fetchall()]
 
     # --- rooms and members -----------------------------------------------------------------------
     async def _append(
@@ -263,29 +367,78 @@ class SqliteStore:
         return RoomEvent(room_id, seq, type_, data, now_ms, trace or {})
 
     async def create_room(
-        self, room_id: int, name: str, created_at_ms: int, member_ids: Sequence[int]
+        self,
+        room_id: int,
+        name: str,
+        created_at_ms: int,
+        member_ids: Sequence[int],
+        *,
+        public: bool = False,
+    ) -> tuple[Room, list[RoomEvent]]:
+        async with self._tx() as db:
+            return await self._create_room(
+                db, room_id, name, created_at_ms, member_ids, public=public, direct=False
+            )
+
+    async def _create_room(
+        self,
+        db: aiosqlite.Connection,
+        room_id: int,
+        name: str,
+        created_at_ms: int,
+        member_ids: Sequence[int],
+        *,
+        public: bool,
+        direct: bool,
     ) -> tuple[Room, list[RoomEvent]]:
         out: list[RoomEvent] = []
-        async with self._tx() as db:
+        await db.execute(
+            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct)"
+            " VALUES (?, ?, 0, ?, ?, ?)",
+            (room_id, name, created_at_ms, int(public), int(direct)),
+        )
+        for i, uid in enumerate(dict.fromkeys(member_ids)):
+            # A group room's first member owns it; the two of a direct room are equals.
+            role = "owner" if i == 0 and not direct else "member"
             await db.execute(
-                "INSERT INTO rooms (id, name, last_seq, created_at_ms) VALUES (?, ?, 0, ?)",
-                (room_id, name, created_at_ms),
+                "INSERT INTO room_members (room_id, user_id, joined_at_ms, role)"
+                " VALUES (?, ?, ?, ?)",
+                (room_id, uid, created_at_ms, role),
             )
-            for uid in dict.fromkeys(member_ids):
-                await db.execute(
-                    "INSERT INTO room_members (room_id, user_id, joined_at_ms) VALUES (?, ?, ?)",
-                    (room_id, uid, created_at_ms),
+            out.append(
+                await self._append(
+                    db,
+                    room_id,
+                    "MEMBER_JOIN",
+                    lambda s, u=uid: ev.member(room_id, s, u),
+                    created_at_ms,
                 )
-                out.append(
-                    await self._append(
-                        db,
-                        room_id,
-                        "MEMBER_JOIN",
-                        lambda s, u=uid: ev.member(room_id, s, u),
-                        created_at_ms,
-                    )
-                )
-        return Room(room_id, name, len(out), created_at_ms), out
+            )
+        return Room(room_id, name, len(out), created_at_ms, public, direct), out
+
+    async def open_direct_room(
+        self, room_id: int, user_a: int, user_b: int, name: str, now_ms: int
+    ) -> tuple[Room, list[RoomEvent]]:
+        lo, hi = sorted((user_a, user_b))
+        # BEGIN IMMEDIATE holds the write lock: check-then-insert cannot race, even across
+        # processes sharing the file.
+        async with self._tx() as db:
+            async with db.execute(
+                f"SELECT {_ROOM_COLS} FROM rooms WHERE id ="
+                " (SELECT room_id FROM direct_rooms WHERE user_lo = ? AND user_hi = ?)",
+                (lo, hi),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return _room(row), []
+            room, events = await self._create_room(
+                db, room_id, name, now_ms, [user_a, user_b], public=False, direct=True
+            )
+            await db.execute(
+                "INSERT INTO direct_rooms (user_lo, user_hi, room_id) VALUES (?, ?, ?)",
+                (lo, hi, room_id),
+            )
+        return room, events
 
     async def add_member(
         self, room_id: int, user_id: int, now_ms: int
@@ -296,6 +449,9 @@ class SqliteStore:
                 " SELECT id, ?, ? FROM rooms WHERE id = ? ON CONFLICT DO NOTHING",
                 (user_id, now_ms, room_id),
             )
+            await db.execute(
+                "DELETE FROM room_invitations WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+            )
             event = None
             if cur.rowcount > 0:
                 event = await self._append(
@@ -305,16 +461,109 @@ class SqliteStore:
                 row = await c2.fetchone()
         return None if row is None else (_room(row), event)
 
-    async def remove_member(self, room_id: int, user_id: int, now_ms: int) -> RoomEvent | None:
+    async def remove_member(
+        self, room_id: int, user_id: int, now_ms: int, removed_by: int | None = None
+    ) -> RoomEvent | None:
         async with self._tx() as db:
-            cur = await db.execute(
-                "DELETE FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
-            )
-            if cur.rowcount == 0:
+            async with db.execute(
+                "DELETE FROM room_members WHERE room_id = ? AND user_id = ? RETURNING role",
+                (room_id, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
                 return None
+            if row[0] == "owner":  # the longest-standing admin, else member, takes over
+                await db.execute(
+                    "UPDATE room_members SET role = 'owner' WHERE room_id = ? AND user_id ="
+                    " (SELECT user_id FROM room_members WHERE room_id = ? ORDER BY"
+                    " role <> 'admin', joined_at_ms, user_id LIMIT 1)",
+                    (room_id, room_id),
+                )
             return await self._append(
-                db, room_id, "MEMBER_LEAVE", lambda s: ev.member(room_id, s, user_id), now_ms
+                db,
+                room_id,
+                "MEMBER_LEAVE",
+                lambda s: ev.member(room_id, s, user_id, removed_by),
+                now_ms,
             )
+
+    async def member_role(self, room_id: int, user_id: int) -> str | None:
+        row = await self._one(
+            "SELECT role FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return None if row is None else str(row[0])
+
+    async def member_roles(self, room_id: int) -> list[tuple[int, str]]:
+        rows = await self._all(
+            "SELECT user_id, role FROM room_members WHERE room_id = ?"
+            " ORDER BY joined_at_ms, user_id",
+            (room_id,),
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def set_member_role(self, room_id: int, user_id: int, role: str) -> bool:
+        changed = await self._write(
+            "UPDATE room_members SET role = ? WHERE room_id = ? AND user_id = ?",
+            (role, room_id, user_id),
+        )
+        return changed > 0
+
+    async def public_rooms(self, after: int | None, limit: int) -> list[Room]:
+        rows = await self._all(
+            f"SELECT {_ROOM_COLS} FROM rooms WHERE is_public = 1 AND id > ? ORDER BY id LIMIT ?",
+            (after or 0, limit),
+        )
+        return [_room(r) for r in rows]
+
+    async def shared_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            "SELECT DISTINCT o.user_id FROM room_members v JOIN room_members o"
+            f" ON o.room_id = v.room_id WHERE v.user_id = ? AND o.user_id IN ({marks})",
+            (viewer, *ids),
+        )
+        return {int(r[0]) for r in rows}
+
+    # --- invitations -----------------------------------------------------------------------------
+    async def create_invitations(
+        self, room_id: int, inviter_id: int, user_ids: Sequence[int], now_ms: int
+    ) -> list[int]:
+        invited: list[int] = []
+        async with self._tx() as db:
+            for uid in dict.fromkeys(user_ids):
+                cur = await db.execute(
+                    "INSERT INTO room_invitations (room_id, user_id, inviter_id, created_at_ms)"
+                    " SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM room_members"
+                    " WHERE room_id = ? AND user_id = ?) ON CONFLICT DO NOTHING",
+                    (room_id, uid, inviter_id, now_ms, room_id, uid),
+                )
+                if cur.rowcount > 0:
+                    invited.append(uid)
+        return invited
+
+    async def invitations_of(self, user_id: int) -> list[Invitation]:
+        rows = await self._all(
+            "SELECT i.room_id, r.name, i.user_id, i.inviter_id, i.created_at_ms"
+            " FROM room_invitations i JOIN rooms r ON r.id = i.room_id"
+            " WHERE i.user_id = ? ORDER BY i.created_at_ms, i.room_id",
+            (user_id,),
+        )
+        return [Invitation(*r) for r in rows]
+
+    async def has_invitation(self, room_id: int, user_id: int) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM room_invitations WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return row is not None
+
+    async def delete_invitation(self, room_id: int, user_id: int) -> bool:
+        changed = await self._write(
+            "DELETE FROM room_invitations WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return changed > 0
 
     async def get_room(self, room_id: int) -> Room | None:
         row = await self._one(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = ?", (room_id,))
@@ -322,8 +571,9 @@ class SqliteStore:
 
     async def rooms_of(self, user_id: int) -> list[Room]:
         rows = await self._all(
-            "SELECT r.id, r.name, r.last_seq, r.created_at_ms FROM room_members m"
-            " JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ? ORDER BY r.id",
+            "SELECT r.id, r.name, r.last_seq, r.created_at_ms, r.is_public, r.is_direct"
+            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ?"
+            " ORDER BY r.id",
             (user_id,),
         )
         return [_room(r) for r in rows]

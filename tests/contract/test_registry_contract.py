@@ -597,3 +597,29 @@ async def test_a_burst_beyond_the_pool_waits_instead_of_failing(redis_url: str) 
             if keys:
                 await raw.delete(*keys)
         await raw.aclose()
+
+
+# -- token revocation and login backoff (issue 11) -----------------------------------------------
+async def test_revocations_keep_the_latest_not_before_until_their_ttl(env: Env) -> None:
+    reg = env.registry
+    await reg.revoke_tokens(["u:1", "s:abc"], 5_000, 1.0)
+    await reg.revoke_tokens(["u:1"], 3_000, 1.0)  # older: never lowers it
+    other = await env.make_peer()  # another process (Redis) or the same one (memory)
+    assert await other.tokens_not_before(["u:1", "s:abc", "u:2"]) == [5_000, 5_000, 0]
+    await reg.revoke_tokens(["u:1"], 9_000, 1.0)
+    assert await reg.tokens_not_before(["u:1"]) == [9_000]
+    await env.advance(1.2)
+    assert await reg.tokens_not_before(["u:1", "s:abc"]) == [0, 0]
+
+
+async def test_backoff_locks_from_the_free_th_failure_doubling_to_the_cap(env: Env) -> None:
+    reg = env.registry
+    locks = [await reg.backoff_failure("login:eve", 3, 0.2, 0.5, 60.0) for _ in range(5)]
+    assert locks == [0.0, 0.0, 0.2, 0.4, 0.5]
+    other = await env.make_peer()  # another process (Redis) or the same one (memory)
+    assert 0.3 < await other.backoff_wait("login:eve") <= 0.5  # shared by every process
+    assert await reg.backoff_wait("login:nobody") == 0.0
+    await env.advance(0.6)
+    assert await reg.backoff_wait("login:eve") == 0.0
+    await reg.backoff_clear("login:eve")
+    assert await reg.backoff_failure("login:eve", 3, 0.2, 0.5, 60.0) == 0.0  # counted afresh

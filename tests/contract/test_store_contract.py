@@ -287,3 +287,76 @@ async def test_leases(store: Store) -> None:
     await asyncio.sleep(0.01)
     assert await store.acquire_lease("relay-2", "b", 60_000)  # expired: taken over
     assert not await store.acquire_lease("relay-2", "a", 60_000)
+
+
+# --- access model, 2FA and sessions (issue 11) ----------------------------------------------------
+async def test_roles_invitations_and_ownership_hand_over(store: Store) -> None:
+    a, b, c, d = await make_users(store, "own", "adm", "mem", "inv")
+    rid = await make_room(store, a, b, c)
+    assert await store.member_roles(rid) == [(a, "owner"), (b, "member"), (c, "member")]
+    assert await store.set_member_role(rid, b, "admin")
+    assert not await store.set_member_role(rid, d, "admin")
+    assert await store.create_invitations(rid, a, [d, c, d], T0) == [d]  # members skipped
+    assert await store.create_invitations(rid, a, [d], T0) == []
+    (inv,) = await store.invitations_of(d)
+    assert (inv.room_id, inv.room_name, inv.user_id, inv.inviter_id) == (rid, "room", d, a)
+    assert await store.has_invitation(rid, d)
+    assert await store.add_member(rid, d, T0) is not None
+    assert not await store.has_invitation(rid, d)  # joining spends the invitation
+    leave = await store.remove_member(rid, a, T0, removed_by=None)
+    assert leave is not None and "removed_by" not in leave.data
+    assert await store.member_role(rid, b) == "owner"  # the admin takes over
+    kicked = await store.remove_member(rid, c, T0, removed_by=b)
+    assert kicked is not None and kicked.data["removed_by"] == str(b)
+    assert await store.member_role(rid, c) is None
+    assert await store.shared_with(b, [c, d, a]) == {d}
+    assert not await store.delete_invitation(rid, d)
+
+
+async def test_public_rooms_and_direct_rooms(store: Store) -> None:
+    a, b = await make_users(store, "pa", "pb")
+    public, _ = await store.create_room(nid(), "lobby", T0, [a], public=True)
+    await make_room(store, a)
+    assert public.public and [r.id for r in await store.public_rooms(None, 10)] == [public.id]
+    assert await store.public_rooms(public.id, 10) == []
+    rooms = await asyncio.gather(
+        *(store.open_direct_room(nid(), x, y, "pa, pb", T0) for x, y in [(a, b), (b, a)] * 4)
+    )
+    assert len({r.id for r, _ in rooms}) == 1 and rooms[0][0].direct
+    assert sorted(len(events) for _, events in rooms) == [0] * 7 + [2]
+    assert await store.member_roles(rooms[0][0].id) == [(a, "member"), (b, "member")]
+
+
+async def test_totp_steps_recovery_codes_and_passwords(store: Store) -> None:
+    (a,) = await make_users(store, "tfa")
+    await store.set_totp(a, "SECRET", False)
+    record = await store.get_user_record(a)
+    assert record is not None and (record.totp_secret, record.totp_enabled) == ("SECRET", False)
+    await store.set_totp(a, "SECRET", True)
+    assert (await store.get_user_by_name("TFA")).totp_enabled  # type: ignore[union-attr]
+    assert await store.use_totp_step(a, 100)
+    results = await asyncio.gather(*(store.use_totp_step(a, 101) for _ in range(4)))
+    assert sorted(results) == [False, False, False, True]  # one winner, the rest are replays
+    assert not await store.use_totp_step(a, 99)
+    await store.set_recovery_codes(a, [b"h1", b"h2"])
+    assert await store.use_recovery_code(a, b"h1", T0)
+    assert not await store.use_recovery_code(a, b"h1", T0)
+    assert await store.recovery_codes_left(a) == 1
+    await store.set_totp(a, None, False)
+    assert await store.recovery_codes_left(a) == 0
+    await store.set_password_hash(a, "new-hash")
+    assert (await store.get_user_record(a)).password_hash == "new-hash"  # type: ignore[union-attr]
+
+
+async def test_sessions_listing_and_revocation(store: Store) -> None:
+    (a,) = await make_users(store, "sess")
+    for fam in ("f1", "f2"):
+        await store.create_refresh_token(fam.encode(), a, fam, T0, T0 + 10_000, f"client {fam}")
+    await store.create_refresh_token(b"old", a, "f0", T0 - 20_000, T0 - 10_000)  # expired
+    listed = await store.list_sessions(a, T0)
+    assert [(s.id, s.client) for s in listed] == [("f1", "client f1"), ("f2", "client f2")]
+    assert await store.refresh_family(b"f1") == (a, "f1")
+    assert await store.revoke_session(a, "f1", T0) and not await store.revoke_session(a, "f1", T0)
+    assert not await store.revoke_session(a + 1, "f2", T0)  # not theirs
+    assert sorted(await store.revoke_all_sessions(a, T0)) == ["f0", "f2"]
+    assert await store.list_sessions(a, T0) == []

@@ -48,8 +48,8 @@ async def h(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Har
 
 async def test_room_lifecycle_and_events(h: Harness) -> None:
     a, b, c = await h.user("a"), await h.user("b"), await h.user("c")
-    room = await h.chat.create_room(a, "general", [b, b])
-    assert room.last_seq == 2
+    room = await h.chat.create_room(a, "general", [b, b], public=True)
+    assert room.last_seq == 2 and room.public
     assert [(e.type, e.data["user_id"]) for e in h.published] == [
         ("MEMBER_JOIN", str(a)),
         ("MEMBER_JOIN", str(b)),
@@ -62,20 +62,103 @@ async def test_room_lifecycle_and_events(h: Harness) -> None:
     assert [r.id for r in await h.chat.list_rooms(c)] == [room.id]
     assert await h.chat.leave_room(c, room.id)
     assert h.published[-1].type == "MEMBER_LEAVE" and h.published[-1].seq == 4
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.leave_room(c, room.id)
     with pytest.raises(NotFound):
         await h.chat.leave_room(c, 999_999)
     with pytest.raises(NotFound):
         await h.chat.join_room(c, 999_999)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.get_room(c, room.id)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.room_members(c, room.id)
     with pytest.raises(NotFound):
         await h.chat.get_room(a, 999_999)
     assert (await h.chat.get_room(a, room.id)).last_seq == 4
     assert await h.chat.is_member(room.id, a) and not await h.chat.is_member(room.id, c)
+
+
+async def test_private_rooms_invitations_roles_and_removal(h: Harness) -> None:
+    owner, admin, member, guest, stranger = [await h.user(n) for n in "oamgs"]
+    room = await h.chat.create_room(owner, "private", [admin, member])
+    assert not room.public and not room.direct
+    assert await h.chat.member_roles(owner, room.id) == [
+        (owner, "owner"),
+        (admin, "member"),
+        (member, "member"),
+    ]
+    with pytest.raises(NotFound):  # private: no joining without an invitation
+        await h.chat.join_room(stranger, room.id)
+    with pytest.raises(Forbidden):  # plain members don't invite to a private room
+        await h.chat.invite(member, room.id, [guest])
+    with pytest.raises(Forbidden):
+        await h.chat.set_member_role(admin, room.id, member, "admin")
+    assert await h.chat.set_member_role(owner, room.id, admin, "admin")
+    assert await h.chat.invite(admin, room.id, [guest, member]) == [guest]  # members skipped
+    assert await h.chat.invite(admin, room.id, [guest]) == []  # already invited
+    assert [(i.room_id, i.inviter_id) for i in await h.chat.invitations(guest)] == [
+        (room.id, admin)
+    ]
+    assert (await h.chat.join_room(guest, room.id)).id == room.id  # joining accepts it
+    assert await h.chat.invitations(guest) == []
+    with pytest.raises(Forbidden):  # an admin removes plain members only
+        await h.chat.remove_member(admin, room.id, owner)
+    assert await h.chat.remove_member(admin, room.id, guest)
+    leave = h.published[-1]
+    assert leave.type == "MEMBER_LEAVE"
+    assert leave.data == {
+        "room_id": str(room.id),
+        "seq": leave.seq,
+        "user_id": str(guest),
+        "removed_by": str(admin),
+    }
+    with pytest.raises(NotFound):
+        await h.chat.history(guest, room.id, None, None)
+    # declining; the owner leaving hands the room to the admin
+    await h.chat.invite(owner, room.id, [stranger])
+    assert await h.chat.decline_invitation(stranger, room.id)
+    with pytest.raises(NotFound):
+        await h.chat.accept_invitation(stranger, room.id)
+    assert await h.chat.leave_room(owner, room.id)
+    assert await h.chat.member_role(admin, room.id) == "owner"
+    # public rooms: listed, joinable, any member invites
+    lobby = await h.chat.create_room(member, "lobby", public=True)
+    assert [r.id for r in await h.chat.public_rooms()] == [lobby.id]
+    assert (await h.chat.join_room(stranger, lobby.id)).public
+    assert await h.chat.invite(stranger, lobby.id, [guest]) == [guest]
+
+
+async def test_direct_rooms_are_one_per_pair(h: Harness) -> None:
+    a, b, c = await h.user("a"), await h.user("b"), await h.user("c")
+    rooms = await asyncio.gather(*(h.chat.open_direct_room(x, y) for x, y in [(a, b), (b, a)] * 5))
+    assert len({r.id for r in rooms}) == 1 and rooms[0].direct and not rooms[0].public
+    dm = rooms[0]
+    assert await h.chat.room_members(a, dm.id) == [a, b]
+    assert sum(1 for e in h.published if e.room_id == dm.id) == 2  # one pair of MEMBER_JOIN
+    assert (await h.chat.open_direct_room(a, c)).id != dm.id
+    with pytest.raises(NotFound):
+        await h.chat.get_room(c, dm.id)
+    for call in (
+        h.chat.leave_room(a, dm.id),
+        h.chat.invite(a, dm.id, [c]),
+        h.chat.remove_member(a, dm.id, b),
+        h.chat.open_direct_room(a, a),
+        h.chat.open_direct_room(a, 987_654),
+    ):
+        with pytest.raises(BadInput):
+            await call
+
+
+async def test_a_nonce_spent_in_another_room_answers_nothing_of_it(h: Harness) -> None:
+    a, b = await h.user("a"), await h.user("b")
+    mine = await h.chat.create_room(a, "mine")
+    other = await h.chat.create_room(a, "other")
+    theirs = await h.chat.create_room(b, "theirs")
+    await h.chat.send_message(a, mine.id, "first", "n-1")
+    with pytest.raises(NotFound):  # was: the message of the first room
+        await h.chat.send_message(a, theirs.id, "probe", "n-1")
+    with pytest.raises(BadInput):
+        await h.chat.send_message(a, other.id, "again", "n-1")
 
 
 async def test_create_room_rejects_bad_input(h: Harness) -> None:
@@ -108,7 +191,7 @@ async def test_send_rules(h: Harness) -> None:
     for content, nonce in bad:
         with pytest.raises(BadInput):
             await h.chat.send_message(a, room.id, content, nonce)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.send_message(b, room.id, "hi", "n")
     with pytest.raises(NotFound):
         await h.chat.send_message(a, 999_999, "hi", "n")
@@ -137,7 +220,7 @@ async def test_edit_delete_permissions(h: Harness) -> None:
     m = await h.chat.send_message(a, room.id, "v1", "n")
     with pytest.raises(Forbidden):
         await h.chat.edit_message(b, m.id, "hacked")
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.edit_message(c, m.id, "hacked")
     with pytest.raises(Forbidden):
         await h.chat.delete_message(b, m.id)
@@ -173,7 +256,7 @@ async def test_reactions(h: Harness) -> None:
     for emoji in ("", " ", "x" * 33):
         with pytest.raises(BadInput):
             await h.chat.add_reaction(a, m.id, emoji)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.add_reaction(c, m.id, "👍")
     assert await h.chat.remove_reaction(b, m.id, "👍")
     assert not await h.chat.remove_reaction(b, m.id, "👍")
@@ -201,7 +284,7 @@ async def test_history_paging(h: Harness) -> None:
             await h.chat.history(a, room.id, None, None, limit=limit)
     with pytest.raises(BadInput):
         await h.chat.history(a, room.id, ids[3], ids[1])
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await h.chat.history(b, room.id, None, None)
     with pytest.raises(NotFound):
         await h.chat.history(a, 999_999, None, None)

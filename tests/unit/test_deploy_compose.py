@@ -6,6 +6,7 @@ installed, ``config`` is run too; that needs no engine.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -197,7 +198,18 @@ def test_compose_config_with_binary() -> None:
         cmd = ["docker", "compose", "-f", str(COMPOSE), "config", "-q"]
     else:
         pytest.skip("neither docker-compose nor the docker compose plugin is installed")
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+
+    def config(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+            env={**env, **extra},
+        )  # fmt: skip
+
+    # issue 11, observation 5: no fixed fallback secret any more; it must be given
+    missing = config({})
+    assert missing.returncode != 0 and "JWT_SECRET" in missing.stderr
+    result = config({"JWT_SECRET": "x" * 48})
     assert result.returncode == 0, result.stderr
 
 

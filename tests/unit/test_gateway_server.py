@@ -76,7 +76,7 @@ async def test_lifecycle_identify_send_and_fanout(cluster: Cluster) -> None:
     other = await cluster.room(bob, name="other")
     await a.request(8, {"room_id": str(other.id), "content": "x", "nonce": "n2"})
     err = await a.until(lambda f: f["op"] == 13)
-    assert err["d"]["ok"] is False and err["d"]["error"]["code"] == "FORBIDDEN"
+    assert err["d"]["ok"] is False and err["d"]["error"]["code"] == "NOT_FOUND"  # as unknown
     await a.request(8, {"room_id": str(room.id), "content": "x", "nonce": "n" * 33})
     err = await a.until(lambda f: f["op"] == 13)
     assert err["d"]["error"]["code"] == "BAD_USER_INPUT"
@@ -707,3 +707,51 @@ async def test_a_live_burst_over_the_limit_is_paced_for_a_reader_that_keeps_up(
     assert seqs == [e.seq for e in burst]
     assert metrics.SLOW_CONSUMER_CUTS._value.get() == cuts
     await b.ws.close()
+
+
+async def test_a_revoked_login_ends_its_live_session_and_cannot_resume(cluster: Cluster) -> None:
+    gw = await cluster.gateway()
+    alice, _ = await cluster.user("alice")
+    tokens = await cluster.core.auth.login(alice.username, "correct horse battery")
+    other = await cluster.core.auth.login(alice.username, "correct horse battery")
+    c = await Client.open(gw.port)
+    ready = await c.identify(tokens.access_token)
+    keep = await Client.open(gw.port)
+    await keep.identify(other.access_token)
+    assert await cluster.core.auth.logout(tokens.refresh_token)
+    assert await c.close_code() == 4501  # terminal: the session ended with it
+    again = await Client.open(gw.port)
+    await again.recv()
+    await again.send(
+        6, {"token": tokens.access_token, "session_id": ready["d"]["session_id"], "seq": 1}
+    )
+    assert await again.close_code() == 4501
+    await keep.send(1, None)  # the other login of the same user is untouched
+    assert (await keep.until(lambda f: f["op"] == 11))["d"] is None
+
+
+async def test_identify_limit_keys_on_the_client_behind_a_trusted_proxy(cluster: Cluster) -> None:
+    gw = await cluster.gateway(
+        identify_per_window=1, identify_window_s=60.0, trusted_proxies=("127.0.0.1",)
+    )
+    _, tok = await cluster.user("proxied")
+    for client in ("203.0.113.1", "203.0.113.2"):  # two clients behind one proxy: one each
+        c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": client})
+        await c.identify(tok)
+        await c.ws.close()
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "203.0.113.1"})
+    await c.recv()
+    await c.send(2, {"token": tok})
+    assert await c.close_code() == 4008  # the first one again
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: Cluster) -> None:
+    gw = await cluster.gateway(identify_per_window=1, identify_window_s=60.0)
+    _, tok = await cluster.user("proxied")
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "198.51.100.7"})
+    await c.identify(tok)
+    await c.ws.close()
+    c = await Client.open(gw.port, additional_headers={"X-Forwarded-For": "198.51.100.8"})
+    await c.recv()
+    await c.send(2, {"token": tok})
+    assert await c.close_code() == 4008  # both were the peer 127.0.0.1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from chat_core.outbox import OutboxPublisher
@@ -90,8 +91,14 @@ class Edge:
 
 
 @asynccontextmanager
-async def make_edge(tmp_path: Path, **edge: Any) -> AsyncIterator[Edge]:
-    settings = Settings(sqlite_path=str(tmp_path / "edge.sqlite3"))
+async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
+    """``overrides``: Settings fields (``access_token_ttl_s`` ...) or EdgeSettings fields."""
+    names = {f.name for f in msgspec.structs.fields(Settings)}
+    edge = {k: v for k, v in overrides.items() if k not in names}
+    settings = Settings(
+        sqlite_path=str(tmp_path / "edge.sqlite3"),
+        **{k: v for k, v in overrides.items() if k in names},
+    )
     store = SqliteStore(settings.sqlite_path)
     await store.start()
     await migrate(store)
@@ -99,10 +106,10 @@ async def make_edge(tmp_path: Path, **edge: Any) -> AsyncIterator[Edge]:
     await log.start()
     publisher = OutboxPublisher(log, store)
     await publisher.start()
-    auth = CountingAuth(store, settings)
-    chat = ChatService(store, settings, on_commit=publisher.submit)
     registry = MemoryRegistry()
     await registry.start()
+    auth = CountingAuth(store, registry, settings)
+    chat = ChatService(store, settings, on_commit=publisher.submit)
     events = LogRoomEvents(chat, log, poll_ms=50)
     placement = OnePlacement()
     app = create_app(
@@ -112,6 +119,7 @@ async def make_edge(tmp_path: Path, **edge: Any) -> AsyncIterator[Edge]:
         placement,
         events=events,
         presence=registry,
+        revocations=registry,
         edge=EdgeSettings(**edge),
     )
     transport = httpx.ASGITransport(app=app)
@@ -212,17 +220,29 @@ async def test_rooms_membership_and_errors(edge: Edge) -> None:
     assert (await edge.gql("{ rooms { id } }", token=tc))["data"]["rooms"] == []
     q = "query($id: ID!) { room(id: $id) { id name lastSeq members { username } } }"
     assert (await edge.gql(q, {"id": room["id"]}, ta))["data"]["room"]["id"] == room["id"]
-    assert code(await edge.gql(q, {"id": room["id"]}, tc)) == "FORBIDDEN"
+    assert (await edge.gql(q, {"id": room["id"]}, tc))["data"]["room"] is None  # not in it
     assert (await edge.gql(q, {"id": "12345"}, ta))["data"]["room"] is None
     assert code(await edge.gql(q, {"id": "not-a-number"}, ta)) == "BAD_USER_INPUT"
     join = "mutation($r: ID!) { joinRoom(roomId: $r) { id members { username } } }"
+    assert code(await edge.gql(join, {"r": room["id"]}, tc)) == "NOT_FOUND"  # private
+    invite = "mutation($r: ID!, $u: [ID!]!) { inviteToRoom(roomId: $r, userIds: $u) }"
+    assert (await edge.gql(invite, {"r": room["id"], "u": [carol]}, ta))["data"] == {
+        "inviteToRoom": [carol]
+    }
+    pending = "{ invitations { roomId roomName inviter { username } createdAt } }"
+    (inv,) = (await edge.gql(pending, token=tc))["data"]["invitations"]
+    assert (inv["roomId"], inv["roomName"], inv["inviter"]["username"]) == (
+        room["id"],
+        "general",
+        "alice",
+    )
     joined = (await edge.gql(join, {"r": room["id"]}, tc))["data"]["joinRoom"]
     assert "carol" in {m["username"] for m in joined["members"]}
     assert code(await edge.gql(join, {"r": "999"}, tc)) == "NOT_FOUND"
     leave = "mutation($r: ID!) { leaveRoom(roomId: $r) }"
     assert (await edge.gql(leave, {"r": room["id"]}, tc))["data"]["leaveRoom"] is True
     send = await edge.gql(SEND, {"r": room["id"], "c": "hi", "n": "n1"}, tc)
-    assert code(send) == "FORBIDDEN"
+    assert code(send) == "NOT_FOUND"
     user = "query($id: ID!) { user(id: $id) { id username status } }"
     assert (await edge.gql(user, {"id": carol}, ta))["data"]["user"]["username"] == "carol"
     assert (await edge.gql(user, {"id": "77"}, ta))["data"]["user"] is None

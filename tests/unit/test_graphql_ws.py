@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ SUB = """subscription($r: ID!, $a: Int) { roomEvents(roomId: $r, afterSeq: $a) {
   ... on MessageDeleted { id seq }
   ... on ReactionAdded { messageId userId emoji seq }
   ... on MemberJoined { userId seq }
+  ... on MemberLeft { userId seq removedBy }
 } }"""
 
 
@@ -31,20 +33,26 @@ class Server:
         self.url = url
 
 
+@asynccontextmanager
+async def serve_edge(edge: Edge) -> AsyncIterator[str]:
+    """The edge app on a real uvicorn server; yields its graphql-transport-ws URL."""
+    config = uvicorn.Config(edge.app, host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:  # noqa: ASYNC110  (uvicorn offers no started event)
+        await asyncio.sleep(0.01)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}/graphql"
+    finally:
+        srv.should_exit = True
+        await task
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with make_edge(tmp_path, ws_init_timeout_s=0.5) as edge:
-        config = uvicorn.Config(edge.app, host="127.0.0.1", port=0, log_level="warning")
-        srv = uvicorn.Server(config)
-        task = asyncio.create_task(srv.serve())
-        while not srv.started:  # noqa: ASYNC110  (uvicorn offers no started event)
-            await asyncio.sleep(0.01)
-        port = srv.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield Server(edge, f"ws://127.0.0.1:{port}/graphql")
-        finally:
-            srv.should_exit = True
-            await task
+    async with make_edge(tmp_path, ws_init_timeout_s=0.5) as edge, serve_edge(edge) as url:
+        yield Server(edge, url)
 
 
 async def open_ws(url: str, **kw: Any) -> ClientConnection:
@@ -147,7 +155,7 @@ async def test_subscription_errors(server: Server) -> None:
         )
         err = await recv(ws)
         assert err["type"] == "error" and err["id"] == "a"
-        assert err["payload"][0]["extensions"]["code"] == "FORBIDDEN"
+        assert err["payload"][0]["extensions"]["code"] == "NOT_FOUND"  # as an unknown room
         await send(ws, {"type": "subscribe", "id": "b", "payload": {"query": "{ nope }"}})
         err = await recv(ws)
         assert (

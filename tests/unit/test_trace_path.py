@@ -30,6 +30,7 @@ from chat_core.outbox import OutboxPublisher, OutboxRelay, event_record
 from chat_core.service import ChatService
 from graphql_edge import EdgeSettings, create_app
 from shardchat.adapters.memory_log import MemoryEventLog
+from shardchat.adapters.memory_registry import MemoryRegistry
 from shardchat.adapters.pg_store import PgStore
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.config import Settings
@@ -135,9 +136,8 @@ async def test_send_message_trace_reaches_record_headers_and_delivery(
     publisher = OutboxPublisher(log, store)
     await publisher.start()
     chat = ChatService(store, settings, on_commit=publisher.submit)
-    app = create_app(
-        settings, AuthService(store, settings), chat, OnePlacement(), edge=EdgeSettings()
-    )
+    auth = AuthService(store, MemoryRegistry(), settings)
+    app = create_app(settings, auth, chat, OnePlacement(), edge=EdgeSettings())
     try:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as http:
