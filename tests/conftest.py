@@ -180,14 +180,17 @@ def kafka_bootstrap() -> str:
 
 
 @pytest.fixture(scope="session")
-def kafka3_bootstrap() -> str:
-    """The 3-node Kafka cluster of deploy/local (engines.sh up kafka3)."""
+def kafka3_bootstrap() -> Iterator[str]:
+    """The 3-node Kafka cluster of deploy/local, started for the tests that use it and stopped
+    after them (three brokers idle cost a good part of a core: ``up all`` leaves them out)."""
     bootstrap = os.environ.get("SHARDCHAT_KAFKA3_BOOTSTRAP", DEFAULT_KAFKA3_BOOTSTRAP)
+    engine_control.start_sync("kafka3")
     try:
         asyncio.run(_kafka_probe(bootstrap))
     except Exception as exc:
         _unreachable("the 3-node Kafka cluster", bootstrap, exc)
-    return bootstrap
+    yield bootstrap
+    engine_control.stop_sync("kafka3")
 
 
 async def wait_for_topic(bootstrap: str, topic: str, partitions: int, within: float = 30) -> None:

@@ -75,21 +75,37 @@ async def restart(name: EngineName, within: float = 180.0) -> None:
     await start(name, within)
 
 
+def _run_sync(action: str, name: str, within: float) -> None:
+    done = subprocess.run(
+        ["bash", str(ENGINES_SH), action, name],
+        timeout=within,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        out = done.stdout.decode(errors="replace")
+        raise EngineControlError(f"engines.sh {action} {name} failed ({done.returncode}):\n{out}")
+
+
+def start_sync(name: EngineName, within: float = 180.0) -> None:
+    """``start`` for synchronous fixtures (an engine that only some tests use)."""
+    _run_sync("up", name, within)
+    _stopped.discard(name)
+
+
+def stop_sync(name: EngineName, within: float = 120.0) -> None:
+    """Stop an engine started for some tests only (not restarted at the end of the session)."""
+    _run_sync("down", name, within)
+    _stopped.discard(name)
+
+
 def start_stopped_sync(within: float = 180.0) -> list[str]:
     """Start every engine this process stopped and did not start again; returns their names."""
     started: list[str] = []
     for name in sorted(_stopped):
-        done = subprocess.run(
-            ["bash", str(ENGINES_SH), "up", name],
-            timeout=within,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-        if done.returncode != 0:
-            out = done.stdout.decode(errors="replace")
-            raise EngineControlError(f"engines.sh up {name} failed ({done.returncode}):\n{out}")
+        _run_sync("up", name, within)
         started.append(name)
     _stopped.clear()
     return started

@@ -1130,7 +1130,7 @@ haproxy_status() {
 # ---------------------------------------------------------------------------------------------
 engines_of() {
 	case "${1:-all}" in
-	all) echo "pg redis kafka nats kafka3 rc haproxy" ;;
+	all) echo "pg redis kafka nats rc haproxy" ;;  # kafka3: started by the tests that use it
 	pg | postgres | postgresql) echo pg ;;
 	redis) echo redis ;;
 	kafka) echo kafka ;;
@@ -1159,8 +1159,11 @@ main() {
 		for e in $(engines_of "${1:-all}"); do "${e}_up"; done
 		;;
 	down)
-		# Reverse order: the clusters first, PostgreSQL last.
-		for e in $(engines_of "${1:-all}" | tr ' ' '\n' | tac); do "${e}_down"; done
+		# Reverse order: the clusters first, PostgreSQL last; `down all` stops kafka3 too.
+		local which
+		which="$(engines_of "${1:-all}")"
+		[[ "${1:-all}" == all ]] && which="$which kafka3"
+		for e in $(tr ' ' '\n' <<<"$which" | tac); do "${e}_down"; done
 		;;
 	restart)
 		[[ $# -ge 1 ]] || die "usage: $0 restart pg|redis|kafka|nats|kafka3|redis-cluster|all"
