@@ -26,10 +26,15 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     if args.gateways < 1:
         print("shardchat dev: --gateways must be at least 1", file=sys.stderr)
         return 2
+    if args.balancer and not args.cluster:
+        print("shardchat dev: --balancer needs --cluster", file=sys.stderr)
+        return 2
     if args.cluster:
         from shardchat.supervisor import run_cluster
 
-        code: int = _run(run_cluster(_settings(args), args.gateways, args.config))
+        code: int = _run(
+            run_cluster(_settings(args), args.gateways, args.config, balancer=args.balancer)
+        )
         return code
     from shardchat.services import run_dev
 
@@ -105,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start deploy/local PostgreSQL/Redis/Kafka and supervise one process per service",
     )
     dev.add_argument("--gateways", type=int, default=2, help="gateway processes with --cluster")
+    dev.add_argument(
+        "--balancer",
+        action="store_true",
+        help="with --cluster: HAProxy (deploy/local) in front, one public port for HTTP and"
+        " WebSocket ($SHARDCHAT_HAPROXY_PORT, default 58080); clients are placed through it",
+    )
     dev.add_argument("--data-dir", default="data", help="folder for the SQLite file and dev key")
     dev.set_defaults(func=_cmd_dev)
 

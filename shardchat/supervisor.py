@@ -194,14 +194,25 @@ async def _run_quiet(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     return await proc.wait()
 
 
-async def ensure_engines(script: Path) -> bool:
-    """``engines.sh up all``; on failure ``install`` first, then once more."""
-    if await _run_quiet(["bash", str(script), "up", "all"]) == 0:
+#: The engines ``dev --cluster`` runs on (``engines.sh up all`` also starts the alternatives).
+CLUSTER_ENGINES = ("pg", "redis", "kafka")
+
+
+async def ensure_engines(script: Path, engines: Sequence[str] = CLUSTER_ENGINES) -> bool:
+    """``engines.sh up`` each of ``engines``; on failure ``install`` first, then once more."""
+
+    async def up() -> bool:
+        for engine in engines:
+            if await _run_quiet(["bash", str(script), "up", engine]) != 0:
+                return False
+        return True
+
+    if await up():
         return True
     print("[supervisor] engines did not start: installing them", flush=True)
     if await _run_quiet(["bash", str(script), "install"]) != 0:
         return False
-    return await _run_quiet(["bash", str(script), "up", "all"]) == 0
+    return await up()
 
 
 async def engines_env(script: Path) -> dict[str, str]:
@@ -292,8 +303,30 @@ async def _wait_http(url: str, within_s: float) -> bool:
     return False
 
 
-async def run_cluster(settings: Settings, gateways: int, config_path: str | None) -> int:
-    """Engines up, migrate once, then supervise router + N gateways + edge until a signal."""
+def balancer_env(
+    settings: Settings, gateways: int, env: Mapping[str, str], port: int
+) -> dict[str, str]:
+    """``env`` for a cluster behind HAProxy on ``port``: clients are placed on the balancer's
+    ``/ws`` (it picks a gateway), whose X-Forwarded-For the services trust; the same
+    environment tells ``engines.sh up haproxy`` where the edge and the gateways listen."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return {
+        **env,
+        "SHARDCHAT_PUBLIC_GATEWAY_URL": f"ws://{host}:{port}/ws",
+        "SHARDCHAT_TRUSTED_PROXIES": json.dumps(["127.0.0.1"]),
+        "SHARDCHAT_HAPROXY_PORT": str(port),
+        "SHARDCHAT_EDGE_PORT": str(settings.edge_port),
+        "SHARDCHAT_ROUTER_PORT": str(settings.router_port),
+        "SHARDCHAT_GATEWAY_PORT": str(settings.gateway_port),
+        "SHARDCHAT_GATEWAYS": str(gateways),
+    }
+
+
+async def run_cluster(
+    settings: Settings, gateways: int, config_path: str | None, *, balancer: bool = False
+) -> int:
+    """Engines up, migrate once, then supervise router + N gateways + edge until a signal;
+    with ``balancer``, HAProxy in front once they run."""
     from shardchat.services import stop_event
 
     script = engines_script()
@@ -305,6 +338,11 @@ async def run_cluster(settings: Settings, gateways: int, config_path: str | None
         print("shardchat dev --cluster: the engines did not start", file=sys.stderr)
         return 1
     env = cluster_env(settings, os.environ, await engines_env(script), config_path)
+    public = ""
+    if balancer:
+        port = int(env.get("SHARDCHAT_HAPROXY_PORT") or 58080)
+        env = balancer_env(settings, gateways, env, port)
+        public = f"http://127.0.0.1:{port}"
     if await _run_quiet([sys.executable, "-m", "shardchat.cli", "migrate"], env) != 0:
         print("shardchat dev --cluster: migrate failed", file=sys.stderr)
         return 1
@@ -316,6 +354,9 @@ async def run_cluster(settings: Settings, gateways: int, config_path: str | None
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         edge = f"http://{host}:{settings.edge_port}"
         ws = ", ".join(f"ws://{host}:{p}/ws" for p in gateway_ports(settings, gateways))
+        if balancer and await _run_quiet(["bash", str(script), "up", "haproxy"], env) != 0:
+            print("shardchat dev --cluster: HAProxy did not start", file=sys.stderr)
+            return 1
         waiter = asyncio.create_task(_wait_http(f"{edge}/healthz", 60.0))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -330,6 +371,7 @@ async def run_cluster(settings: Settings, gateways: int, config_path: str | None
                         f"  gateways     {ws}",
                         f"  router       http://{host}:{settings.router_port}/gateway",
                         f"  metrics      {edge}/metrics (and /metrics on every port)",
+                        *([f"  balancer     {public}/ (HTTP and /ws, HAProxy)"] if public else []),
                     ]
                 )
             )
