@@ -76,7 +76,8 @@ def _trim_handshake(conn: ServerConnection, request: Request, response: Response
     proxies) are read afterwards; the path is a separate attribute and stays.
     """
     origin = request.headers.get("Origin")
-    forwarded = request.headers.get("X-Forwarded-For")
+    # Several X-Forwarded-For lines (a client's forged one, then the proxy's) are one list.
+    forwarded = ", ".join(request.headers.get_all("X-Forwarded-For")) or None
     request.headers.clear()
     if origin is not None:
         request.headers["Origin"] = origin

@@ -54,7 +54,7 @@ def is_json(content_type: str) -> bool:
 
 def client_address(request: Request, trusted_proxies: tuple[str, ...]) -> str:
     peer = request.client.host if request.client else "unknown"
-    return real_client(peer, request.headers.get("x-forwarded-for"), trusted_proxies)
+    return real_client(peer, ", ".join(request.headers.getlist("x-forwarded-for")), trusted_proxies)
 
 
 class GraphQLEndpoint:

@@ -74,7 +74,9 @@ class Connection:
         self.services = services
         self.allowed_origins = allowed_origins
         peer = ws.client.host if ws.client else "unknown"
-        self.client_ip = real_client(peer, ws.headers.get("x-forwarded-for"), trusted_proxies)
+        self.client_ip = real_client(
+            peer, ", ".join(ws.headers.getlist("x-forwarded-for")), trusted_proxies
+        )
         self.init_received = False
         self.principal: Principal | None = None
         self.ops: dict[str, asyncio.Task[None]] = {}

@@ -1067,7 +1067,7 @@ haproxy_config() {
 		echo "    option httpchk GET /readyz"
 		echo "    server edge 127.0.0.1:${SHARDCHAT_EDGE_PORT:-8080} check inter 1s"
 		echo "backend gateways"
-		echo "    balance roundrobin"
+		echo "    balance source"
 		echo "    option httpchk GET /readyz"
 		for port in $(haproxy_gateway_ports); do
 			echo "    server gw$i 127.0.0.1:$port check inter 1s"

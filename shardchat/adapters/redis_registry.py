@@ -484,6 +484,12 @@ class RedisRegistry:
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
+    async def _mget(self, keys: list[str]) -> list[Any]:
+        """MGET on one Redis; on a cluster one MGET per slot (keys of many slots)."""
+        if isinstance(self._redis, RedisCluster):
+            return list(await self._redis.mget_nonatomic(keys))
+        return list(await self._redis.mget(keys))
+
     def _by_slot(self, keys: Sequence[str], chunk: int) -> list[list[int]]:
         """Indexes of ``keys`` grouped so one script may touch each group: chunks in order on
         one Redis; on a cluster one group per hash slot, at most ``chunk`` keys each."""
@@ -550,11 +556,7 @@ class RedisRegistry:
         ids = list(user_ids)
         keys = [f"{self._prefix}presence:{u}" for u in ids]
         with _translate_errors():
-            values: list[Any] = await (
-                self._redis.mget_nonatomic(keys)
-                if isinstance(self._redis, RedisCluster)
-                else self._redis.mget(keys)
-            )
+            values = await self._mget(keys)
         return {u: v.decode() for u, v in zip(ids, values, strict=True) if v is not None}
 
     def _session_key(self, session_id: str) -> str:
@@ -614,16 +616,19 @@ class RedisRegistry:
     ) -> None:
         if not subjects:
             return
+        keys = [self._revocation_key(s) for s in subjects]
+        calls = [
+            self._revoke(keys=[keys[i] for i in group], args=[not_before_ms, _ms(ttl_s)])
+            for group in self._by_slot(keys, _ROOM_CHUNK)
+        ]
         with _translate_errors():
-            await self._revoke(
-                keys=[self._revocation_key(s) for s in subjects], args=[not_before_ms, _ms(ttl_s)]
-            )
+            await self._gather(calls)
 
     async def tokens_not_before(self, subjects: Sequence[str]) -> list[int]:
         if not subjects:
             return []
         with _translate_errors():
-            values: list[Any] = await self._redis.mget([self._revocation_key(s) for s in subjects])
+            values = await self._mget([self._revocation_key(s) for s in subjects])
         return [0 if v is None else int(v) for v in values]
 
     def _backoff_key(self, key: str) -> str:

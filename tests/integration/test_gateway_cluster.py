@@ -472,9 +472,9 @@ async def test_redis_flush_mid_stream_changes_nothing_visible(cluster: Env) -> N
     r = redis.Redis.from_url(REDIS_URL)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
-    while loop.time() < deadline and not r.hlen("shardchat:gw:rec"):  # noqa: ASYNC110
+    while loop.time() < deadline and not r.hlen("shardchat:{gw}:rec"):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
-    assert set(r.hkeys("shardchat:gw:rec")) == {b"gw-1", b"gw-2"}
+    assert set(r.hkeys("shardchat:{gw}:rec")) == {b"gw-1", b"gw-2"}
     r.close()
     for m in members:
         await m.close()

@@ -745,6 +745,25 @@ async def test_identify_limit_keys_on_the_client_behind_a_trusted_proxy(cluster:
     assert await c.close_code() == 4008  # the first one again
 
 
+async def test_forwarded_for_over_several_header_lines_is_one_list(cluster: Cluster) -> None:
+    """A client's forged X-Forwarded-For line, then the proxy's own: the proxy's hop counts."""
+    gw = await cluster.gateway(
+        identify_per_window=1, identify_window_s=60.0, trusted_proxies=("127.0.0.1",)
+    )
+    _, tok = await cluster.user("proxied")
+
+    def lines(forged: str) -> list[tuple[str, str]]:
+        return [("X-Forwarded-For", forged), ("X-Forwarded-For", "203.0.113.9")]
+
+    c = await Client.open(gw.port, additional_headers=lines("10.9.9.9"))
+    await c.identify(tok)
+    await c.ws.close()
+    c = await Client.open(gw.port, additional_headers=lines("10.9.9.8"))
+    await c.recv()
+    await c.send(2, {"token": tok})
+    assert await c.close_code() == 4008  # the same client, whatever it forged
+
+
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: Cluster) -> None:
     gw = await cluster.gateway(identify_per_window=1, identify_window_s=60.0)
     _, tok = await cluster.user("proxied")

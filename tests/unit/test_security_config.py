@@ -7,7 +7,9 @@ import secrets
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
 
+from graphql_edge.http import client_address
 from shardchat.clientip import real_client
 from shardchat.config import Settings
 from shardchat.runtime import Core, InsecureSettings, check_signing_keys
@@ -62,3 +64,13 @@ def test_password_policy() -> None:
         assert policy_problem("someone", weak) is not None, weak
     assert policy_problem("Alice_99", "alice_99") is not None
     assert policy_problem("alice", "correct horse battery") is None
+
+
+def test_edge_reads_every_forwarded_for_line() -> None:
+    """A forged line first, the proxy's own after it: the edge sees one list, like the gateway."""
+    scope = {
+        "type": "http",
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")],
+    }
+    assert client_address(Request(scope), ("127.0.0.1",)) == "198.51.100.7"
