@@ -444,7 +444,7 @@ def write_path() -> Board:
         "History cache hit ratio",
         [
             (
-                "sum by (kind) (rate(shardchat_history_cache_requests_total{outcome=\"hit\"}[5m]))"
+                'sum by (kind) (rate(shardchat_history_cache_requests_total{outcome="hit"}[5m]))'
                 " / sum by (kind) (rate(shardchat_history_cache_requests_total[5m]))",
                 "{{kind}}",
             )
