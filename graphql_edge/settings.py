@@ -21,6 +21,7 @@ class EdgeSettings:
     #: multiplier for a list field whose size no ``limit`` argument bounds (members, reactions)
     default_list_size: int = 10
     max_body_bytes: int = 64 * 1024
+    max_batch: int = 10  # operations in one batched POST (Apollo BatchHttpLink's default batchMax)
     max_tokens: int = 5000  # parser token cap: a huge query fails before any AST is built
     enable_introspection: bool = False
     #: sha256 hex digests of the allowed query texts; None = any query (allow-listing off)

@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Addresses/CIDRs of the proxies in front (HAProxy, Traefik, an Ingress): only from these is
     # X-Forwarded-For believed; per-IP limits key on the real client address it names.
     trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the edge; "*" = any
 
     # --- auth ---------------------------------------------------------------------------------
     jwt_keys: dict[str, str] = {}  # key id -> HS256 secret; the first is used to sign
@@ -88,6 +89,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graphql_max_cost: int = 1000
     graphql_default_list_size: int = 10
     graphql_max_body_bytes: int = 64 * 1024
+    graphql_max_batch: int = 10
     graphql_max_tokens: int = 5000
     graphql_enable_introspection: bool = False
     graphql_persisted_queries: list[str] | None = None  # sha256 hex allow-list; None = any query
