@@ -29,6 +29,7 @@ def message_create(msg: Message, seq: int) -> dict[str, Any]:
         "content": msg.content,
         "nonce": msg.nonce,
         "created_at": iso_ms(msg.created_at_ms),
+        "mentions": [str(u) for u in msg.mentions],
     }
 
 

@@ -74,6 +74,7 @@ def count_send_error(exc: BaseException) -> None:
     else:
         SEND_INTERNAL.inc()
 
+
 # --- history cache (chat_core.history_cache) ----------------------------------------------------
 HISTORY_CACHE: Final = Counter(
     "shardchat_history_cache_requests",

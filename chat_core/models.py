@@ -76,6 +76,22 @@ class Message(msgspec.Struct, frozen=True):
     edited_at_ms: int | None = None
     deleted: bool = False
     reactions: tuple[ReactionCount, ...] = ()
+    mentions: tuple[int, ...] = ()  # members @mentioned when it was sent (ascending ids)
+
+
+class ReadState(msgspec.Struct, frozen=True):
+    """How far a member has read a room, and what is new since.
+
+    ``unread_count``: messages of other members created after ``last_read_seq`` (and after the
+    member joined); ``mention_count``: those that mention the member. Both are capped (a badge
+    shows "999+"), and both still count a message deleted since it was sent.
+    """
+
+    room_id: int
+    last_read_seq: int
+    unread_count: int
+    mention_count: int
+    muted: bool
 
 
 def encode_event(event: RoomEvent) -> bytes:
