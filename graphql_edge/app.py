@@ -71,6 +71,7 @@ def create_app(
         mutation_limiter=TokenBuckets(edge.mutation_burst, edge.mutation_per_s),
         query_limiter=TokenBuckets(edge.query_burst, edge.query_per_s),
         auth_limiter=TokenBuckets(settings.auth_ip_burst, settings.auth_ip_per_s),
+        search_limiter=TokenBuckets(edge.search_burst, edge.search_per_s),
     )
     pipeline = Pipeline(build(), edge)
     origins: tuple[str, ...] = tuple(settings.allowed_origins)

@@ -28,6 +28,8 @@ class EdgeSettings:
     persisted_queries: frozenset[str] | None = None
     mutation_burst: int = 20
     mutation_per_s: float = 2.0
+    search_burst: int = 10  # searchUsers per user: a burst, then this many per second
+    search_per_s: float = 1.0
     ws_init_timeout_s: float = 3.0  # graphql-ws default connectionInitWaitTimeout
     query_burst: int = 120  # root fields per user (per IP before login): burst ...
     query_per_s: float = 20.0  # ... and sustained rate

@@ -95,6 +95,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graphql_persisted_queries: list[str] | None = None  # sha256 hex allow-list; None = any query
     graphql_mutation_burst: int = 20
     graphql_mutation_per_s: float = 2.0
+    graphql_search_burst: int = 10
+    graphql_search_per_s: float = 1.0
     graphql_ws_init_timeout_s: float = 3.0
     graphql_query_burst: int = 120  # per-user root fields (queries and mutations): burst ...
     graphql_query_per_s: float = 20.0  # ... and sustained rate

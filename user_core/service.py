@@ -385,10 +385,6 @@ class AuthService:
         ``limit`` (1-20). The prefix is 1-32 username characters."""
         if not isinstance(prefix, str) or not USERNAME_PREFIX_RE.fullmatch(prefix):
             raise BadInput("prefix must be 1-32 characters of letters, digits, '_', '.', '-'")
-        if (
-            not isinstance(limit, int)
-            or isinstance(limit, bool)
-            or not 1 <= limit <= MAX_SEARCH_RESULTS
-        ):
+        if isinstance(limit, bool) or not 1 <= limit <= MAX_SEARCH_RESULTS:
             raise BadInput(f"limit must be between 1 and {MAX_SEARCH_RESULTS}")
         return await self.store.search_users(prefix, limit)

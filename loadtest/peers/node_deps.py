@@ -5,10 +5,11 @@
 already holds the tree of the current lock file, recorded by a stamp (the lock's SHA-256) written
 after a successful install. ``ensure_node_deps(folder, marker=package)`` does the same for
 another folder (tests/node, the GraphQL client conventions), ``marker`` being a package the
-install must have produced. Idempotent and safe to call from concurrent processes (a file lock serializes them);
-the peers scenario and the tests call it before starting the server. ``npm ci`` runs fine as
-root (npm >= 7 runs no install scripts as another user, and socket.io has none anyway). Where
-there is no npm at all and we are root on Debian, Node.js and npm come from Debian's packages.
+install must have produced. Idempotent and safe to call from concurrent processes (a file lock
+serializes them); the peers scenario and the tests call it before starting the server. ``npm ci``
+runs fine as root (npm >= 7 runs no install scripts as another user, and neither socket.io nor
+the client libraries have any). Where there is no npm at all and we are root on Debian, Node.js
+and npm come from Debian's packages.
 
 ``python -m loadtest.peers.node_deps`` does the same from a shell.
 """

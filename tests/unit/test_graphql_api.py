@@ -564,3 +564,62 @@ async def test_service_routes(edge: Edge) -> None:
     index = await edge.http.get("/")
     assert index.status_code == 200 and "<title>shardchat</title>" in index.text
     assert (await edge.http.get("/app.js")).status_code == 200
+
+
+async def test_read_state_mentions_and_mute(edge: Edge) -> None:
+    alice, ta, _ = await edge.user("alice")
+    bob, tb, _ = await edge.user("bob")
+    room = (await edge.gql(ROOM, {"n": "r", "m": [bob]}, ta))["data"]["createRoom"]["id"]
+    for i, text in enumerate(["hi", "hey @bob", "@BOB again", "bye"]):
+        await edge.gql(SEND, {"r": room, "c": text, "n": f"m{i}"}, ta)
+    rooms_q = "{ rooms { id lastSeq lastReadSeq unreadCount mentionCount muted } }"
+    (listed,) = (await edge.gql(rooms_q, token=tb))["data"]["rooms"]
+    assert listed == {
+        "id": room,
+        "lastSeq": 6,
+        "lastReadSeq": 0,
+        "unreadCount": 4,
+        "mentionCount": 2,
+        "muted": False,
+    }
+    page = "query($r: ID!) { messages(roomId: $r) { items { content mentions } } }"
+    items = (await edge.gql(page, {"r": room}, tb))["data"]["messages"]["items"]
+    assert [i["mentions"] for i in items] == [[], [bob], [bob], []]
+    mark = (
+        "mutation($r: ID!, $s: Int!) { markRead(roomId: $r, seq: $s) "
+        "{ roomId lastReadSeq unreadCount mentionCount muted } }"
+    )
+    read = (await edge.gql(mark, {"r": room, "s": 4}, tb))["data"]["markRead"]
+    assert read == {
+        "roomId": room,
+        "lastReadSeq": 4,
+        "unreadCount": 2,
+        "mentionCount": 1,
+        "muted": False,
+    }
+    mute = "mutation($r: ID!, $m: Boolean!) { setRoomMuted(roomId: $r, muted: $m) { muted } }"
+    assert (await edge.gql(mute, {"r": room, "m": True}, tb))["data"]["setRoomMuted"] == {
+        "muted": True
+    }
+    (listed,) = (await edge.gql(rooms_q, token=tb))["data"]["rooms"]
+    assert (listed["lastReadSeq"], listed["unreadCount"], listed["muted"]) == (4, 2, True)
+    (mine,) = (await edge.gql(rooms_q, token=ta))["data"]["rooms"]
+    assert (mine["unreadCount"], mine["mentionCount"], mine["muted"]) == (0, 0, False)
+    _, tc, _ = await edge.user("carol")
+    assert code(await edge.gql(mark, {"r": room, "s": 1}, tc)) == "NOT_FOUND"
+    assert code(await edge.gql(mark, {"r": room, "s": -1}, tb)) == "BAD_USER_INPUT"
+    assert alice
+
+
+async def test_search_users_is_limited_and_rate_limited(tmp_path: Path) -> None:
+    async with make_edge(tmp_path, search_burst=3, search_per_s=0.001) as e:
+        _, token, _ = await e.user("seeker")
+        for name in ("sea1", "sea2", "Sea3", "other"):
+            await e.user(name)
+        q = "query($p: String!, $n: Int) { searchUsers(prefix: $p, limit: $n) { username } }"
+        found = (await e.gql(q, {"p": "SEA", "n": 2}, token))["data"]["searchUsers"]
+        assert [u["username"] for u in found] == ["sea1", "sea2"]
+        assert code(await e.gql(q, {"p": "se"})) == "UNAUTHENTICATED"
+        assert code(await e.gql(q, {"p": "a b"}, token)) == "BAD_USER_INPUT"  # costs a token too
+        assert "errors" not in await e.gql(q, {"p": "sea"}, token)  # the 3rd: the burst is 3
+        assert code(await e.gql(q, {"p": "sea"}, token)) == "RATE_LIMITED"
