@@ -23,6 +23,7 @@ from shardchat.adapters.memory_log import MemoryEventLog
 from shardchat.adapters.memory_registry import MemoryRegistry
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.config import Settings
+from shardchat.ephemeral import ReadStateNotifier
 from shardchat.migrate import migrate
 from shardchat.registry import GatewayRecord
 from user_core.service import AuthService
@@ -116,7 +117,9 @@ async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     registry = MemoryRegistry()
     await registry.start()
     auth = CountingAuth(store, registry, settings)
-    chat = ChatService(store, settings, on_commit=publisher.submit)
+    chat = ChatService(
+        store, settings, on_commit=publisher.submit, on_read=ReadStateNotifier(registry)
+    )
     events = LogRoomEvents(chat, log, poll_ms=50)
     placement = OnePlacement()
     app = create_app(
