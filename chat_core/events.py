@@ -1,4 +1,4 @@
-"""Builders of the durable room events' ``data``: exactly the DISPATCH ``d`` of PROTOCOL.md §3.
+"""Builders of the durable room events' ``data``: the DISPATCH ``d`` of docs/protocol.md §3.
 
 Pure functions shared by both Store adapters so the two can never disagree on an event's shape.
 Ids travel as decimal strings, times as ISO-8601 UTC with milliseconds and ``Z``.

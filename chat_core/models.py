@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-#: Durable room event types (PROTOCOL.md section 3); each carries a room ``seq``.
+#: Durable room event types (docs/protocol.md section 3); each carries a room ``seq``.
 EVENT_TYPES = (
     "MESSAGE_CREATE",
     "MESSAGE_UPDATE",
@@ -21,7 +21,7 @@ EVENT_TYPES = (
 class RoomEvent(msgspec.Struct, frozen=True):
     """One durable room event: the outbox row, the Kafka record value, the DISPATCH source.
 
-    ``data`` is exactly the DISPATCH ``d`` of PROTOCOL.md (ids as decimal strings, and it
+    ``data`` is exactly the DISPATCH ``d`` of docs/protocol.md (ids as decimal strings, and it
     includes ``room_id`` and ``seq``). ``created_at_ms`` is when the storing transaction ran.
     ``trace`` carries W3C trace context (``traceparent``) when tracing is on.
     """

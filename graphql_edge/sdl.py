@@ -1,4 +1,4 @@
-"""The GraphQL schema (PROTOCOL.md section 7), as SDL.
+"""The GraphQL schema (docs/protocol.md section 7), as SDL.
 
 Additions to the minimum of section 7, all additive (no client of the minimum breaks):
 - ``Message.author: User!``: the author, batch-loaded (one ``get_users`` call per page).

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 Encoding = Literal["json", "msgpack"]
 
-# opcodes (PROTOCOL.md section 2); duplicated here so the client needs nothing server-side
+# opcodes (docs/protocol.md section 2); duplicated here so the client needs nothing server-side
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, SUBSCRIBE, UNSUBSCRIBE, RESUME = range(7)
 RECONNECT, SEND, INVALID_SESSION, HELLO, HEARTBEAT_ACK, TYPING, REPLY = range(7, 14)
 

@@ -64,7 +64,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_ip_burst: int = 30  # register/login/refresh/2FA per client IP: burst ...
     auth_ip_per_s: float = 1.0  # ... and sustained rate
 
-    # --- protocol limits (PROTOCOL.md section 6) ------------------------------------------------
+    # --- protocol limits (docs/protocol.md section 6) -------------------------------------------
     max_frame_bytes: int = 16 * 1024
     max_content_chars: int = 4000
     max_nonce_bytes: int = 32
