@@ -27,11 +27,10 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from shardchat.client import EdgeClient, GatewayClient, ShardchatError
-from tests.browser.dev_process import free_port_run, free_ports, run_dev
-from tests.conftest import MakeTopic
+from tests.browser.dev_process import dev_cluster_env, run_dev, wait_http_ok
+from tests.conftest import MakeTopic, redis_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -107,40 +106,28 @@ def prometheus() -> Prometheus:
 
 @pytest.fixture
 def redis_db_url(redis_url: str) -> Iterator[str]:
-    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with redis_database(redis_url, REDIS_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
-
-
-@pytest.fixture
-def cluster_env(fresh_pg_dsn: str, redis_db_url: str, kafka_bootstrap: str) -> dict[str, str]:
-    gw_base = free_port_run(GATEWAYS)
-    taken = range(gw_base, gw_base + GATEWAYS)
-    edge_port, router_port = [p for p in free_ports(6) if p not in taken][:2]
-    return {
-        "SHARDCHAT_EDGE_PORT": str(edge_port),
-        "SHARDCHAT_ROUTER_PORT": str(router_port),
-        "SHARDCHAT_GATEWAY_PORT": str(gw_base),
-        "SHARDCHAT_POSTGRES_DSN": fresh_pg_dsn,
-        "SHARDCHAT_POSTGRES_POOL_SIZE": "3",
-        "SHARDCHAT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SHARDCHAT_KAFKA_PARTITIONS": str(PARTITIONS),
-        "SHARDCHAT_REDIS_URL": redis_db_url,
-        "SHARDCHAT_GATEWAY_TTL_S": "3",
-    }
 
 
 @pytest.fixture
 async def scraped(
-    prometheus: Prometheus, cluster_env: dict[str, str], tmp_path: Path, make_topic: MakeTopic
+    prometheus: Prometheus,
+    tmp_path: Path,
+    fresh_pg_dsn: str,
+    kafka_bootstrap: str,
+    make_topic: MakeTopic,
+    redis_db_url: str,
 ) -> AsyncIterator[dict[str, str]]:
     """The running cluster, listed in Prometheus' targets: service -> base URL."""
-    env = cluster_env | {"SHARDCHAT_KAFKA_TOPIC": await make_topic(PARTITIONS, prefix="dash")}
+    env = dev_cluster_env(
+        GATEWAYS,
+        pg_dsn=fresh_pg_dsn,
+        kafka_bootstrap=kafka_bootstrap,
+        topic=await make_topic(PARTITIONS, prefix="dash"),
+        partitions=PARTITIONS,
+        redis_url=redis_db_url,
+    )
     base = int(env["SHARDCHAT_GATEWAY_PORT"])
     urls = {
         "edge": f"http://127.0.0.1:{env['SHARDCHAT_EDGE_PORT']}",
@@ -153,8 +140,8 @@ async def scraped(
     listed = prometheus.targets_dir / f"test-{secrets.token_hex(4)}.json"
     with run_dev(tmp_path, ["--cluster", "--gateways", str(GATEWAYS)], env, ready_within_s=120):
         async with httpx.AsyncClient(timeout=5) as http:
-            for name, url in urls.items():
-                await _until_ok(http, f"{url}/readyz", name)
+            for url in urls.values():
+                await wait_http_ok(f"{url}/readyz", 60)
             partial = listed.with_suffix(".tmp")
             partial.write_text(json.dumps(targets))
             partial.rename(listed)  # whole, or not at all: Prometheus watches the folder
@@ -163,17 +150,6 @@ async def scraped(
                 yield urls
             finally:
                 listed.unlink()
-
-
-async def _until_ok(http: httpx.AsyncClient, url: str, what: str, within_s: float = 60) -> None:
-    for _ in range(int(within_s / 0.2)):
-        try:
-            if (await http.get(url)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not ready at {url} within {within_s}s")
 
 
 async def _until_scraped(

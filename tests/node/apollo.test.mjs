@@ -30,18 +30,22 @@ function apollo(link) {
   return new ApolloClient({ link, cache: new InMemoryCache() });
 }
 
+/** An HttpLink client that sends queries as GET, and the exchanges it made. */
+function getForQueries(token) {
+  const rec = recordingFetch();
+  const link = new HttpLink({
+    uri: GRAPHQL,
+    fetch: rec.fetch,
+    useGETForQueries: true,
+    headers: { authorization: `Bearer ${token}` },
+  });
+  return { client: apollo(link), rec };
+}
+
 test("queries go as GET, mutations as POST, answered as application/graphql-response+json", async () => {
   const alice = await register("apollo");
   const bob = await register("apollo");
-  const rec = recordingFetch();
-  const client = apollo(
-    new HttpLink({
-      uri: GRAPHQL,
-      fetch: rec.fetch,
-      useGETForQueries: true,
-      headers: { authorization: `Bearer ${alice.token}` },
-    }),
-  );
+  const { client, rec } = getForQueries(alice.token);
   const made = await client.mutate({ mutation: CREATE, variables: { n: "apollo room", m: [bob.id] } });
   const roomId = made.data.createRoom.id;
   const { data } = await client.query({ query: ROOMS, fetchPolicy: "network-only" });
@@ -64,15 +68,7 @@ test("request and field errors reach Apollo as CombinedGraphQLErrors with extens
   const owner = await register("apollo");
   const stranger = await register("apollo");
   const roomId = await createRoom(owner.token, "private");
-  const rec = recordingFetch();
-  const client = apollo(
-    new HttpLink({
-      uri: GRAPHQL,
-      fetch: rec.fetch,
-      useGETForQueries: true,
-      headers: { authorization: `Bearer ${stranger.token}` },
-    }),
-  );
+  const { client, rec } = getForQueries(stranger.token);
   // a field error (the caller is not a member): executed, so 2xx
   await assert.rejects(client.query({ query: MESSAGES, variables: { r: roomId } }), (err) => {
     assert.ok(CombinedGraphQLErrors.is(err), String(err));
