@@ -69,10 +69,10 @@ test("request and field errors reach Apollo as CombinedGraphQLErrors with extens
   const stranger = await register("apollo");
   const roomId = await createRoom(owner.token, "private");
   const { client, rec } = getForQueries(stranger.token);
-  // a field error (the caller is not a member): executed, so 2xx
+  // a field error (the caller is not a member: the room does not exist for them): executed, so 2xx
   await assert.rejects(client.query({ query: MESSAGES, variables: { r: roomId } }), (err) => {
     assert.ok(CombinedGraphQLErrors.is(err), String(err));
-    assert.equal(err.errors[0].extensions.code, "FORBIDDEN");
+    assert.equal(err.errors[0].extensions.code, "NOT_FOUND");
     return true;
   });
   assert.equal(rec.calls.at(-1).status, 294);

@@ -64,10 +64,10 @@ test("errors reach urql as graphQLErrors with extensions.code", async () => {
   const roomId = await createRoom(owner.token, "private");
   const rec = recordingFetch();
   const client = urql(stranger.token, rec.fetch);
-  const forbidden = await client
+  const hidden = await client
     .query("query($r: ID!) { messages(roomId: $r) { items { id } } }", { r: roomId })
     .toPromise();
-  assert.equal(forbidden.error.graphQLErrors[0].extensions.code, "FORBIDDEN");
+  assert.equal(hidden.error.graphQLErrors[0].extensions.code, "NOT_FOUND");
   assert.equal(rec.calls.at(-1).method, "GET");
   const invalid = await client.query("{ nope }", {}).toPromise();
   assert.equal(invalid.error.graphQLErrors[0].extensions.code, "BAD_USER_INPUT");
@@ -76,7 +76,7 @@ test("errors reach urql as graphQLErrors with extensions.code", async () => {
   const denied = await client
     .mutation("mutation($r: ID!) { sendMessage(roomId: $r, content: \"x\", nonce: \"n\") { id } }", { r: roomId })
     .toPromise();
-  assert.equal(denied.error.graphQLErrors[0].extensions.code, "FORBIDDEN");
+  assert.equal(denied.error.graphQLErrors[0].extensions.code, "NOT_FOUND");
   assert.equal(rec.calls.at(-1).method, "POST");
 });
 
