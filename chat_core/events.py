@@ -1,4 +1,4 @@
-"""Builders of the durable room events' ``data``: exactly the DISPATCH ``d`` of PROTOCOL.md §3.
+"""Builders of the durable room events' ``data``: the DISPATCH ``d`` of docs/protocol.md §3.
 
 Pure functions shared by both Store adapters so the two can never disagree on an event's shape.
 Ids travel as decimal strings, times as ISO-8601 UTC with milliseconds and ``Z``.
@@ -29,6 +29,7 @@ def message_create(msg: Message, seq: int) -> dict[str, Any]:
         "content": msg.content,
         "nonce": msg.nonce,
         "created_at": iso_ms(msg.created_at_ms),
+        "mentions": [str(u) for u in msg.mentions],
     }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-#: Durable room event types (PROTOCOL.md section 3); each carries a room ``seq``.
+#: Durable room event types (docs/protocol.md section 3); each carries a room ``seq``.
 EVENT_TYPES = (
     "MESSAGE_CREATE",
     "MESSAGE_UPDATE",
@@ -21,7 +21,7 @@ EVENT_TYPES = (
 class RoomEvent(msgspec.Struct, frozen=True):
     """One durable room event: the outbox row, the Kafka record value, the DISPATCH source.
 
-    ``data`` is exactly the DISPATCH ``d`` of PROTOCOL.md (ids as decimal strings, and it
+    ``data`` is exactly the DISPATCH ``d`` of docs/protocol.md (ids as decimal strings, and it
     includes ``room_id`` and ``seq``). ``created_at_ms`` is when the storing transaction ran.
     ``trace`` carries W3C trace context (``traceparent``) when tracing is on.
     """
@@ -76,6 +76,22 @@ class Message(msgspec.Struct, frozen=True):
     edited_at_ms: int | None = None
     deleted: bool = False
     reactions: tuple[ReactionCount, ...] = ()
+    mentions: tuple[int, ...] = ()  # members @mentioned when it was sent (ascending ids)
+
+
+class ReadState(msgspec.Struct, frozen=True):
+    """How far a member has read a room, and what is new since.
+
+    ``unread_count``: messages of other members created after ``last_read_seq`` (and after the
+    member joined); ``mention_count``: those that mention the member. Both are capped (a badge
+    shows "999+"), and both still count a message deleted since it was sent.
+    """
+
+    room_id: int
+    last_read_seq: int
+    unread_count: int
+    mention_count: int
+    muted: bool
 
 
 def encode_event(event: RoomEvent) -> bytes:

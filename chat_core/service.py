@@ -10,6 +10,11 @@ Right after each commit the committed events are handed to
 ``on_commit`` (the outbox publisher's fast path); the Store's ``room_events`` rows are the
 backstop the relay sweeps if that hand-off is lost.
 
+Read state: ``mark_read`` / ``set_room_muted`` store a member's position and mute flag and hand
+the new ``ReadState`` to ``on_read`` (the composition root publishes it to the user's gateway
+sessions as READ_STATE); ``read_states`` serves unread and mention counts. Mentions: a sent
+message's ``@username`` words are resolved to users here; the Store keeps those who are members.
+
 Sends are measured (``chat_core.metrics``: outcome counter, call-to-ack latency) and, when
 tracing is on, run in a ``chat.send_message`` span whose W3C context is stored with the event
 (``RoomEvent.trace``) and so travels to the gateways in the Kafka record headers.
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -27,7 +32,8 @@ from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
 from chat_core.history_cache import CachedHistory
-from chat_core.models import Invitation, Message, Room, RoomEvent
+from chat_core.mentions import mention_names
+from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
 from shardchat.config import Settings
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
@@ -37,11 +43,15 @@ from shardchat.tracing import current_trace_headers, start_span
 log = logging.getLogger(__name__)
 
 OnCommit = Callable[[Sequence[RoomEvent]], None]
+#: Told a user's new read state of a room (after ``mark_read`` / ``set_room_muted``).
+OnRead = Callable[[int, ReadState], Awaitable[None]]
 MAX_EVENTS_PAGE = 1000
 MAX_INVITES = 100  # users per inviteToRoom
 MAX_PUBLIC_PAGE = 100
 _NO_ROOM = "room not found"
 _NO_MESSAGE = "message not found"
+#: Unread and mention counts stop here: a badge shows "999+", and counting costs at most this.
+COUNT_CAP = 1000
 
 
 def _no_op(events: Sequence[RoomEvent]) -> None:
@@ -66,6 +76,7 @@ class ChatService:
         *,
         ids: IdGenerator | None = None,
         on_commit: OnCommit | None = None,
+        on_read: OnRead | None = None,
         group_commit: bool = True,
         max_batch: int = 512,
         max_inflight: int = 4,
@@ -76,6 +87,7 @@ class ChatService:
         self.settings = settings or Settings()
         self.ids = ids or IdGenerator()
         self.on_commit: OnCommit = on_commit or _no_op
+        self.on_read = on_read
         self._clock_ms = clock_ms
         self.history_cache = history_cache
         self._committer: GroupCommitter[NewMessage, SendOutcome] | None = None
@@ -302,6 +314,11 @@ class ChatService:
         check.snowflake(room_id, "room id")
         check.content(content, self.settings.max_content_chars)
         check.nonce(nonce, self.settings.max_nonce_bytes)
+        mentioned: tuple[int, ...] = ()
+        names = mention_names(content)
+        if names:
+            ids = await self.store.user_ids_by_name(names)
+            mentioned = tuple(sorted(set(ids.values()) - {actor}))
         row = NewMessage(
             self.ids.next_id(),
             room_id,
@@ -311,6 +328,7 @@ class ChatService:
             self._clock_ms(),
             # Taken inside the send span (the caller's span when there is one); {} when off.
             current_trace_headers(),
+            mentioned,
         )
         if self._committer is not None:
             outcome = await self._committer.submit(row)
@@ -355,8 +373,8 @@ class ChatService:
             raise NotFound(_NO_MESSAGE)
         msg, event = result
         self._published([event])
-        reactions = await self.store.reaction_counts([msg.id], actor)
-        return msgspec.structs.replace(msg, reactions=reactions.get(msg.id, ()))
+        (msg,) = await self._decorate([msg], actor)
+        return msg
 
     async def delete_message(self, actor: int, message_id: int) -> bool:
         """Author only. Leaves a tombstone (content emptied, deleted=true, reactions dropped)
@@ -401,7 +419,7 @@ class ChatService:
         ``after`` given: ids > after, OLDEST first (paging forward). Otherwise ids < ``before``
         (or the latest), NEWEST first. Both given: BAD_USER_INPUT. ``has_more``: more messages
         exist beyond the page in the same direction. Reactions are aggregated per emoji with
-        ``me`` for the actor. Four queries per page whatever its size.
+        ``me`` for the actor. Five queries per page whatever its size.
         """
         check.history_limit(limit)
         if before is not None and after is not None:
@@ -415,14 +433,52 @@ class ChatService:
         else:
             items = await self.store.list_messages(room_id, before, after, limit + 1)
         has_more = len(items) > limit
-        items = items[:limit]
-        counts = await self.store.reaction_counts([m.id for m in items if not m.deleted], actor)
-        if counts:
-            items = [
-                msgspec.structs.replace(m, reactions=counts[m.id]) if m.id in counts else m
-                for m in items
-            ]
-        return items, has_more
+        return await self._decorate(items[:limit], actor), has_more
+
+    async def _decorate(self, items: list[Message], actor: int) -> list[Message]:
+        """Fill reactions (aggregated, ``me`` for the actor) and mentions: two queries."""
+        live = [m.id for m in items if not m.deleted]
+        counts = await self.store.reaction_counts(live, actor)
+        mentions = await self.store.mentions_of(live)
+        if not counts and not mentions:
+            return items
+        return [
+            msgspec.structs.replace(
+                m, reactions=counts.get(m.id, m.reactions), mentions=mentions.get(m.id, m.mentions)
+            )
+            for m in items
+        ]
+
+    # --- read state ------------------------------------------------------------------------------
+    async def mark_read(self, actor: int, room_id: int, seq: int) -> ReadState:
+        """The actor has read the room up to ``seq`` (clamped to the room's last seq; the
+        stored position never moves back). Members only."""
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise BadInput("seq must be >= 0")
+        room, _ = await self._member_room(actor, room_id)
+        await self.store.mark_read(actor, room_id, min(seq, room.last_seq))
+        return await self._changed_read_state(actor, room_id)
+
+    async def set_room_muted(self, actor: int, room_id: int, muted: bool) -> ReadState:
+        """Mute or unmute the room for the actor (clients then skip its notifications)."""
+        await self._member_room(actor, room_id)
+        await self.store.set_muted(actor, room_id, bool(muted))
+        return await self._changed_read_state(actor, room_id)
+
+    async def read_states(self, actor: int, room_ids: Sequence[int]) -> dict[int, ReadState]:
+        """The actor's read state of each listed room it is a member of (others left out)."""
+        return await self.store.read_states(actor, room_ids, COUNT_CAP)
+
+    async def _changed_read_state(self, actor: int, room_id: int) -> ReadState:
+        state = (await self.read_states(actor, [room_id])).get(room_id)
+        if state is None:  # left the room meanwhile
+            raise NotFound(_NO_ROOM)
+        if self.on_read is not None:
+            try:
+                await self.on_read(actor, state)
+            except Exception:  # stored: telling the other sessions is best effort
+                log.exception("on_read sink failed; the read state is stored")
+        return state
 
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
         """Stored events of the room with seq > after_seq, in seq order (recovery). No

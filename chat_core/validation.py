@@ -1,4 +1,4 @@
-"""Input rules of chat_core (PROTOCOL.md §6 limits). Each check returns the value or raises
+"""Input rules of chat_core (docs/protocol.md §6 limits). Each check returns the value or raises
 ``BadInput`` with a message a user can act on. Content is never trimmed: what was sent is
 what is stored."""
 

@@ -18,8 +18,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-import msgspec
-
 from chat_core.models import RoomEvent
 from gateway import metrics
 from gateway.consumer import PartitionConsumer
@@ -29,14 +27,10 @@ from gateway.ports import ChatPort
 from gateway.rooms import CatchUpAborted, LeftRoom, RoomState, RoomTable
 from gateway.session import Session
 from protocol.close_codes import CloseCode
+from shardchat.ephemeral import Ephemeral, decode_ephemeral, publish_to_room_gateways
 from shardchat.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-def events_channel(gateway_id: str) -> str:
-    """Where other gateways publish ephemeral events (typing, presence) for this one."""
-    return f"gateway:{gateway_id}:events"
 
 
 class Holder(Protocol):
@@ -44,16 +38,6 @@ class Holder(Protocol):
 
     def close(self, code: CloseCode, reason: str = "") -> None: ...
 
-
-class Ephemeral(msgspec.Struct):
-    kind: str  # "typing" | "presence"
-    user_id: int
-    rooms: list[int]
-    status: str = ""
-
-
-_eph_enc = msgspec.msgpack.Encoder()
-_eph_dec = msgspec.msgpack.Decoder(Ephemeral)
 
 Job = Callable[[], Awaitable[None]]
 
@@ -296,36 +280,27 @@ class Hub:
         self.holders[session.session_id] = holder
         metrics.SESSIONS.inc()
 
-    # --- ephemeral events (typing, presence) ------------------------------------------------
+    # --- ephemeral events (typing, presence, read state: shardchat/ephemeral.py) -------------
     async def publish_typing(self, session: Session, room_id: int) -> None:
         msg = Ephemeral("typing", session.user_id, [room_id])
         self.deliver_ephemeral(msg)
-        await self._publish_remote(msg, [room_id])
+        await publish_to_room_gateways(self.registry, msg, [room_id], skip=self.gateway_id)
 
     async def publish_presence(self, session: Session, status: str) -> None:
         shown = "offline" if status == "invisible" else status
         msg = Ephemeral("presence", session.user_id, sorted(session.rooms), shown)
         self.deliver_ephemeral(msg)
-        await self._publish_remote(msg, msg.rooms)
-
-    async def _publish_remote(self, msg: Ephemeral, rooms: Iterable[int]) -> None:
-        targets: set[str] = set()
-        for room_id in rooms:
-            targets |= await self.registry.gateways_for_room(room_id)
-        targets.discard(self.gateway_id)
-        if targets:
-            payload = _eph_enc.encode(msg)
-            for gid in targets:
-                await self.registry.publish(events_channel(gid), payload)
+        await publish_to_room_gateways(self.registry, msg, msg.rooms, skip=self.gateway_id)
 
     def on_ephemeral(self, payload: bytes) -> None:
-        try:
-            msg = _eph_dec.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return
-        self.deliver_ephemeral(msg)
+        msg = decode_ephemeral(payload)
+        if msg is not None:
+            self.deliver_ephemeral(msg)
 
     def deliver_ephemeral(self, msg: Ephemeral) -> None:
+        if msg.kind == "read_state":
+            self._deliver_own(msg, "READ_STATE")
+            return
         seen: set[Session] = set()
         for room_id in msg.rooms:
             room = self.rooms.get(room_id)
@@ -343,3 +318,13 @@ class Hub:
                     sess.dispatch(
                         "PRESENCE_UPDATE", {"user_id": str(msg.user_id), "status": msg.status}
                     )
+
+    def _deliver_own(self, msg: Ephemeral, t: str) -> None:
+        """To the sessions of ``msg.user_id`` itself in the rooms (its other tabs, devices)."""
+        for room_id in msg.rooms:
+            room = self.rooms.get(room_id)
+            if room is None:
+                continue
+            for sess in room.live:
+                if sess.user_id == msg.user_id:
+                    sess.dispatch(t, msg.data)

@@ -23,7 +23,7 @@ from websockets.server import ServerProtocol
 from gateway import gctune, metrics
 from gateway.connection import ClientConnection
 from gateway.consumer import PartitionConsumer
-from gateway.hub import Hub, events_channel
+from gateway.hub import Hub
 from gateway.limits import KeyedBuckets
 from gateway.ports import AuthPort, ChatPort
 from gateway.session import Session, SessionBlob, load_blob
@@ -31,6 +31,7 @@ from protocol.close_codes import CloseCode
 from protocol.codec import negotiate
 from protocol.errors import ProtocolError
 from shardchat.config import Settings
+from shardchat.ephemeral import events_channel
 from shardchat.eventlog import EventLog
 from shardchat.registry import (
     DRAIN_MESSAGE,

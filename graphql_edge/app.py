@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -51,8 +53,9 @@ def create_app(
     ready: Callable[[], Awaitable[bool]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> Starlette:
-    """The edge app. ``settings``: origins, trusted proxies, the auth limits and the
-    ``graphql_*`` fields are read; ``edge`` overrides the GraphQL limits outright.
+    """The edge app. ``settings``: origins (``allowed_origins``, ``cors_origins``), trusted
+    proxies, the auth limits and the ``graphql_*`` fields are read; ``edge`` overrides the
+    GraphQL limits outright.
     ``events`` serves subscriptions (``graphql_edge.events.LogRoomEvents`` normally); without it
     ``roomEvents`` answers INTERNAL. ``presence`` (a Registry) feeds ``User.status``;
     ``revocations`` (a Registry) tells which graphql-ws connections to close when a token is
@@ -68,6 +71,7 @@ def create_app(
         mutation_limiter=TokenBuckets(edge.mutation_burst, edge.mutation_per_s),
         query_limiter=TokenBuckets(edge.query_burst, edge.query_per_s),
         auth_limiter=TokenBuckets(settings.auth_ip_burst, settings.auth_ip_per_s),
+        search_limiter=TokenBuckets(edge.search_burst, edge.search_per_s),
     )
     pipeline = Pipeline(build(), edge)
     origins: tuple[str, ...] = tuple(settings.allowed_origins)
@@ -103,7 +107,30 @@ def create_app(
     ]
     if edge.static_dir.is_dir():
         routes.append(Mount("/", StaticFiles(directory=edge.static_dir, html=True), name="web"))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=_cors(settings.cors_origins))
     app.state.pipeline = pipeline
     app.state.services = services
     return app
+
+
+def _cors(origins: tuple[str, ...]) -> list[Middleware]:
+    """CORS for pages served from other origins (a dev server, another site), when configured.
+
+    Empty: no CORS headers at all (a browser then keeps cross-origin pages out). Otherwise the
+    listed origins (``*``: any) may GET and POST with any request header (``Authorization``
+    included: requested headers are echoed, never a wildcard), and preflights are cached 10
+    minutes. Credentials (cookies) stay off: the edge authenticates with the Authorization
+    header only, so ``*`` exposes nothing a cross-site page could not already ask for.
+    """
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=["*"] if "*" in origins else list(origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]

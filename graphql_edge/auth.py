@@ -40,3 +40,19 @@ async def authenticate(auth: Auth, header: str | None) -> tuple[Principal | None
     except RegistryUnavailable:
         log.warning("token revocation check unavailable: token not accepted")
         return None, "authentication is unavailable; retry shortly"
+
+
+#: ``connection_init`` payload keys that carry the token, in the order they are looked at:
+#: ``authorization`` as in an HTTP header, ``authToken`` as in Apollo's documentation, ``token``.
+CONNECTION_TOKEN_KEYS = ("authorization", "Authorization", "authToken", "token")
+
+
+def connection_authorization(params: dict[str, object]) -> str | None:
+    """The graphql-transport-ws ``connectionParams`` token as an Authorization header value
+    (``"Bearer <token>"``); the token may be given bare or already as ``"Bearer <token>"``."""
+    for key in CONNECTION_TOKEN_KEYS:
+        value = params.get(key)
+        if isinstance(value, str) and value.strip():
+            value = value.strip()
+            return value if " " in value else f"Bearer {value}"
+    return None

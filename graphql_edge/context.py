@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from chat_core.models import ReadState
 from graphql_edge.loaders import DataLoader
 from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
@@ -26,6 +27,7 @@ class Services:
     mutation_limiter: TokenBuckets  # per user (per IP before login)
     query_limiter: TokenBuckets  # root fields, per user (per IP before login)
     auth_limiter: TokenBuckets  # register/login/refresh/2FA, per client IP always
+    search_limiter: TokenBuckets  # searchUsers, per user
 
 
 @dataclass(slots=True)
@@ -39,12 +41,14 @@ class Context:
     statuses: DataLoader[int, str] = field(init=False)
     members: DataLoader[int, list[int]] = field(init=False)
     shared: DataLoader[int, bool] = field(init=False)
+    read_states: DataLoader[int, ReadState] = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = DataLoader(self._load_users)
         self.statuses = DataLoader(self._load_statuses)
         self.members = DataLoader(self._load_members)
         self.shared = DataLoader(self._load_shared)
+        self.read_states = DataLoader(self._load_read_states)
 
     @property
     def user_id(self) -> int | None:
@@ -74,6 +78,10 @@ class Context:
     def take_query_tokens(self, root_fields: int) -> bool:
         return self.services.query_limiter.allow(self._caller_key(), root_fields)
 
+    def take_search_token(self) -> None:
+        if not self.services.search_limiter.allow(f"u:{self.user_id}"):
+            raise RateLimited("too many searches; slow down")
+
     async def _load_users(self, ids: list[int]) -> dict[int, User]:
         return await self.services.auth.get_users(ids)
 
@@ -97,3 +105,6 @@ class Context:
             *(chat.room_members(actor, rid) for rid in room_ids)
         )
         return dict(zip(room_ids, lists, strict=True))
+
+    async def _load_read_states(self, room_ids: list[int]) -> dict[int, ReadState]:
+        return await self.services.chat.read_states(self.require_user(), room_ids)

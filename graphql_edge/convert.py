@@ -56,6 +56,7 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
             content=str(d.get("content", "")),
             nonce=d.get("nonce"),
             created_at_ms=event.created_at_ms,
+            mentions=tuple(int(u) for u in d.get("mentions", ())),
         )
     typename = _EVENT_TYPENAMES.get(event.type)
     if typename is None:

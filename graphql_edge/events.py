@@ -5,7 +5,7 @@ subscriber would cost a connection each. Partitions are assigned on demand (from
 when the first subscriber of a room in that partition arrives, and dropped when the last leaves.
 A pump task fetches records and offers each to the local subscribers of its room.
 
-Per subscriber, no gap and no duplicate (PROTOCOL.md section 4, rules 2-3):
+Per subscriber, no gap and no duplicate (docs/protocol.md section 4, rules 2-3):
 1. register the subscriber's queue, then assign the partition (from its end): every event
    published from now on reaches the queue;
 2. read the events after ``after_seq`` from the Store (``ChatService.events_after``, paged);

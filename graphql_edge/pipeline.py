@@ -4,6 +4,9 @@ Steps: resolve the query text (persisted-query allow-list), parse (token-capped)
 (spec rules, introspection off unless enabled, no "Did you mean" hints unless enabled; parse and
 validation are cached by query text), select the operation, check depth and cost with the real
 variables, then execute or subscribe. HTTP and graphql-transport-ws both call this.
+
+A refusal before execution is a ``Rejected`` list of errors that names the step that refused
+(``Step``), which the HTTP transport turns into its status code.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from graphql import (
     DocumentNode,
@@ -40,6 +43,20 @@ class Request:
     variables: dict[str, Any] | None
     operation_name: str | None
     extensions: dict[str, Any] | None
+
+
+#: Which step refused an operation: ``request`` (malformed parameters, unknown persisted query),
+#: ``parse`` (the document is not GraphQL), ``validation`` (spec rules, operation selection,
+#: depth and cost limits), ``forbidden`` (not in the persisted-query allow-list).
+Step = Literal["request", "parse", "validation", "forbidden"]
+
+
+class Rejected(list[GraphQLError]):
+    """The errors of an operation refused before execution, and the step that refused it."""
+
+    def __init__(self, errors: list[GraphQLError], step: Step) -> None:
+        super().__init__(errors)
+        self.step: Step = step
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +102,21 @@ class Pipeline:
         if not settings.enable_introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
         self._rules = tuple(rules)
-        self._cache: OrderedDict[str, DocumentNode | list[GraphQLError]] = OrderedDict()
+        self._cache: OrderedDict[str, DocumentNode | Rejected] = OrderedDict()
         self._cache_size = cache_size
         # allow-listed texts seen so far, so a client may later send the hash alone (APQ)
         self._texts: dict[str, str] = {}
 
-    def prepare(self, req: Request) -> Prepared | list[GraphQLError]:
+    def prepare(self, req: Request) -> Prepared | Rejected:
         query = self._query_text(req)
-        if isinstance(query, GraphQLError):
-            return [query]
+        if isinstance(query, Rejected):
+            return query
         doc = self._document(query)
-        if isinstance(doc, list):
+        if isinstance(doc, Rejected):
             return doc
         operation = _operation(doc, req.operation_name)
         if isinstance(operation, GraphQLError):
-            return [operation]
+            return Rejected([operation], "validation")
         fragments = {
             d.name.value: d for d in doc.definitions if isinstance(d, FragmentDefinitionNode)
         }
@@ -121,7 +138,7 @@ class Pipeline:
                 )
             )
         if limit_errors:
-            return limit_errors
+            return Rejected(limit_errors, "validation")
         return Prepared(doc, operation, req.variables, req.operation_name, roots)
 
     async def execute(self, prepared: Prepared, ctx: Context) -> ExecutionResult:
@@ -152,30 +169,30 @@ class Pipeline:
         )
         return await result  # type: ignore[misc]  # graphql-core's stubs: it is a coroutine
 
-    def _query_text(self, req: Request) -> str | GraphQLError:
+    def _query_text(self, req: Request) -> str | Rejected:
         allowed = self.settings.persisted_queries
         pq = (req.extensions or {}).get("persistedQuery")
         wanted = pq.get("sha256Hash") if isinstance(pq, dict) else None
         if req.query is None:
             if not isinstance(wanted, str):
-                return _bad("query is required")
+                return Rejected([_bad("query is required")], "request")
             text = self._texts.get(wanted)
             if text is None:
                 # Apollo clients resend with the full text on this message
-                return _bad("PersistedQueryNotFound")
+                return Rejected([_bad("PersistedQueryNotFound")], "request")
             return text
         if allowed is not None or wanted is not None:
             digest = query_hash(req.query)
             if wanted is not None and wanted != digest:
-                return _bad("provided sha256Hash does not match query")
+                return Rejected([_bad("provided sha256Hash does not match query")], "request")
             if allowed is not None and digest not in allowed:
                 msg = "query is not in the persisted-query allow-list"
-                return GraphQLError(msg, original_error=Forbidden(msg))
+                return Rejected([GraphQLError(msg, original_error=Forbidden(msg))], "forbidden")
             if len(self._texts) < 10_000:
                 self._texts[digest] = req.query
         return req.query
 
-    def _document(self, query: str) -> DocumentNode | list[GraphQLError]:
+    def _document(self, query: str) -> DocumentNode | Rejected:
         cached = self._cache.get(query)
         if cached is not None:
             self._cache.move_to_end(query)
@@ -186,12 +203,12 @@ class Pipeline:
             self._cache.popitem(last=False)
         return result
 
-    def parse_and_validate(self, query: str) -> DocumentNode | list[GraphQLError]:
+    def parse_and_validate(self, query: str) -> DocumentNode | Rejected:
         """The document, or why it is invalid; uncached (``_document`` caches it per text)."""
         try:
             doc = parse(query, max_tokens=self.settings.max_tokens)
         except GraphQLError as exc:
-            return [exc]
+            return Rejected([exc], "parse")
         errors = validate(
             self.schema,
             doc,
@@ -199,7 +216,15 @@ class Pipeline:
             max_errors=20,
             hide_suggestions=self._hide_suggestions,
         )
-        return errors or doc
+        return Rejected(errors, "validation") if errors else doc
+
+
+def is_request_error(result: ExecutionResult) -> bool:
+    """A request error raised by execution itself (variable values that do not coerce):
+    graphql-core reports it as ``data=None`` with errors that have no path, whereas a field
+    error always has one. The response then has no ``data`` entry (GraphQL spec)."""
+    errors = result.errors or []
+    return result.data is None and bool(errors) and all(e.path is None for e in errors)
 
 
 def _operation(doc: DocumentNode, name: str | None) -> OperationDefinitionNode | GraphQLError:

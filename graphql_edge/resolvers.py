@@ -12,7 +12,7 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
-from chat_core.models import Invitation, Message, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
 from graphql_edge.context import Context
 from graphql_edge.convert import event_object, iso_ms, parse_id
 from shardchat.errors import BadInput, NotFound
@@ -146,6 +146,15 @@ async def q_messages(
 
 async def q_gateway(_: Any, info: GraphQLResolveInfo, key: str | None = None) -> GatewayRecord:
     return await ctx_of(info).services.placement.choose(key)
+
+
+async def q_search_users(
+    _: Any, info: GraphQLResolveInfo, prefix: str, limit: int = 10
+) -> list[User]:
+    ctx = ctx_of(info)
+    ctx.require_user()
+    ctx.take_search_token()
+    return await ctx.services.auth.search_users(prefix, limit)
 
 
 # --- Mutation ---------------------------------------------------------------------------------
@@ -320,6 +329,19 @@ async def m_remove_reaction(_: Any, info: GraphQLResolveInfo, messageId: str, em
     return await ctx.services.chat.remove_reaction(ctx.require_user(), mid, emoji)
 
 
+@mutation
+async def m_mark_read(_: Any, info: GraphQLResolveInfo, roomId: str, seq: int) -> ReadState:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.mark_read(ctx.require_user(), parse_id(roomId, "roomId"), seq)
+
+
+@mutation
+async def m_set_room_muted(_: Any, info: GraphQLResolveInfo, roomId: str, muted: bool) -> ReadState:
+    ctx = ctx_of(info)
+    room_id = parse_id(roomId, "roomId")
+    return await ctx.services.chat.set_room_muted(ctx.require_user(), room_id, muted)
+
+
 # --- Subscription -----------------------------------------------------------------------------
 
 
@@ -410,6 +432,22 @@ async def message_author(message: Message, info: GraphQLResolveInfo) -> User:
     return user
 
 
+def room_read_state(name: str) -> Resolver:
+    """A field of the caller's ReadState of the room (one batched Store call per request)."""
+
+    async def resolve(room: Room, info: GraphQLResolveInfo) -> Any:
+        state = await ctx_of(info).read_states.load(room.id)
+        if state is None:  # not a member (any more): nothing read, nothing new
+            state = ReadState(room.id, 0, 0, 0, False)
+        return getattr(state, name)
+
+    return resolve
+
+
+def _ids(values: Any) -> list[str]:
+    return [str(v) for v in values]
+
+
 def _attr(name: str, fmt: Callable[[Any], Any] = lambda v: v) -> Resolver:
     def resolve(obj: Any, _info: GraphQLResolveInfo) -> Any:
         return fmt(getattr(obj, name))
@@ -434,6 +472,7 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "twoFactor": q_two_factor,
         "messages": q_messages,
         "gateway": q_gateway,
+        "searchUsers": q_search_users,
     },
     "Mutation": {
         "register": m_register,
@@ -459,6 +498,8 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "deleteMessage": m_delete,
         "addReaction": m_add_reaction,
         "removeReaction": m_remove_reaction,
+        "markRead": m_mark_read,
+        "setRoomMuted": m_set_room_muted,
     },
     "AuthPayload": {
         "accessToken": _attr("access_token"),
@@ -473,12 +514,22 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "members": room_members,
         "myRole": room_my_role,
         "memberRoles": room_member_roles,
+        "lastReadSeq": room_read_state("last_read_seq"),
+        "unreadCount": room_read_state("unread_count"),
+        "mentionCount": room_read_state("mention_count"),
+        "muted": room_read_state("muted"),
     },
     "Invitation": {
         "roomId": _attr("room_id", str),
         "roomName": _attr("room_name"),
         "inviter": invitation_inviter,
         "createdAt": _attr("created_at_ms", iso_ms),
+    },
+    "ReadState": {
+        "roomId": _attr("room_id", str),
+        "lastReadSeq": _attr("last_read_seq"),
+        "unreadCount": _attr("unread_count"),
+        "mentionCount": _attr("mention_count"),
     },
     "Message": {
         "id": _attr("id", str),
@@ -488,6 +539,7 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "createdAt": _attr("created_at_ms", iso_ms),
         "editedAt": _attr("edited_at_ms", _opt_iso),
         "reactions": _attr("reactions", list),
+        "mentions": _attr("mentions", _ids),
     },
     "GatewayInfo": {"gatewayId": _attr("gateway_id")},
 }

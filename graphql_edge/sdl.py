@@ -1,4 +1,4 @@
-"""The GraphQL schema (PROTOCOL.md section 7), as SDL.
+"""The GraphQL schema (docs/protocol.md section 7), as SDL.
 
 Additions to the minimum of section 7, all additive (no client of the minimum breaks):
 - ``Message.author: User!``: the author, batch-loaded (one ``get_users`` call per page).
@@ -35,6 +35,7 @@ type Query {
   gateway(key: String): GatewayInfo!
   sessions: [AuthSession!]!
   twoFactor: TwoFactorStatus!
+  searchUsers(prefix: String!, limit: Int = 10): [User!]!
 }
 
 type Mutation {
@@ -61,6 +62,8 @@ type Mutation {
   deleteMessage(id: ID!): Boolean!
   addReaction(messageId: ID!, emoji: String!): Boolean!
   removeReaction(messageId: ID!, emoji: String!): Boolean!
+  markRead(roomId: ID!, seq: Int!): ReadState!
+  setRoomMuted(roomId: ID!, muted: Boolean!): ReadState!
 }
 
 type Subscription {
@@ -78,6 +81,10 @@ type Room {
   direct: Boolean!
   myRole: RoomRole!
   memberRoles: [RoomMember!]!
+  lastReadSeq: Int!
+  unreadCount: Int!
+  mentionCount: Int!
+  muted: Boolean!
 }
 enum RoomRole { OWNER ADMIN MEMBER }
 type RoomMember { user: User!, role: RoomRole! }
@@ -91,6 +98,13 @@ type AuthSession {
 }
 type TwoFactorSetup { secret: String!, otpauthUri: String! }
 type TwoFactorStatus { enabled: Boolean!, recoveryCodesLeft: Int! }
+type ReadState {
+  roomId: ID!
+  lastReadSeq: Int!
+  unreadCount: Int!
+  mentionCount: Int!
+  muted: Boolean!
+}
 type Message {
   id: ID!
   roomId: ID!
@@ -103,6 +117,7 @@ type Message {
   editedAt: String
   deleted: Boolean!
   reactions: [Reaction!]!
+  mentions: [ID!]!
 }
 type Reaction { emoji: String!, count: Int!, me: Boolean! }
 type MessagePage { items: [Message!]!, hasMore: Boolean! }

@@ -21,12 +21,15 @@ class EdgeSettings:
     #: multiplier for a list field whose size no ``limit`` argument bounds (members, reactions)
     default_list_size: int = 10
     max_body_bytes: int = 64 * 1024
+    max_batch: int = 10  # operations in one batched POST (Apollo BatchHttpLink's default batchMax)
     max_tokens: int = 5000  # parser token cap: a huge query fails before any AST is built
     enable_introspection: bool = False
     #: sha256 hex digests of the allowed query texts; None = any query (allow-listing off)
     persisted_queries: frozenset[str] | None = None
     mutation_burst: int = 20
     mutation_per_s: float = 2.0
+    search_burst: int = 10  # searchUsers per user: a burst, then this many per second
+    search_per_s: float = 1.0
     ws_init_timeout_s: float = 3.0  # graphql-ws default connectionInitWaitTimeout
     query_burst: int = 120  # root fields per user (per IP before login): burst ...
     query_per_s: float = 20.0  # ... and sustained rate

@@ -1,11 +1,13 @@
 """GraphQL over WebSocket, the ``graphql-transport-ws`` subprotocol (graphql-ws library's).
 
-Messages are JSON text frames ``{type, id?, payload?}``:
-- client ``connection_init {payload?}`` -> server ``connection_ack``. The token is
-  ``payload.authorization`` (``"Bearer …"``; ``Authorization`` also accepted) or, failing that,
-  the handshake's Authorization header. A bad or missing token closes 4403 Forbidden (as
-  graphql-ws does when ``onConnect`` refuses). No init within ``ws_init_timeout_s``: 4408; a
-  second init: 4429.
+A handshake that does not offer the subprotocol is accepted and closed at once with 4406
+"Subprotocol not acceptable" (as the graphql-ws server does), so clients see a close code, not
+an HTTP refusal. Messages are JSON text frames ``{type, id?, payload?}``:
+- client ``connection_init {payload?}`` -> server ``connection_ack``. The token is taken from
+  the payload (``connectionParams``) under ``authorization``/``Authorization``, ``authToken`` or
+  ``token``, as ``"Bearer <token>"`` or the bare token, or else from the handshake's
+  Authorization header. A bad or missing token closes 4403 Forbidden (as graphql-ws does when
+  ``onConnect`` refuses). No init within ``ws_init_timeout_s``: 4408; a second init: 4429.
 - The token stays checked: the connection closes with 4403 when it expires, when it is revoked
   (logout, ``revokeSession``, password change: ``LiveConnections`` hears the revocation), and
   every ``subscribe`` re-checks it first. Reconnect with a fresh token.
@@ -13,13 +15,17 @@ Messages are JSON text frames ``{type, id?, payload?}``:
   too), else close 4403 before accepting.
 - At most ``ws_max_operations`` operations run at once: one more gets an ``error``
   (RATE_LIMITED). Each operation is charged to the user's query rate limit like over HTTP.
-- ``ping`` -> ``pong`` (either side may ping; a ``pong`` needs no answer).
+- ``ping {payload?}`` -> ``pong`` carrying the ping's payload (either side may ping; a
+  ``pong`` needs no answer).
 - ``subscribe {id, payload: {query, variables?, operationName?, extensions?}}`` before the ack:
   4401 Unauthorized; an id still running: 4409 "Subscriber for <id> already exists".
   Pre-execution errors (validation, limits, FORBIDDEN room) -> ``error {id, payload: [errors]}``;
   results -> ``next {id, payload: {data, errors?}}``, then ``complete {id}``. Queries and
   mutations work too (one ``next`` then ``complete``).
-- client ``complete {id}`` stops that subscription. Anything unparseable or unknown: 4400.
+- client ``complete {id}`` stops that subscription.
+- Anything else closes 4400: not JSON, an unknown or server-only type, a field of the wrong
+  type (a non-object payload, a subscribe without a string ``payload.query``, ``variables`` or
+  ``extensions`` that are not objects, an ``operationName`` that is not a string).
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 from graphql import ExecutionResult, GraphQLError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from graphql_edge import metrics
-from graphql_edge.auth import authenticate
+from graphql_edge.auth import authenticate, connection_authorization
 from graphql_edge.context import Context, Services
 from graphql_edge.outcome import errors_body, outcome_of, result_body
 from graphql_edge.pipeline import Pipeline, request_from_json
@@ -96,6 +102,7 @@ class Connection:
 
     async def serve(self) -> None:
         if SUBPROTOCOL not in self.ws.scope.get("subprotocols", []):
+            await self.ws.accept()
             await self.ws.close(4406, "Subprotocol not acceptable")
             return
         if self.allowed_origins and self.ws.headers.get("origin") not in self.allowed_origins:
@@ -139,10 +146,13 @@ class Connection:
         kind = msg["type"]
         if kind == "connection_init":
             await self._on_init(msg.get("payload"))
-        elif kind == "ping":
-            await self._send({"type": "pong"})
-        elif kind == "pong":
-            pass
+        elif kind in ("ping", "pong"):
+            payload = msg.get("payload")
+            if payload is not None and not isinstance(payload, dict):
+                raise _Close(4400, "Invalid message received")
+            if kind == "ping":
+                pong = {"type": "pong"} if payload is None else {"type": "pong", "payload": payload}
+                await self._send(pong)
         elif kind == "subscribe":
             await self._on_subscribe(msg)
         elif kind == "complete":
@@ -161,11 +171,7 @@ class Connection:
         self.init_received = True
         if payload is not None and not isinstance(payload, dict):
             raise _Close(4400, "Invalid message received")
-        header = None
-        if payload:
-            header = payload.get("authorization") or payload.get("Authorization")
-        if not isinstance(header, str):
-            header = self.ws.headers.get("authorization")
+        header = connection_authorization(payload or {}) or self.ws.headers.get("authorization")
         principal, _why = await authenticate(self.services.auth, header)
         if principal is None:
             raise _Close(4403, "Forbidden")
@@ -177,7 +183,7 @@ class Connection:
 
     async def _on_subscribe(self, msg: dict[str, Any]) -> None:
         op_id, payload = msg.get("id"), msg.get("payload")
-        if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
+        if not isinstance(op_id, str) or not op_id or not _subscribe_payload(payload):
             raise _Close(4400, "Invalid message received")
         if self.principal is None:
             raise _Close(4401, "Unauthorized")
@@ -333,3 +339,14 @@ class LiveConnections:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+
+
+def _subscribe_payload(payload: Any) -> TypeGuard[dict[str, Any]]:
+    """The shape graphql-ws requires of a subscribe payload (its ``validateMessage``)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return False
+    for name, kind in (("variables", dict), ("extensions", dict), ("operationName", str)):
+        value = payload.get(name)
+        if value is not None and not isinstance(value, kind):
+            return False
+    return True

@@ -1,6 +1,6 @@
 """Lost and duplicated deliveries, counted per (room, seq) per receiver.
 
-The guarantee under test (PROTOCOL.md 4): every subscribed member sees every acknowledged
+The guarantee under test (docs/protocol.md 4): every subscribed member sees every acknowledged
 message's room seq exactly once. A receiver records every seq it is dispatched; at the end the
 harness hands it the acknowledged seqs of its rooms. Missing acknowledged seqs are lost; a seq
 seen more than once counts once per extra copy, acknowledged or not (a duplicate of an event

@@ -1,6 +1,6 @@
 """A client worker process without its wire protocol: thousands of connections on one loop.
 
-The base of loadtest/worker.py (shardchat, PROTOCOL.md v1) and loadtest/peers/worker.py
+The base of loadtest/worker.py (shardchat, docs/protocol.md v1) and loadtest/peers/worker.py
 (Engine.IO v4 / Socket.IO v5): a subclass brings its ``Client`` state, ``_session`` (connect,
 handshake, then read every frame of one connection), ``_send`` (one message, its request id
 in ``inflight``), what counts as identified and as a reconnect, and if need be more errors

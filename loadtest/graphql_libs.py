@@ -75,7 +75,7 @@ from graphql import (
 )
 from graphql.validation import ASTValidationRule
 
-from chat_core.models import Invitation, Message, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
 from graphql_edge import resolvers
 from graphql_edge.context import Context, Services
 from graphql_edge.convert import event_typename
@@ -190,6 +190,9 @@ class MemoryAuth:
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
         return {i: self.users[i] for i in user_ids if i in self.users}
 
+    async def search_users(self, prefix: str, limit: int = 10) -> list[User]:
+        raise _unused("search_users")
+
 
 class MemoryChat:
     """Constant answers: every call does the same work, so all samples measure the same thing."""
@@ -297,6 +300,15 @@ class MemoryChat:
     async def shares_room_with(self, viewer: int, user_ids: Sequence[int]) -> set[int]:
         return set(user_ids)
 
+    async def mark_read(self, actor: int, room_id: int, seq: int) -> ReadState:
+        raise _unused("mark_read")
+
+    async def set_room_muted(self, actor: int, room_id: int, muted: bool) -> ReadState:
+        raise _unused("set_room_muted")
+
+    async def read_states(self, actor: int, room_ids: Sequence[int]) -> dict[int, ReadState]:
+        raise _unused("read_states")
+
 
 class NoPlacement:
     async def choose(self, key: str | None) -> GatewayRecord:
@@ -314,6 +326,7 @@ def memory_services() -> Services:
         mutation_limiter=TokenBuckets(10**12, 1e12),
         query_limiter=TokenBuckets(10**12, 1e12),
         auth_limiter=TokenBuckets(10**12, 1e12),
+        search_limiter=TokenBuckets(10**12, 1e12),
     )
 
 

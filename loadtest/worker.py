@@ -3,7 +3,7 @@
 Lean on purpose: raw ``websockets`` connections (``compression=None``: deflate costs about
 64 KiB per connection), one reader task per connection, ONE heartbeat task and ONE sender task
 per process (not a timer per connection), frames decoded with a typed msgspec decoder. The
-worker speaks PROTOCOL.md v1 directly: IDENTIFY with ``subscribe: "all"``, heartbeats, RESUME
+worker speaks docs/protocol.md v1 directly: IDENTIFY with ``subscribe: "all"``, heartbeats, RESUME
 on any other gateway after a drop (with ``rooms``, the last room seq held per subscribed room,
 so a replay after a gateway crash repeats nothing: docs/protocol.md section 8), RECONNECT, and
 idempotent re-sends of unacknowledged SENDs (same nonce) after a resume. The worker does NOT

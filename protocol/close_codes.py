@@ -1,4 +1,4 @@
-"""The one table of WebSocket close codes (PROTOCOL.md section 5).
+"""The one table of WebSocket close codes (docs/protocol.md section 5).
 
 4000-4499: the client reconnects and RESUMEs. 4500-4999: terminal, the client needs user action
 (new token, upgrade) before it connects again. 1000/1001 are the normal WebSocket closes; a client

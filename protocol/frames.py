@@ -1,4 +1,4 @@
-"""Wire payloads as msgspec Structs (PROTOCOL.md sections 2 and 3).
+"""Wire payloads as msgspec Structs (docs/protocol.md sections 2 and 3).
 
 Client-to-server payloads are decoded with full type checks (a wrong type closes with 4002);
 unknown keys are ignored so clients may send newer fields to older servers. Ids are

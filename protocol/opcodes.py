@@ -1,4 +1,4 @@
-"""Gateway opcodes (PROTOCOL.md section 2)."""
+"""Gateway opcodes (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

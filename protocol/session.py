@@ -56,7 +56,7 @@ from protocol.frames import (
 from protocol.opcodes import Op
 from protocol.ratelimit import TokenBucket
 
-# Defaults of PROTOCOL.md section 6.
+# Defaults of docs/protocol.md section 6.
 DEFAULT_HEARTBEAT_INTERVAL_MS: Final = 41_250
 DEFAULT_HEARTBEAT_TIMEOUT_FACTOR: Final = 1.5
 DEFAULT_OPS_PER_WINDOW: Final = 120

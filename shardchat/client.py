@@ -5,10 +5,12 @@ Used by the load-test harness and the tests. Two pieces:
 ``EdgeClient`` (HTTP, httpx): ``register``/``login`` (with a TOTP or recovery code when 2FA is
 on: ``TwoFactorRequired`` says when one is needed)/``refresh``/``logout``, ``graphql()``,
 ``gateway()`` discovery, 2FA (``begin_two_factor``, ``confirm_two_factor``,
-``disable_two_factor``), sessions (``sessions``, ``revoke_session``, ``change_password``) and
+``disable_two_factor``), sessions (``sessions``, ``revoke_session``, ``change_password``),
 rooms (``create_room``, ``invite``, ``invitations``, ``accept_invitation``,
-``decline_invitation``, ``remove_member``, ``open_direct_room``, ``public_rooms``). It keeps the
-current tokens and refreshes the access token shortly before it expires.
+``decline_invitation``, ``remove_member``, ``open_direct_room``, ``public_rooms``) and read
+state (``rooms()`` with unread and mention counts, ``mark_read``, ``set_room_muted``,
+``search_users``). It keeps the current tokens and refreshes the access token shortly before
+it expires.
 
 ``GatewayClient`` (websockets): ``await GatewayClient.connect(url, token)`` does HELLO ->
 IDENTIFY -> READY and heartbeats; ``subscribe({room: after_seq})``, ``send(room, content, nonce)``
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 
 Encoding = Literal["json", "msgpack"]
 
-# opcodes (PROTOCOL.md section 2); duplicated here so the client needs nothing server-side
+# opcodes (docs/protocol.md section 2); duplicated here so the client needs nothing server-side
 DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, SUBSCRIBE, UNSUBSCRIBE, RESUME = range(7)
 RECONNECT, SEND, INVALID_SESSION, HELLO, HEARTBEAT_ACK, TYPING, REPLY = range(7, 14)
 
@@ -83,6 +85,9 @@ class GatewayClosed(Exception):
 # --- HTTP: the GraphQL edge ---------------------------------------------------------------------
 
 _AUTH_FIELDS = "accessToken refreshToken expiresIn user { id username status }"
+_READ_STATE_FIELDS = "roomId lastReadSeq unreadCount mentionCount muted"
+#: GraphQL over HTTP: the spec's media type first (its status codes are meaningful), JSON after.
+_ACCEPT = "application/graphql-response+json, application/json;q=0.9"
 
 
 def _credentials_mutation(name: str) -> str:
@@ -135,7 +140,7 @@ class EdgeClient:
         auth: bool = True,
     ) -> dict[str, Any]:
         """Run one operation; return ``data`` or raise ShardchatError for the first error."""
-        headers = {}
+        headers = {"Accept": _ACCEPT}
         if auth and self.session is not None:
             headers["Authorization"] = f"Bearer {await self.access_token()}"
         body: dict[str, Any] = {"query": query}
@@ -155,7 +160,7 @@ class EdgeClient:
             code = ext.get("code", "INTERNAL")
             kind = TwoFactorRequired if ext.get("reason") == "TWO_FACTOR_REQUIRED" else None
             raise (kind or ShardchatError)(code, first.get("message", ""), errors)
-        if resp.status_code != 200 or not isinstance(payload.get("data"), dict):
+        if not 200 <= resp.status_code < 300 or not isinstance(payload.get("data"), dict):
             raise ShardchatError("INTERNAL", f"HTTP {resp.status_code}")
         data: dict[str, Any] = payload["data"]
         return data
@@ -273,6 +278,42 @@ class EdgeClient:
                 if time.monotonic() >= self.session.expires_at - self.refresh_margin_s:
                     await self.refresh()
         return self.session.access_token
+
+    async def rooms(self) -> list[dict[str, Any]]:
+        """The caller's rooms: ``id name lastSeq`` and the read state (``lastReadSeq
+        unreadCount mentionCount muted``)."""
+        q = "{ rooms { id name lastSeq lastReadSeq unreadCount mentionCount muted } }"
+        rooms: list[dict[str, Any]] = (await self.graphql(q))["rooms"]
+        return rooms
+
+    async def mark_read(self, room_id: int | str, seq: int) -> dict[str, Any]:
+        """Read up to room ``seq``; the new read state (also sent to the caller's other gateway
+        sessions as READ_STATE)."""
+        q = (
+            "mutation($r: ID!, $s: Int!) { markRead(roomId: $r, seq: $s)"
+            f" {{ {_READ_STATE_FIELDS} }} }}"
+        )
+        state: dict[str, Any] = (await self.graphql(q, {"r": str(room_id), "s": seq}))["markRead"]
+        return state
+
+    async def set_room_muted(self, room_id: int | str, muted: bool) -> dict[str, Any]:
+        q = (
+            "mutation($r: ID!, $m: Boolean!) { setRoomMuted(roomId: $r, muted: $m)"
+            f" {{ {_READ_STATE_FIELDS} }} }}"
+        )
+        data = await self.graphql(q, {"r": str(room_id), "m": muted})
+        state: dict[str, Any] = data["setRoomMuted"]
+        return state
+
+    async def search_users(self, prefix: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Users whose username starts with ``prefix``: ``id username status``."""
+        q = (
+            "query($p: String!, $n: Int) { searchUsers(prefix: $p, limit: $n)"
+            " { id username status } }"
+        )
+        data = await self.graphql(q, {"p": prefix, "n": limit})
+        users: list[dict[str, Any]] = data["searchUsers"]
+        return users
 
     async def gateway(self, key: str | None = None) -> tuple[str, str]:
         """``(url, gateway_id)`` of the gateway to use (GET /gateway)."""

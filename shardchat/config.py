@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Addresses/CIDRs of the proxies in front (HAProxy, Traefik, an Ingress): only from these is
     # X-Forwarded-For believed; per-IP limits key on the real client address it names.
     trusted_proxies: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the edge; "*" = any
 
     # --- auth ---------------------------------------------------------------------------------
     jwt_keys: dict[str, str] = {}  # key id -> HS256 secret; the first is used to sign
@@ -63,7 +64,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth_ip_burst: int = 30  # register/login/refresh/2FA per client IP: burst ...
     auth_ip_per_s: float = 1.0  # ... and sustained rate
 
-    # --- protocol limits (PROTOCOL.md section 6) ------------------------------------------------
+    # --- protocol limits (docs/protocol.md section 6) -------------------------------------------
     max_frame_bytes: int = 16 * 1024
     max_content_chars: int = 4000
     max_nonce_bytes: int = 32
@@ -88,11 +89,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graphql_max_cost: int = 1000
     graphql_default_list_size: int = 10
     graphql_max_body_bytes: int = 64 * 1024
+    graphql_max_batch: int = 10
     graphql_max_tokens: int = 5000
     graphql_enable_introspection: bool = False
     graphql_persisted_queries: list[str] | None = None  # sha256 hex allow-list; None = any query
     graphql_mutation_burst: int = 20
     graphql_mutation_per_s: float = 2.0
+    graphql_search_burst: int = 10
+    graphql_search_per_s: float = 1.0
     graphql_ws_init_timeout_s: float = 3.0
     graphql_query_burst: int = 120  # per-user root fields (queries and mutations): burst ...
     graphql_query_per_s: float = 20.0  # ... and sustained rate

@@ -16,6 +16,7 @@ from chat_core.history_cache import CachedHistory, HistoryCache
 from chat_core.outbox import OutboxPublisher, OutboxRelay
 from chat_core.service import ChatService
 from shardchat.config import Settings
+from shardchat.ephemeral import ReadStateNotifier
 from shardchat.eventlog import EventLog
 from shardchat.ids import IdGenerator
 from shardchat.migrate import migrate
@@ -163,6 +164,7 @@ class Core:
             ids=ids,
             on_commit=publisher.submit,
             history_cache=open_history_cache(settings),
+            on_read=ReadStateNotifier(registry),
         )
         return cls(settings, store, event_log, registry, auth, chat, publisher, relay)
 

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
 from shardchat.config import Settings
 from user_core.models import SessionInfo, User
 
@@ -30,7 +30,8 @@ class UserRecord(msgspec.Struct, frozen=True):
 class NewMessage(msgspec.Struct, frozen=True):
     """A message to store; ``id`` and ``created_at_ms`` are chosen by the caller, ``seq`` by
     the Store. ``trace`` (W3C trace context of the send, ``{}`` when tracing is off) is stored
-    with its MESSAGE_CREATE event."""
+    with its MESSAGE_CREATE event. ``mentions``: ids of the users the content @mentions; the
+    Store keeps those who are members of the room at commit."""
 
     id: int
     room_id: int
@@ -39,6 +40,7 @@ class NewMessage(msgspec.Struct, frozen=True):
     nonce: str
     created_at_ms: int
     trace: dict[str, str] = {}
+    mentions: tuple[int, ...] = ()
 
 
 SendStatus = Literal["created", "duplicate", "not_member", "no_room"]
@@ -100,6 +102,15 @@ class Store(Protocol):
     - TOTP replay: ``use_totp_step`` is a compare-and-set: of concurrent calls with one step, one
       wins; a step not above the last accepted one is refused. ``use_recovery_code`` likewise
       spends a code at most once.
+    - Mentions: a created message keeps, in ``Message.mentions`` and in its MESSAGE_CREATE
+      ``mentions``, the ``NewMessage.mentions`` who are members of the room at commit (ascending
+      ids), and stores one mention row per such member in the same transaction.
+    - Read state: ``mark_read`` only ever moves ``last_read_seq`` forward (concurrent marks keep
+      the highest). ``read_states`` answers for rooms the user is a member of (others are
+      left out): no stored row means ``last_read_seq`` 0 and not muted; ``unread_count`` counts
+      MESSAGE_CREATE events after ``last_read_seq`` by other authors, created at or after the
+      user joined; ``mention_count`` counts mention rows of the user after ``last_read_seq``;
+      both stop counting at ``cap``.
     """
 
     dialect: Dialect
@@ -144,6 +155,15 @@ class Store(Protocol):
         ...
 
     async def recovery_codes_left(self, user_id: int) -> int: ...
+
+    async def user_ids_by_name(self, names: Sequence[str]) -> dict[str, int]:
+        """Lower-cased username -> id, for those of ``names`` that exist (any case)."""
+        ...
+
+    async def search_users(self, prefix: str, limit: int) -> list[User]:
+        """Up to ``limit`` users whose username starts with ``prefix`` (case-insensitive),
+        ordered by lower-cased username. ``prefix`` holds username characters only."""
+        ...
 
     async def create_refresh_token(
         self,
@@ -257,6 +277,24 @@ class Store(Protocol):
     async def members_of(self, room_id: int) -> list[int]: ...
 
     async def is_member(self, room_id: int, user_id: int) -> bool: ...
+
+    # --- read state ------------------------------------------------------------------------------
+    async def mark_read(self, user_id: int, room_id: int, seq: int) -> int:
+        """Move the user's ``last_read_seq`` of the room up to ``seq`` (never down); the
+        stored value after."""
+        ...
+
+    async def set_muted(self, user_id: int, room_id: int, muted: bool) -> None: ...
+
+    async def read_states(
+        self, user_id: int, room_ids: Sequence[int], cap: int
+    ) -> dict[int, ReadState]:
+        """The user's read state of each listed room it is a member of."""
+        ...
+
+    async def mentions_of(self, message_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        """Per message that mentions anyone: the members it mentions (ascending ids)."""
+        ...
 
     # --- messages --------------------------------------------------------------------------------
     async def insert_messages(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:

@@ -14,6 +14,7 @@ Isolation helpers: ``fresh_pg_dsn`` (a new database per test, dropped after), ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -116,6 +117,20 @@ def redis_url() -> str:
     except Exception as exc:
         _unreachable("Redis", url, exc)
     return url
+
+
+@contextlib.contextmanager
+def redis_database(redis_url: str, db: int) -> Iterator[str]:
+    """The URL of Redis database ``db`` of the engine, flushed before and after: for a test that
+    needs a whole database (a cluster's registry); give each such test module its own number."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
 
 
 @pytest.fixture(scope="session")

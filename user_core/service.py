@@ -31,6 +31,8 @@ from user_core.models import AuthTokens, SessionInfo, User
 from user_core.tokens import Principal
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,32}")
+USERNAME_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_SEARCH_RESULTS = 20
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 128
 MAX_CLIENT_CHARS = 200
@@ -377,3 +379,12 @@ class AuthService:
             return None
         record = await self.store.get_user_by_name(username)
         return None if record is None else record.user
+
+    async def search_users(self, prefix: str, limit: int = 10) -> list[User]:
+        """Users whose username starts with ``prefix`` (any case), by username; at most
+        ``limit`` (1-20). The prefix is 1-32 username characters."""
+        if not isinstance(prefix, str) or not USERNAME_PREFIX_RE.fullmatch(prefix):
+            raise BadInput("prefix must be 1-32 characters of letters, digits, '_', '.', '-'")
+        if isinstance(limit, bool) or not 1 <= limit <= MAX_SEARCH_RESULTS:
+            raise BadInput(f"limit must be between 1 and {MAX_SEARCH_RESULTS}")
+        return await self.store.search_users(prefix, limit)

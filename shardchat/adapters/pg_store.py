@@ -18,7 +18,7 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
 from shardchat.store import (
     Dialect,
     NewMessage,
@@ -227,6 +227,26 @@ class PgStore:
             list(user_ids),
         )
         return {r["id"]: User(r["id"], r["username"], r["created_at_ms"]) for r in rows}
+
+    async def user_ids_by_name(self, names: Sequence[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT lower(username) AS name, id FROM users WHERE lower(username) = ANY($1::text[])",
+            [n.lower() for n in names],
+        )
+        return {r["name"]: r["id"] for r in rows}
+
+    async def search_users(self, prefix: str, limit: int) -> list[User]:
+        # "_" is a LIKE wildcard and a username character: escape it (and the escape itself).
+        pattern = prefix.lower().replace("\\", "\\\\").replace("_", "\\_") + "%"
+        rows = await self.pool.fetch(
+            "SELECT id, username, created_at_ms FROM users WHERE lower(username) LIKE $1"
+            " ORDER BY lower(username) LIMIT $2",
+            pattern,
+            limit,
+        )
+        return [User(r["id"], r["username"], r["created_at_ms"]) for r in rows]
 
     async def create_refresh_token(
         self,
@@ -629,6 +649,73 @@ class PgStore:
         )
         return r is not None
 
+    # --- read state ------------------------------------------------------------------------------
+    async def mark_read(self, user_id: int, room_id: int, seq: int) -> int:
+        stored: int = await self.pool.fetchval(
+            "INSERT INTO read_states (user_id, room_id, last_read_seq) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET last_read_seq ="
+            " GREATEST(read_states.last_read_seq, excluded.last_read_seq)"
+            " RETURNING last_read_seq",
+            user_id,
+            room_id,
+            seq,
+        )
+        return stored
+
+    async def set_muted(self, user_id: int, room_id: int, muted: bool) -> None:
+        await self.pool.execute(
+            "INSERT INTO read_states (user_id, room_id, muted) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, room_id) DO UPDATE SET muted = excluded.muted",
+            user_id,
+            room_id,
+            muted,
+        )
+
+    async def read_states(
+        self, user_id: int, room_ids: Sequence[int], cap: int
+    ) -> dict[int, ReadState]:
+        if not room_ids:
+            return {}
+        # The counts walk room_events (key room_id, seq) and message_mentions (key user_id,
+        # room_id, seq) from the read position, and stop at the cap.
+        rows = await self.pool.fetch(
+            "SELECT m.room_id, COALESCE(r.last_read_seq, 0) AS last_read,"
+            " COALESCE(r.muted, false) AS muted,"
+            " (SELECT count(*) FROM (SELECT 1 FROM room_events e WHERE e.room_id = m.room_id"
+            "   AND e.seq > COALESCE(r.last_read_seq, 0) AND e.type = 'MESSAGE_CREATE'"
+            "   AND e.created_at_ms >= m.joined_at_ms AND e.data::json ->> 'author_id' <> $4"
+            "   LIMIT $3) u) AS unread,"
+            " (SELECT count(*) FROM (SELECT 1 FROM message_mentions x WHERE x.user_id = $1"
+            "   AND x.room_id = m.room_id AND x.seq > COALESCE(r.last_read_seq, 0)"
+            "   LIMIT $3) n) AS mentioned"
+            " FROM room_members m LEFT JOIN read_states r"
+            " ON r.user_id = m.user_id AND r.room_id = m.room_id"
+            " WHERE m.user_id = $1 AND m.room_id = ANY($2::bigint[])",
+            user_id,
+            list(room_ids),
+            cap,
+            str(user_id),
+        )
+        return {
+            r["room_id"]: ReadState(
+                r["room_id"], r["last_read"], r["unread"], r["mentioned"], r["muted"]
+            )
+            for r in rows
+        }
+
+    async def mentions_of(self, message_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        if not message_ids:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT message_id, user_id FROM message_mentions"
+            " WHERE message_id = ANY($1::bigint[]) ORDER BY message_id, user_id",
+            list(message_ids),
+        )
+        out: dict[int, list[int]] = {}
+        for r in rows:
+            out.setdefault(r["message_id"], []).append(r["user_id"])
+        return {k: tuple(v) for k, v in out.items()}
+
     # --- messages --------------------------------------------------------------------------------
     async def insert_messages(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         """Four set-based statements per batch, whatever its size:
@@ -690,13 +777,25 @@ class PgStore:
                 for b in bumped:
                     next_seq[b["id"]] = b["last_seq"] - counts[b["id"]] + 1
 
+            seqs: dict[int, int] = {}
+            for r in created:
+                seqs[r.id] = next_seq[r.room_id]
+                next_seq[r.room_id] += 1
+            mentions = await self._insert_mentions(conn, created, seqs)
+
             by_id: dict[int, SendOutcome] = {}
             events: list[RoomEvent] = []
             for r in created:
-                seq = next_seq[r.room_id]
-                next_seq[r.room_id] = seq + 1
+                seq = seqs[r.id]
                 msg = Message(
-                    r.id, r.room_id, seq, r.author_id, r.content, r.nonce, r.created_at_ms
+                    r.id,
+                    r.room_id,
+                    seq,
+                    r.author_id,
+                    r.content,
+                    r.nonce,
+                    r.created_at_ms,
+                    mentions=mentions.get(r.id, ()),
                 )
                 event = RoomEvent(
                     r.room_id,
@@ -738,6 +837,28 @@ class PgStore:
                 outcome = SendOutcome("duplicate", outcome.message)  # one event, one owner
             out.append(outcome)
         return out
+
+    async def _insert_mentions(
+        self, conn: Any, created: Sequence[NewMessage], seqs: dict[int, int]
+    ) -> dict[int, tuple[int, ...]]:
+        """Mention rows for the members each created message mentions (one statement, only
+        when some message mentions anyone); message id -> those members."""
+        rows = [(u, r.room_id, seqs[r.id], r.id) for r in created for u in r.mentions]
+        if not rows:
+            return {}
+        stored = await conn.fetch(
+            "INSERT INTO message_mentions (user_id, room_id, seq, message_id)"
+            " SELECT u.user_id, u.room_id, u.seq, u.message_id FROM unnest($1::bigint[],"
+            " $2::bigint[], $3::bigint[], $4::bigint[]) AS u(user_id, room_id, seq, message_id)"
+            " WHERE EXISTS (SELECT 1 FROM room_members m"
+            " WHERE m.room_id = u.room_id AND m.user_id = u.user_id)"
+            " ON CONFLICT DO NOTHING RETURNING message_id, user_id",
+            *(list(col) for col in zip(*rows, strict=True)),
+        )
+        out: dict[int, list[int]] = {}
+        for rec in stored:
+            out.setdefault(rec["message_id"], []).append(rec["user_id"])
+        return {k: tuple(sorted(v)) for k, v in out.items()}
 
     async def _explain_missing(
         self, conn: Any, missing: Sequence[NewMessage], by_id: dict[int, SendOutcome]

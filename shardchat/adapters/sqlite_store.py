@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import aiosqlite
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
+from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
 from shardchat.store import (
     Dialect,
     NewMessage,
@@ -109,7 +109,7 @@ class SqliteStore:
         async with self._read() as db, db.execute(sql, params) as cur:
             return await cur.fetchone()
 
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    async def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         async with self._read() as db, db.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
@@ -230,6 +230,27 @@ class SqliteStore:
             f"SELECT id, username, created_at_ms FROM users WHERE id IN ({marks})", ids
         )
         return {r[0]: User(r[0], r[1], r[2]) for r in rows}
+
+    async def user_ids_by_name(self, names: Sequence[str]) -> dict[str, int]:
+        lowered = list(dict.fromkeys(n.lower() for n in names))
+        if not lowered:
+            return {}
+        marks = ",".join("?" * len(lowered))
+        rows = await self._all(
+            f"SELECT lower(username), id FROM users WHERE username COLLATE NOCASE IN ({marks})",
+            lowered,
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def search_users(self, prefix: str, limit: int) -> list[User]:
+        # LIKE is ASCII case-insensitive here (usernames are ASCII); "_" is a wildcard: escape.
+        pattern = prefix.replace("\\", "\\\\").replace("_", "\\_") + "%"
+        rows = await self._all(
+            "SELECT id, username, created_at_ms FROM users WHERE username LIKE ? ESCAPE '\\'"
+            " ORDER BY username COLLATE NOCASE LIMIT ?",
+            (pattern, limit),
+        )
+        return [User(r[0], r[1], r[2]) for r in rows]
 
     async def create_refresh_token(
         self,
@@ -591,6 +612,71 @@ class SqliteStore:
         )
         return row is not None
 
+    # --- read state ------------------------------------------------------------------------------
+    async def mark_read(self, user_id: int, room_id: int, seq: int) -> int:
+        async with (
+            self._tx() as db,
+            db.execute(
+                "INSERT INTO read_states (user_id, room_id, last_read_seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id, room_id) DO UPDATE SET last_read_seq ="
+                " max(read_states.last_read_seq, excluded.last_read_seq)"
+                " RETURNING last_read_seq",
+                (user_id, room_id, seq),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def set_muted(self, user_id: int, room_id: int, muted: bool) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO read_states (user_id, room_id, muted) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id, room_id) DO UPDATE SET muted = excluded.muted",
+                (user_id, room_id, int(muted)),
+            )
+
+    async def read_states(
+        self, user_id: int, room_ids: Sequence[int], cap: int
+    ) -> dict[int, ReadState]:
+        ids = list(dict.fromkeys(room_ids))
+        if not ids:
+            return {}
+        rooms = {f"r{i}": rid for i, rid in enumerate(ids)}
+        in_rooms = ",".join(f":{name}" for name in rooms)
+        rows = await self._all(
+            "SELECT m.room_id, coalesce(r.last_read_seq, 0), coalesce(r.muted, 0),"
+            " (SELECT count(*) FROM (SELECT 1 FROM room_events e WHERE e.room_id = m.room_id"
+            "   AND e.seq > coalesce(r.last_read_seq, 0) AND e.type = 'MESSAGE_CREATE'"
+            "   AND e.created_at_ms >= m.joined_at_ms"
+            "   AND json_extract(e.data, '$.author_id') <> :author LIMIT :cap)),"
+            " (SELECT count(*) FROM (SELECT 1 FROM message_mentions x WHERE x.user_id = :user"
+            "   AND x.room_id = m.room_id AND x.seq > coalesce(r.last_read_seq, 0) LIMIT :cap))"
+            " FROM room_members m LEFT JOIN read_states r"
+            " ON r.user_id = m.user_id AND r.room_id = m.room_id"
+            f" WHERE m.user_id = :user AND m.room_id IN ({in_rooms})",
+            {"user": user_id, "author": str(user_id), "cap": cap} | rooms,
+        )
+        return {
+            int(r[0]): ReadState(int(r[0]), int(r[1]), int(r[3]), int(r[4]), bool(r[2]))
+            for r in rows
+        }
+
+    async def mentions_of(self, message_ids: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            "SELECT message_id, user_id FROM message_mentions"
+            f" WHERE message_id IN ({marks}) ORDER BY message_id, user_id",
+            ids,
+        )
+        out: dict[int, list[int]] = {}
+        for mid, uid in rows:
+            out.setdefault(int(mid), []).append(int(uid))
+        return {k: tuple(v) for k, v in out.items()}
+
     # --- messages --------------------------------------------------------------------------------
     async def insert_messages(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         out: list[SendOutcome] = []
@@ -619,8 +705,16 @@ class SqliteStore:
             return SendOutcome("no_room")
         if check[1] is None:
             return SendOutcome("not_member")
+        mentions = await self._members_among(db, new.room_id, new.mentions)
         msg = Message(
-            new.id, new.room_id, 0, new.author_id, new.content, new.nonce, new.created_at_ms
+            new.id,
+            new.room_id,
+            0,
+            new.author_id,
+            new.content,
+            new.nonce,
+            new.created_at_ms,
+            mentions=mentions,
         )
         event = await self._append(
             db,
@@ -643,7 +737,27 @@ class SqliteStore:
                 msg.created_at_ms,
             ),
         )
+        if mentions:
+            await db.executemany(
+                "INSERT INTO message_mentions (user_id, room_id, seq, message_id)"
+                " VALUES (?, ?, ?, ?)",
+                [(u, msg.room_id, msg.seq, msg.id) for u in mentions],
+            )
         return SendOutcome("created", msg, event)
+
+    async def _members_among(
+        self, db: aiosqlite.Connection, room_id: int, user_ids: Sequence[int]
+    ) -> tuple[int, ...]:
+        """Those of ``user_ids`` who are members of the room, ascending (mentions)."""
+        if not user_ids:
+            return ()
+        marks = ",".join("?" * len(user_ids))
+        async with db.execute(
+            f"SELECT user_id FROM room_members WHERE room_id = ? AND user_id IN ({marks})"
+            " ORDER BY user_id",
+            (room_id, *user_ids),
+        ) as cur:
+            return tuple(int(r[0]) for r in await cur.fetchall())
 
     async def get_message(self, message_id: int) -> Message | None:
         row = await self._one(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,))

@@ -7,6 +7,7 @@ are dropped unless given again, so a test run's engine settings never leak into 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,6 +18,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 READY_LINE = "is up"
 
@@ -54,6 +57,28 @@ def free_port_run(count: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no run of free ports")
+
+
+def dev_cluster_env(
+    gateways: int, *, pg_dsn: str, kafka_bootstrap: str, topic: str, partitions: int, redis_url: str
+) -> dict[str, str]:
+    """Settings of a ``shardchat dev --cluster --gateways N`` on the given engines: free ports
+    for the edge, the router and the run of gateway ports (``SHARDCHAT_GATEWAY_PORT`` + i)."""
+    gw_base = free_port_run(gateways)
+    taken = range(gw_base, gw_base + gateways)
+    edge_port, router_port = [p for p in free_ports(gateways + 4) if p not in taken][:2]
+    return {
+        "SHARDCHAT_EDGE_PORT": str(edge_port),
+        "SHARDCHAT_ROUTER_PORT": str(router_port),
+        "SHARDCHAT_GATEWAY_PORT": str(gw_base),
+        "SHARDCHAT_POSTGRES_DSN": pg_dsn,
+        "SHARDCHAT_POSTGRES_POOL_SIZE": "3",
+        "SHARDCHAT_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "SHARDCHAT_KAFKA_TOPIC": topic,
+        "SHARDCHAT_KAFKA_PARTITIONS": str(partitions),
+        "SHARDCHAT_REDIS_URL": redis_url,
+        "SHARDCHAT_GATEWAY_TTL_S": "3",
+    }
 
 
 def shardchat_command() -> list[str]:
@@ -94,6 +119,19 @@ class DevProcess:
         return code, time.monotonic() - started
 
 
+async def wait_http_ok(url: str, within_s: float = 30) -> None:
+    """Until ``GET url`` answers 200 (a service's /readyz, say); fail after ``within_s``."""
+    async with httpx.AsyncClient(timeout=2) as http:
+        for _ in range(int(within_s / 0.1)):
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} not ready within {within_s}s")
+
+
 # deploy/local/engines.sh's own variables (where the engines listen) pass through: they are not
 # settings, and a run on other ports needs them.
 _ENGINE_VARS = {
@@ -102,6 +140,14 @@ _ENGINE_VARS = {
     "SHARDCHAT_REDIS_PORT",
     "SHARDCHAT_KAFKA_PORT",
     "SHARDCHAT_KAFKA_CONTROLLER_PORT",
+    "SHARDCHAT_NATS_PORT",
+    "SHARDCHAT_NATS_MONITOR_PORT",
+    "SHARDCHAT_KAFKA3_PORT",
+    "SHARDCHAT_KAFKA3_CONTROLLER_PORT",
+    "SHARDCHAT_REDIS_CLUSTER_PORT",
+    "SHARDCHAT_REDIS_CLUSTER_BUS_PORT",
+    "SHARDCHAT_HAPROXY_PORT",
+    "SHARDCHAT_PROMETHEUS_PORT",
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_core.models import RoomEvent
+from chat_core.models import ReadState, RoomEvent
 from shardchat.adapters.pg_store import PgStore
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.migrate import load_migrations, migrate
@@ -179,6 +179,7 @@ async def test_insert_messages_outcomes_in_one_batch(store: Store) -> None:
         "content": "hello",
         "nonce": "n1",
         "created_at": "2025-06-15T15:06:40.000Z",
+        "mentions": [],
     }
     assert (await store.get_room(rid)).last_seq == 3  # type: ignore[union-attr]
     # a retry in a later batch returns the first message and stores nothing
@@ -261,6 +262,67 @@ async def test_list_messages_by_cursor(store: Store) -> None:
     assert [m.id for m in await store.list_messages(rid, ids[3], None, 10)] == ids[:3][::-1]
     assert [m.id for m in await store.list_messages(rid, None, ids[1], 2)] == ids[2:4]
     assert await store.list_messages(nid(), None, None, 10) == []
+
+
+async def test_mentions_keep_members_only(store: Store) -> None:
+    a, b, c, outsider = await make_users(store, "lea", "max", "ned", "oli")
+    rid = await make_room(store, a, b, c)
+    row = NewMessage(nid(), rid, a, "@max @ned @oli", "m1", T0, mentions=(outsider, c, b))
+    plain = msg(rid, a, "m2")
+    (sent, other) = await store.insert_messages([row, plain])
+    assert sent.message is not None and sent.event is not None
+    assert sent.message.mentions == (b, c)  # the non-member is dropped; ascending ids
+    assert sent.event.data["mentions"] == [str(b), str(c)]
+    assert other.message is not None and other.message.mentions == ()
+    assert await store.mentions_of([row.id, plain.id, nid()]) == {row.id: (b, c)}
+    (dup,) = await store.insert_messages([row])  # a retry stores no second mention
+    assert dup.status == "duplicate"
+    states = await store.read_states(b, [rid], 1000)
+    assert states[rid].mention_count == 1
+
+
+async def test_read_states(store: Store) -> None:
+    a, b, late = await make_users(store, "pam", "quin", "ros")
+    rid = await make_room(store, a, b)  # seqs 1, 2 (MEMBER_JOINs)
+    other = await make_room(store, a)
+    assert await store.read_states(b, [rid, other, nid()], 1000) == {
+        rid: ReadState(rid, 0, 0, 0, False)  # rooms the user is not in are left out
+    }
+    out = await store.insert_messages([msg(rid, a, f"a{i}") for i in range(3)])  # seqs 3-5
+    await store.insert_messages([msg(rid, b, "b0")])  # seq 6: b's own, never unread to b
+    mention = NewMessage(nid(), rid, a, "@quin", "a3", T0, mentions=(b,))
+    await store.insert_messages([mention])  # seq 7
+    assert (await store.read_states(b, [rid], 1000))[rid] == ReadState(rid, 0, 4, 1, False)
+    assert (await store.read_states(b, [rid], 2))[rid] == ReadState(rid, 0, 2, 1, False)
+    assert (await store.read_states(a, [rid], 1000))[rid].unread_count == 1  # b's message
+    third = out[2].message
+    assert third is not None and third.seq == 5
+    assert await store.mark_read(b, rid, 5) == 5
+    assert await store.mark_read(b, rid, 3) == 5  # never moves back
+    assert (await store.read_states(b, [rid], 1000))[rid] == ReadState(rid, 5, 1, 1, False)
+    await store.set_muted(b, rid, True)
+    assert await store.mark_read(b, rid, 7) == 7
+    assert (await store.read_states(b, [rid], 1000))[rid] == ReadState(rid, 7, 0, 0, True)
+    await store.set_muted(b, rid, False)
+    assert (await store.read_states(b, [rid], 1000))[rid].muted is False
+    # a member who joins later owes nothing sent before they joined
+    joined = await store.add_member(rid, late, T0 + 10)
+    assert joined is not None
+    assert (await store.read_states(late, [rid], 1000))[rid].unread_count == 0
+    await store.insert_messages([NewMessage(nid(), rid, a, "welcome", "a4", T0 + 20)])
+    assert (await store.read_states(late, [rid], 1000))[rid].unread_count == 1
+
+
+async def test_users_by_name_and_prefix(store: Store) -> None:
+    ids = await make_users(store, "Sam", "sammy", "sa_m", "saxo", "tom")
+    assert await store.user_ids_by_name(["SAM", "tom", "nobody"]) == {"sam": ids[0], "tom": ids[4]}
+    assert await store.user_ids_by_name([]) == {}
+    found = await store.search_users("sa", 10)
+    assert [u.username for u in found] == ["sa_m", "Sam", "sammy", "saxo"]
+    assert [u.username for u in await store.search_users("SAM", 10)] == ["Sam", "sammy"]
+    assert [u.username for u in await store.search_users("sa_", 10)] == ["sa_m"]  # "_" literal
+    assert len(await store.search_users("s", 2)) == 2
+    assert await store.search_users("zz", 10) == []
 
 
 # --- outbox ---------------------------------------------------------------------------------------

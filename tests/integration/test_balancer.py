@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from shardchat.client import EdgeClient
-from tests.browser.dev_process import free_port_run, free_ports, run_dev
+from tests.browser.dev_process import dev_cluster_env, free_ports, run_dev, wait_http_ok
 from tests.conftest import MakeTopic
 from tests.gateway_client import Client
-from tests.integration.test_dev_cluster import _wait_ready, redis_db_url  # noqa: F401
+from tests.integration.test_dev_cluster import redis_db_url  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -43,20 +43,17 @@ async def test_limits_origin_and_resume_through_haproxy(
     kafka_bootstrap: str,
     balancer_port: int,
 ) -> None:
-    topic = await make_topic(4, prefix="balancer")
-    gw_base = free_port_run(2)
-    edge_port, router_port = [p for p in free_ports(6) if not gw_base <= p <= gw_base + 1][:2]
     public = f"127.0.0.1:{balancer_port}"
-    env = {
-        "SHARDCHAT_EDGE_PORT": str(edge_port),
-        "SHARDCHAT_ROUTER_PORT": str(router_port),
-        "SHARDCHAT_GATEWAY_PORT": str(gw_base),
-        "SHARDCHAT_POSTGRES_DSN": fresh_pg_dsn,
-        "SHARDCHAT_POSTGRES_POOL_SIZE": "3",
-        "SHARDCHAT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SHARDCHAT_KAFKA_TOPIC": topic,
-        "SHARDCHAT_KAFKA_PARTITIONS": "4",
-        "SHARDCHAT_REDIS_URL": redis_db_url,
+    env = dev_cluster_env(
+        2,
+        pg_dsn=fresh_pg_dsn,
+        kafka_bootstrap=kafka_bootstrap,
+        topic=await make_topic(4, prefix="balancer"),
+        partitions=4,
+        redis_url=redis_db_url,
+    )
+    gw_base = int(env["SHARDCHAT_GATEWAY_PORT"])
+    env |= {
         "SHARDCHAT_ALLOWED_ORIGINS": f'["{ORIGIN}"]',
         "SHARDCHAT_HAPROXY_PORT": str(balancer_port),
         "SHARDCHAT_IDENTIFY_PER_WINDOW": "2",
@@ -66,8 +63,8 @@ async def test_limits_origin_and_resume_through_haproxy(
     args = ["--cluster", "--gateways", "2", "--balancer"]
     with run_dev(tmp_path, args, env, ready_within_s=120):
         for i in range(2):
-            await _wait_ready(f"http://127.0.0.1:{gw_base + i}/readyz")
-        await _wait_ready(f"http://{public}/readyz")
+            await wait_http_ok(f"http://127.0.0.1:{gw_base + i}/readyz")
+        await wait_http_ok(f"http://{public}/readyz")
 
         # Origin on HTTP POST, through the balancer
         async with httpx.AsyncClient(base_url=f"http://{public}") as http:

@@ -15,13 +15,11 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import redis
 
 from shardchat.client import EdgeClient, GatewayClient
-from tests.browser.dev_process import free_port_run, free_ports, run_dev
-from tests.conftest import MakeTopic
+from tests.browser.dev_process import dev_cluster_env, run_dev, wait_http_ok
+from tests.conftest import MakeTopic, redis_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -32,30 +30,12 @@ STARTED = re.compile(r"\[supervisor\] started (gateway-\d+) \(pid (\d+)\)")
 
 @pytest.fixture
 def redis_db_url(redis_url: str) -> Iterator[str]:
-    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with redis_database(redis_url, REDIS_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def _pids(output: str, name: str) -> list[int]:
     return [int(pid) for child, pid in STARTED.findall(output) if child == name]
-
-
-async def _wait_ready(url: str, within_s: float = 30) -> None:
-    async with httpx.AsyncClient(timeout=2) as http:
-        for _ in range(int(within_s / 0.1)):
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} not ready within {within_s}s")
 
 
 async def _until(client: GatewayClient, content: str, seen: list[str]) -> None:
@@ -72,24 +52,19 @@ async def test_cluster_chat_across_gateways_and_restart(
     kafka_bootstrap: str,
 ) -> None:
     topic = await make_topic(PARTITIONS, prefix="devcluster")
-    gw_base = free_port_run(2)
-    edge_port, router_port = [p for p in free_ports(6) if not gw_base <= p <= gw_base + 1][:2]
-    env = {
-        "SHARDCHAT_EDGE_PORT": str(edge_port),
-        "SHARDCHAT_ROUTER_PORT": str(router_port),
-        "SHARDCHAT_GATEWAY_PORT": str(gw_base),
-        "SHARDCHAT_POSTGRES_DSN": fresh_pg_dsn,
-        "SHARDCHAT_POSTGRES_POOL_SIZE": "3",
-        "SHARDCHAT_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "SHARDCHAT_KAFKA_TOPIC": topic,
-        "SHARDCHAT_KAFKA_PARTITIONS": str(PARTITIONS),
-        "SHARDCHAT_REDIS_URL": redis_db_url,
-        "SHARDCHAT_GATEWAY_TTL_S": "3",
-    }
+    env = dev_cluster_env(
+        2,
+        pg_dsn=fresh_pg_dsn,
+        kafka_bootstrap=kafka_bootstrap,
+        topic=topic,
+        partitions=PARTITIONS,
+        redis_url=redis_db_url,
+    )
+    gw_base = int(env["SHARDCHAT_GATEWAY_PORT"])
     with run_dev(tmp_path, ["--cluster", "--gateways", "2"], env, ready_within_s=120) as dev:
         gw_urls = [f"ws://127.0.0.1:{gw_base + i}/ws" for i in range(2)]
         for i in range(2):
-            await _wait_ready(f"http://127.0.0.1:{gw_base + i}/readyz")
+            await wait_http_ok(f"http://127.0.0.1:{gw_base + i}/readyz")
         async with EdgeClient(dev.edge_url) as alice, EdgeClient(dev.edge_url) as bob:
             await alice.register("alice", "correct horse battery")
             b = await bob.register("bob", "battery staple horse")
@@ -122,7 +97,7 @@ async def test_cluster_chat_across_gateways_and_restart(
                 dev.wait_for("started gateway-1 (pid", 20, after=crashed_at)
                 new_pids = _pids(dev.output(), "gateway-1")
                 assert len(new_pids) == 2 and new_pids[1] != old_pid
-                await _wait_ready(f"http://127.0.0.1:{gw_base + 1}/readyz")
+                await wait_http_ok(f"http://127.0.0.1:{gw_base + 1}/readyz")
 
                 # bob's client resumes (on the restarted gateway) and misses nothing
                 await ga.send(room, "after the crash", "n-3")

@@ -264,3 +264,13 @@ def test_password_hashing() -> None:
     assert not passwords.verify_password(h, "wrong")
     assert not passwords.verify_password(None, "s3cret-pass")
     assert not passwords.verify_password("garbage", "s3cret-pass")
+
+
+async def test_search_users_by_prefix(auth: AuthService) -> None:
+    for name in ("finder", "Finley", "fin_", "other"):
+        await auth.register(name, "correct horse battery")
+    assert [u.username for u in await auth.search_users("FIN")] == ["fin_", "finder", "Finley"]
+    assert [u.username for u in await auth.search_users("fin", 1)] == ["fin_"]
+    for prefix, limit in (("", 10), ("a b", 10), ("x" * 33, 10), ("fin", 0), ("fin", 21)):
+        with pytest.raises(BadInput):
+            await auth.search_users(prefix, limit)

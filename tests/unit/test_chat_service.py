@@ -1,5 +1,5 @@
 """ChatService rules on SQLite: authorization, input limits, idempotent send, events and their
-hand-off to on_commit, history paging and reactions."""
+hand-off to on_commit, history paging and reactions, mentions and read state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_core.models import RoomEvent
+from chat_core.models import ReadState, RoomEvent
 from chat_core.service import ChatService
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.errors import BadInput, Forbidden, NotFound
@@ -23,11 +23,17 @@ class Harness:
     def __init__(self, store: SqliteStore, group_commit: bool) -> None:
         self.store = store
         self.published: list[RoomEvent] = []
-        self.chat = ChatService(store, on_commit=self.sink, group_commit=group_commit)
+        self.reads: list[tuple[int, ReadState]] = []
+        self.chat = ChatService(
+            store, on_commit=self.sink, on_read=self.read_sink, group_commit=group_commit
+        )
         self._next = 100
 
     def sink(self, events: Sequence[RoomEvent]) -> None:
         self.published.extend(events)
+
+    async def read_sink(self, user_id: int, state: ReadState) -> None:
+        self.reads.append((user_id, state))
 
     async def user(self, name: str) -> int:
         self._next += 1
@@ -305,3 +311,63 @@ async def test_on_commit_failure_does_not_fail_the_caller(tmp_path: Path) -> Non
     assert (await store.pending_events(2**62, 10))[-1].data["id"] == str(msg.id)  # the relay's
     await chat.close()
     await store.close()
+
+
+async def test_mentions_resolve_usernames_of_members(h: Harness) -> None:
+    a, b, c = await h.user("amy"), await h.user("Bo.b"), await h.user("cat")
+    outsider = await h.user("dan")
+    room = await h.chat.create_room(a, "r", [b, c])
+    msg = await h.chat.send_message(a, room.id, "hi @bo.b. and @CAT, @dan, @amy, a@cat.org", "n")
+    assert msg.mentions == (b, c)  # not the author, not a non-member, not an e-mail address
+    assert h.published[-1].data["mentions"] == [str(b), str(c)]
+    plain = await h.chat.send_message(a, room.id, "no one here", "n2")
+    assert plain.mentions == ()
+    page, _ = await h.chat.history(b, room.id, None, None)
+    assert [m.mentions for m in page] == [(), (b, c)]
+    edited = await h.chat.edit_message(a, msg.id, "edited")  # mentions stay as sent
+    assert edited.mentions == (b, c)
+    assert outsider
+
+
+async def test_mark_read_and_mute(h: Harness) -> None:
+    a, b, c = await h.user("ann"), await h.user("ben"), await h.user("cy")
+    room = await h.chat.create_room(a, "r", [b])  # seqs 1, 2
+    for i in range(3):
+        await h.chat.send_message(a, room.id, f"m{i} @ben", f"n{i}")  # seqs 3-5
+    states = await h.chat.read_states(b, [room.id])
+    assert states == {room.id: ReadState(room.id, 0, 3, 3, False)}
+    state = await h.chat.mark_read(b, room.id, 4)
+    assert state == ReadState(room.id, 4, 1, 1, False)
+    assert h.reads == [(b, state)]
+    assert (await h.chat.mark_read(b, room.id, 2)).last_read_seq == 4  # never back
+    assert (await h.chat.mark_read(b, room.id, 10**6)).last_read_seq == 5  # clamped
+    muted = await h.chat.set_room_muted(b, room.id, True)
+    assert muted == ReadState(room.id, 5, 0, 0, True) and h.reads[-1] == (b, muted)
+    with pytest.raises(BadInput):
+        await h.chat.mark_read(b, room.id, -1)
+    with pytest.raises(NotFound):  # a non-member learns nothing about the room
+        await h.chat.mark_read(c, room.id, 1)
+    with pytest.raises(NotFound):
+        await h.chat.set_room_muted(c, room.id, True)
+    with pytest.raises(NotFound):
+        await h.chat.mark_read(b, 999_999, 1)
+    assert await h.chat.read_states(c, [room.id]) == {}
+
+
+async def test_a_failing_read_sink_does_not_fail_mark_read(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "chat.sqlite3"))
+    await store.start()
+    await migrate(store)
+
+    async def broken(user_id: int, state: ReadState) -> None:
+        raise RuntimeError("registry down")
+
+    chat = ChatService(store, on_read=broken, group_commit=False)
+    try:
+        assert await store.create_user(User(1, "solo", T0), "x")
+        room = await chat.create_room(1, "r")
+        assert (await chat.mark_read(1, room.id, 1)).last_read_seq == 1
+        assert (await chat.read_states(1, [room.id]))[room.id].last_read_seq == 1
+    finally:
+        await chat.close()
+        await store.close()

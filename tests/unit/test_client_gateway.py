@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,52 @@ async def test_resume_after_a_crash_sends_room_positions(
         finally:
             await gw1.close()
             await gw2.close()
+
+
+async def test_edge_client_read_state_and_search(tmp_path: Path) -> None:
+    """Two gateway sessions of one user: marking a room read from the edge reaches both as
+    READ_STATE; unread and mention counts, mute and user search through EdgeClient."""
+    async with make_edge(tmp_path) as edge:
+        settings = Settings(host="127.0.0.1", gateway_port=0, heartbeat_interval_ms=5000)
+        gw = await serve_gateway(settings, edge.auth, edge.chat, edge.log, edge.registry)
+        try:
+            alice, bob = (
+                EdgeClient("http://edge", http=edge.http),
+                EdgeClient("http://edge", http=edge.http),
+            )
+            await alice.register("reader_alice", "correct horse battery")
+            bob_user = (await bob.register("reader_bob", "correct horse battery")).user
+            assert [u["username"] for u in await alice.search_users("READER_")] == [
+                "reader_alice",
+                "reader_bob",
+            ]
+            made = await alice.graphql(
+                'mutation($m: [ID!]) { createRoom(name: "r", memberIds: $m) { id } }',
+                {"m": [bob_user["id"]]},
+            )
+            room = int(made["createRoom"]["id"])
+            tabs = [await GatewayClient.connect(gw.url, bob.access_token) for _ in range(2)]
+            try:
+                for tab in tabs:
+                    await tab.subscribe({room: None})
+                while not await edge.registry.gateways_for_room(room):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # the room map is written in the background
+                send = "mutation($r: ID!, $c: String!, $n: String!) { sendMessage(roomId: $r,"
+                send += " content: $c, nonce: $n) { seq } }"
+                for i, text in enumerate(["hello", "@reader_bob look"]):
+                    await alice.graphql(send, {"r": str(room), "c": text, "n": f"n{i}"})
+                (listed,) = await bob.rooms()
+                assert (listed["unreadCount"], listed["mentionCount"]) == (2, 1)
+                state = await bob.mark_read(room, listed["lastSeq"])
+                assert (state["unreadCount"], state["mentionCount"]) == (0, 0)
+                for tab in tabs:
+                    pushed = await tab.next_event("READ_STATE")
+                    assert pushed.d["room_id"] == str(room)
+                    assert pushed.d["last_read_seq"] == listed["lastSeq"]
+                assert (await bob.set_room_muted(room, True))["muted"] is True
+                assert (await tabs[0].next_event("READ_STATE")).d["muted"] is True
+            finally:
+                for tab in tabs:
+                    await tab.close()
+        finally:
+            await gw.close()

@@ -774,3 +774,45 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(cluster: Cluster)
     await c.recv()
     await c.send(2, {"token": tok})
     assert await c.close_code() == 4008  # both were the peer 127.0.0.1
+
+
+async def test_read_state_reaches_the_readers_own_sessions_on_every_gateway(
+    cluster: Cluster,
+) -> None:
+    gw1, gw2 = await cluster.gateway(), await cluster.gateway()
+    alice, atok = await cluster.user("alice")
+    bob, btok = await cluster.user("bob")
+    room = await cluster.room(alice, bob)
+    await cluster.core.chat.send_message(alice.id, room.id, "hi @" + bob.username, "n1")
+    a, b1, b2 = (
+        await Client.open(gw1.port),
+        await Client.open(gw1.port),
+        await Client.open(gw2.port),
+    )
+    for client, token in ((a, atok), (b1, btok), (b2, btok)):
+        await client.identify(token)
+        await client.until(lambda f: f.get("t") == "ROOM_SUBSCRIBED")
+    both = {gw1.gateway_id, gw2.gateway_id}
+    registry = cluster.core.registry
+    # the room map is written in the background
+    while await registry.gateways_for_room(room.id) != both:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    state = await cluster.core.chat.mark_read(bob.id, room.id, 3)
+    want = {
+        "room_id": str(room.id),
+        "last_read_seq": 3,
+        "unread_count": 0,
+        "mention_count": 0,
+        "muted": False,
+    }
+    assert state.last_read_seq == 3
+    for b in (b1, b2):  # the same gateway's other session, and the other gateway's
+        assert (await b.until(lambda f: f.get("t") == "READ_STATE"))["d"] == want
+    await cluster.core.chat.set_room_muted(bob.id, room.id, True)
+    assert (await b2.until(lambda f: f.get("t") == "READ_STATE"))["d"] == want | {"muted": True}
+    # alice is in the room but these are bob's: the next thing she sees is bob typing
+    await b1.send(12, {"room_id": str(room.id)})
+    seen = await a.until(lambda f: f.get("t") in ("READ_STATE", "TYPING_START"))
+    assert seen["t"] == "TYPING_START"
+    for client in (a, b1, b2):
+        await client.ws.close()

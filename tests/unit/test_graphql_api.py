@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +18,12 @@ from chat_core.outbox import OutboxPublisher
 from chat_core.service import ChatService
 from graphql_edge import EdgeSettings, create_app, query_hash
 from graphql_edge.events import LogRoomEvents
+from graphql_edge.media import GRAPHQL_RESPONSE
 from shardchat.adapters.memory_log import MemoryEventLog
 from shardchat.adapters.memory_registry import MemoryRegistry
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.config import Settings
+from shardchat.ephemeral import ReadStateNotifier
 from shardchat.migrate import migrate
 from shardchat.registry import GatewayRecord
 from user_core.service import AuthService
@@ -74,8 +77,13 @@ class Edge:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         body = {"query": query, "variables": variables or {}, **extra}
         resp = await self.http.post("/graphql", json=body, headers=headers)
-        assert resp.status_code == 200, resp.text
         result: dict[str, Any] = resp.json()
+        # executed (a data entry, even null): 200 for this legacy Accept: */* client; refused
+        # before execution (no data entry): a 4xx
+        if "data" in result:
+            assert resp.status_code == 200, resp.text
+        else:
+            assert resp.status_code in (400, 403, 422), resp.text
         return result
 
     async def user(self, name: str | None = None) -> tuple[str, str, str]:
@@ -96,7 +104,7 @@ async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     names = {f.name for f in msgspec.structs.fields(Settings)}
     edge = {k: v for k, v in overrides.items() if k not in names}
     settings = Settings(
-        sqlite_path=str(tmp_path / "edge.sqlite3"),
+        sqlite_path=str(tmp_path / f"edge-{secrets.token_hex(4)}.sqlite3"),
         **{k: v for k, v in overrides.items() if k in names},
     )
     store = SqliteStore(settings.sqlite_path)
@@ -109,7 +117,9 @@ async def make_edge(tmp_path: Path, **overrides: Any) -> AsyncIterator[Edge]:
     registry = MemoryRegistry()
     await registry.start()
     auth = CountingAuth(store, registry, settings)
-    chat = ChatService(store, settings, on_commit=publisher.submit)
+    chat = ChatService(
+        store, settings, on_commit=publisher.submit, on_read=ReadStateNotifier(registry)
+    )
     events = LogRoomEvents(chat, log, poll_ms=50)
     placement = OnePlacement()
     app = create_app(
@@ -365,22 +375,162 @@ async def test_http_limits_and_status_codes(edge: Edge) -> None:
     )
     assert bad_json.status_code == 400
     assert bad_json.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-    not_obj = await edge.http.post("/graphql", json=[1, 2])
-    assert not_obj.status_code == 400
+    for body in ("x", {"query": 1}, {"query": "{ me { id } }", "variables": [7]}):
+        malformed = await edge.http.post("/graphql", json=body)
+        assert malformed.status_code == 422, body
+    items = await edge.http.post("/graphql", json=[1, 2])  # a batch of two malformed requests
+    assert items.status_code == 200 and all("data" not in r for r in items.json())
     form = await edge.http.post("/graphql", content=b"query=x")
     assert form.status_code == 415
-    assert (await edge.http.get("/graphql")).status_code == 405
-    deep = "{ rooms { members { id } } }"
-    r = await edge.gql("{ __schema { types { name } } }")
-    assert code(r) == "BAD_USER_INPUT"
+    latin = await edge.http.post(
+        "/graphql", content=b"{}", headers={"content-type": "application/json; charset=latin1"}
+    )
+    assert latin.status_code == 415
+    assert (await edge.http.put("/graphql", json={})).status_code == 405
+    assert code(await edge.gql("{ __schema { types { name } } }")) == "BAD_USER_INPUT"
     assert "errors" not in await edge.gql("{ __typename }")
-    sub = await edge.gql('subscription { roomEvents(roomId: "1") { __typename } }')
-    assert code(sub) == "BAD_USER_INPUT"
+    sub = await edge.http.post(
+        "/graphql", json={"query": 'subscription { roomEvents(roomId: "1") { __typename } }'}
+    )
+    assert sub.status_code == 422 and "graphql-transport-ws" in sub.text
     cost = await edge.gql(
         'query { messages(roomId: "1", limit: 100000) { items { id reactions { emoji } } } }'
     )
     assert code(cost) == "BAD_USER_INPUT" and "cost" in cost["errors"][0]["message"]
+    deep = "{ rooms { members { id } } }"
     assert "errors" not in await edge.gql(deep, token=(await edge.user())[1])
+
+
+async def test_status_codes_follow_the_step_that_failed(edge: Edge) -> None:
+    async def status(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        resp = await edge.http.post("/graphql", json=body, headers={"accept": GRAPHQL_RESPONSE})
+        assert resp.headers["content-type"] == f"{GRAPHQL_RESPONSE}; charset=utf-8"
+        return resp.status_code, resp.json()
+
+    assert (await status({"query": "{ me {"}))[0] == 400  # the document does not parse
+    assert (await status({"query": "{ nope }"}))[0] == 422  # does not validate
+    assert (await status({"query": "query A { me { id } } query B { me { id } }"}))[0] == 422
+    assert (await status({"notquery": "{ me { id } }"}))[0] == 422
+    coerce, body = await status({"query": "query($n: Int) { __typename }", "variables": {"n": "x"}})
+    assert coerce == 422 and "data" not in body  # variables that do not coerce: never executed
+    ok, body = await status({"query": "{ __typename }"})
+    assert (ok, body) == (200, {"data": {"__typename": "Query"}})
+    partial, body = await status({"query": "{ me { id } }"})  # executed, with a field error
+    assert partial == 294 and body["data"] is None
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_accept_negotiation(edge: Edge) -> None:
+    async def answer(accept: str | None, query: str = "{ me { id } }") -> tuple[int, str]:
+        headers = {} if accept is None else {"accept": accept}
+        resp = await edge.http.post("/graphql", json={"query": query}, headers=headers)
+        return resp.status_code, resp.headers["content-type"].split(";")[0]
+
+    new, old = GRAPHQL_RESPONSE, "application/json"
+    assert await answer(new) == (294, new)
+    assert await answer(f"{new}, {old};q=0.9") == (294, new)
+    assert await answer(f"{old}, {new}") == (294, new)  # a tie: the client named the new one
+    assert await answer(f"{new};q=0.5, {old}") == (200, old)
+    assert await answer(old) == (200, old)  # legacy: a partial success is a 200
+    assert await answer("*/*") == (200, old)
+    assert await answer("application/*") == (200, old)
+    assert await answer("") == (200, old)
+    assert await answer(old, "{ nope }") == (422, new)  # a refusal keeps its status and says so
+    assert await answer("text/html") == (406, old)
+    assert await answer(f"text/html, {new};q=0") == (406, old)
+
+
+async def test_get_runs_queries_never_mutations(edge: Edge) -> None:
+    _, token, _ = await edge.user("getter")
+    auth = {"Authorization": f"Bearer {token}"}
+    q = "query($id: ID!) { user(id: $id) { username } }"
+    me = (await edge.gql("{ me { id } }", token=token))["data"]["me"]["id"]
+    resp = await edge.http.get(
+        "/graphql",
+        params={"query": q, "variables": json.dumps({"id": me}), "operationName": ""},
+        headers=auth,
+    )
+    assert resp.status_code == 200 and resp.json() == {"data": {"user": {"username": "getter"}}}
+    mutation = 'mutation { createRoom(name: "x") { id } }'
+    refused = await edge.http.get("/graphql", params={"query": mutation}, headers=auth)
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert (await edge.gql("{ rooms { id } }", token=token))["data"]["rooms"] == []  # not run
+    bad = await edge.http.get("/graphql", params={"query": q, "variables": "{nope"})
+    assert bad.status_code == 400
+    assert (await edge.http.get("/graphql")).status_code == 422  # no query
+
+
+async def test_batched_operations(edge: Edge) -> None:
+    _, token, _ = await edge.user("batcher")
+    auth = {"Authorization": f"Bearer {token}"}
+    room = {"query": "mutation($n: String!) { createRoom(name: $n) { name } }"}
+    batch = [
+        room | {"variables": {"n": "first"}},
+        {"query": "{ nope }"},
+        room | {"variables": {"n": "second"}},
+        {"query": "{ rooms { name } }"},
+    ]
+    resp = await edge.http.post("/graphql", json=batch, headers=auth)
+    assert resp.status_code == 200
+    first, invalid, second, rooms = resp.json()
+    assert first == {"data": {"createRoom": {"name": "first"}}}
+    assert "data" not in invalid and invalid["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert second == {"data": {"createRoom": {"name": "second"}}}
+    assert rooms == {"data": {"rooms": [{"name": "first"}, {"name": "second"}]}}  # in order
+    over = [{"query": "{ __typename }"}] * 11
+    refused = await edge.http.post("/graphql", json=over)
+    assert refused.status_code == 422 and "1 to 10" in refused.text
+    assert (await edge.http.post("/graphql", json=[])).status_code == 422
+
+
+async def test_cors_is_off_unless_configured(edge: Edge) -> None:
+    preflight = {
+        "origin": "http://localhost:5173",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    assert (await edge.http.options("/graphql", headers=preflight)).status_code == 405
+    plain = await edge.http.post(
+        "/graphql", json={"query": "{ __typename }"}, headers={"origin": preflight["origin"]}
+    )
+    assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_cors_for_configured_origins(tmp_path: Path) -> None:
+    origin = "http://localhost:5173"
+    async with make_edge(tmp_path, cors_origins=(origin,)) as e:
+        preflight = await e.http.options(
+            "/graphql",
+            headers={
+                "origin": origin,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
+        assert "access-control-allow-credentials" not in preflight.headers
+        resp = await e.http.post(
+            "/graphql", json={"query": "{ __typename }"}, headers={"origin": origin}
+        )
+        assert resp.headers["access-control-allow-origin"] == origin
+        other = await e.http.post(
+            "/graphql", json={"query": "{ __typename }"}, headers={"origin": "http://evil.test"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+        refused = await e.http.options(
+            "/graphql",
+            headers={"origin": "http://evil.test", "access-control-request-method": "POST"},
+        )
+        assert refused.status_code == 400
+    async with make_edge(tmp_path, cors_origins=("*",)) as e:
+        resp = await e.http.get(
+            "/graphql", params={"query": "{ __typename }"}, headers={"origin": "http://a.test"}
+        )
+        assert resp.headers["access-control-allow-origin"] == "*"
 
 
 async def test_depth_limit_over_http(tmp_path: Path) -> None:
@@ -417,3 +567,62 @@ async def test_service_routes(edge: Edge) -> None:
     index = await edge.http.get("/")
     assert index.status_code == 200 and "<title>shardchat</title>" in index.text
     assert (await edge.http.get("/app.js")).status_code == 200
+
+
+async def test_read_state_mentions_and_mute(edge: Edge) -> None:
+    alice, ta, _ = await edge.user("alice")
+    bob, tb, _ = await edge.user("bob")
+    room = (await edge.gql(ROOM, {"n": "r", "m": [bob]}, ta))["data"]["createRoom"]["id"]
+    for i, text in enumerate(["hi", "hey @bob", "@BOB again", "bye"]):
+        await edge.gql(SEND, {"r": room, "c": text, "n": f"m{i}"}, ta)
+    rooms_q = "{ rooms { id lastSeq lastReadSeq unreadCount mentionCount muted } }"
+    (listed,) = (await edge.gql(rooms_q, token=tb))["data"]["rooms"]
+    assert listed == {
+        "id": room,
+        "lastSeq": 6,
+        "lastReadSeq": 0,
+        "unreadCount": 4,
+        "mentionCount": 2,
+        "muted": False,
+    }
+    page = "query($r: ID!) { messages(roomId: $r) { items { content mentions } } }"
+    items = (await edge.gql(page, {"r": room}, tb))["data"]["messages"]["items"]
+    assert [i["mentions"] for i in items] == [[], [bob], [bob], []]
+    mark = (
+        "mutation($r: ID!, $s: Int!) { markRead(roomId: $r, seq: $s) "
+        "{ roomId lastReadSeq unreadCount mentionCount muted } }"
+    )
+    read = (await edge.gql(mark, {"r": room, "s": 4}, tb))["data"]["markRead"]
+    assert read == {
+        "roomId": room,
+        "lastReadSeq": 4,
+        "unreadCount": 2,
+        "mentionCount": 1,
+        "muted": False,
+    }
+    mute = "mutation($r: ID!, $m: Boolean!) { setRoomMuted(roomId: $r, muted: $m) { muted } }"
+    assert (await edge.gql(mute, {"r": room, "m": True}, tb))["data"]["setRoomMuted"] == {
+        "muted": True
+    }
+    (listed,) = (await edge.gql(rooms_q, token=tb))["data"]["rooms"]
+    assert (listed["lastReadSeq"], listed["unreadCount"], listed["muted"]) == (4, 2, True)
+    (mine,) = (await edge.gql(rooms_q, token=ta))["data"]["rooms"]
+    assert (mine["unreadCount"], mine["mentionCount"], mine["muted"]) == (0, 0, False)
+    _, tc, _ = await edge.user("carol")
+    assert code(await edge.gql(mark, {"r": room, "s": 1}, tc)) == "NOT_FOUND"
+    assert code(await edge.gql(mark, {"r": room, "s": -1}, tb)) == "BAD_USER_INPUT"
+    assert alice
+
+
+async def test_search_users_is_limited_and_rate_limited(tmp_path: Path) -> None:
+    async with make_edge(tmp_path, search_burst=3, search_per_s=0.001) as e:
+        _, token, _ = await e.user("seeker")
+        for name in ("sea1", "sea2", "Sea3", "other"):
+            await e.user(name)
+        q = "query($p: String!, $n: Int) { searchUsers(prefix: $p, limit: $n) { username } }"
+        found = (await e.gql(q, {"p": "SEA", "n": 2}, token))["data"]["searchUsers"]
+        assert [u["username"] for u in found] == ["sea1", "sea2"]
+        assert code(await e.gql(q, {"p": "se"})) == "UNAUTHENTICATED"
+        assert code(await e.gql(q, {"p": "a b"}, token)) == "BAD_USER_INPUT"  # costs a token too
+        assert "errors" not in await e.gql(q, {"p": "sea"}, token)  # the 3rd: the burst is 3
+        assert code(await e.gql(q, {"p": "sea"}, token)) == "RATE_LIMITED"

@@ -195,3 +195,53 @@ async def test_close_codes(server: Server) -> None:
     async with await open_ws(server.url, additional_headers=header) as ws:  # token in header
         await send(ws, {"type": "connection_init"})
         assert await recv(ws) == {"type": "connection_ack"}
+
+
+async def test_transport_rules_of_graphql_ws(server: Server) -> None:
+    """What the graphql-ws library's server does, to the letter (its close codes and echoes)."""
+    for offered in (None, ["graphql-ws"]):  # none, or only the legacy subscriptions-transport-ws
+        async with await connect(server.url, subprotocols=offered) as ws:  # type: ignore[arg-type]
+            assert ws.subprotocol is None
+            assert await closed_with(ws) == 4406
+            assert ws.close_reason == "Subprotocol not acceptable"
+    async with await open_ws(server.url) as ws:
+        await send(ws, {"type": "ping", "payload": {"n": 1}})
+        assert await recv(ws) == {"type": "pong", "payload": {"n": 1}}
+        await send(ws, {"type": "ping", "payload": {}})
+        assert await recv(ws) == {"type": "pong", "payload": {}}
+        await send(ws, {"type": "pong", "payload": {"unsolicited": True}})  # needs no answer
+        await send(ws, {"type": "ping"})
+        assert await recv(ws) == {"type": "pong"}
+    _, token, _ = await server.edge.user("rules")
+    bad_messages: list[dict[str, Any]] = [
+        {"type": "ping", "payload": "x"},
+        {"type": "subscribe", "id": "1", "payload": {"variables": {}}},
+        {"type": "subscribe", "id": "1", "payload": {"query": "{ me { id } }", "extensions": 1}},
+        {"type": "subscribe", "id": "1", "payload": {"query": "{ me { id } }", "operationName": 2}},
+        {"type": "subscribe", "id": "", "payload": {"query": "{ me { id } }"}},
+        {"type": "next", "id": "1", "payload": {}},  # a server-only message
+        {"type": "complete"},
+    ]
+    for bad in bad_messages:
+        async with await open_ws(server.url) as ws:
+            await init(ws, token)
+            await send(ws, bad)
+            assert await closed_with(ws) == 4400, bad
+
+
+async def test_connection_params_carry_the_token(server: Server) -> None:
+    _, token, _ = await server.edge.user("params")
+    for params in (
+        {"authorization": f"Bearer {token}"},
+        {"Authorization": token},
+        {"authToken": token},
+        {"authToken": f"Bearer {token}"},
+        {"token": token},
+    ):
+        async with await open_ws(server.url) as ws:
+            await send(ws, {"type": "connection_init", "payload": params})
+            assert await recv(ws) == {"type": "connection_ack"}, params
+    for params in ({"token": "Basic abc"}, {"authToken": ""}, {"other": token}):
+        async with await open_ws(server.url) as ws:
+            await send(ws, {"type": "connection_init", "payload": params})
+            assert await closed_with(ws) == 4403, params
