@@ -13,7 +13,16 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from chat_core.models import Invitation, Message, ReactionCount, Room, RoomEvent
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReactionCount,
+    Room,
+    RoomEvent,
+    ThumbState,
+    Upload,
+)
 from shardchat.config import Settings
 from user_core.models import SessionInfo, User
 
@@ -30,7 +39,8 @@ class UserRecord(msgspec.Struct, frozen=True):
 class NewMessage(msgspec.Struct, frozen=True):
     """A message to store; ``id`` and ``created_at_ms`` are chosen by the caller, ``seq`` by
     the Store. ``trace`` (W3C trace context of the send, ``{}`` when tracing is off) is stored
-    with its MESSAGE_CREATE event."""
+    with its MESSAGE_CREATE event. ``attachments``: verified uploads (``ready``) to attach in
+    the same transaction, in this order."""
 
     id: int
     room_id: int
@@ -39,6 +49,13 @@ class NewMessage(msgspec.Struct, frozen=True):
     nonce: str
     created_at_ms: int
     trace: dict[str, str] = {}
+    attachments: tuple[Attachment, ...] = ()
+
+
+class AttachConflict(Exception):
+    """``insert_messages`` could not attach a new message's files: one is not (or no longer) a
+    ready, unattached, unexpired upload of that author in that room (another send took it, or
+    the sweeper is removing it). The whole batch was rolled back: nothing was stored."""
 
 
 SendStatus = Literal["created", "duplicate", "not_member", "no_room"]
@@ -100,6 +117,10 @@ class Store(Protocol):
     - TOTP replay: ``use_totp_step`` is a compare-and-set: of concurrent calls with one step, one
       wins; a step not above the last accepted one is refused. ``use_recovery_code`` likewise
       spends a code at most once.
+    - Uploads: ``create_upload`` checks the owner's quota and stores in one step, so concurrent
+      uploads of one user can't pass it together. A message's attachments are attached in the
+      transaction that stores it (all or none, ``AttachConflict``); an upload is attached to at
+      most one message. ``delete_message`` marks its uploads deleted in the same transaction.
     """
 
     dialect: Dialect
@@ -300,6 +321,62 @@ class Store(Protocol):
     ) -> dict[int, tuple[ReactionCount, ...]]:
         """Per message: one ReactionCount per emoji (ordered by first use), ``me`` for viewer."""
         ...
+
+    async def find_message(self, author_id: int, nonce: str) -> Message | None:
+        """The message stored for ``(author_id, nonce)``, if any (reactions not filled)."""
+        ...
+
+    async def attachments_of(
+        self, message_ids: Sequence[int]
+    ) -> dict[int, tuple[Attachment, ...]]:
+        """Per message (with any): its live attachments, in the order they were attached."""
+        ...
+
+    # --- uploads ---------------------------------------------------------------------------------
+    async def create_upload(self, upload: Upload, quota_bytes: int) -> tuple[bool, int]:
+        """Store the pending upload unless the owner's live uploads (pending or ready, not
+        deleted) plus ``upload.size`` would pass ``quota_bytes``. Returns (stored, the bytes the
+        owner had in use before)."""
+        ...
+
+    async def get_uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]: ...
+
+    async def finish_upload(
+        self,
+        upload_id: int,
+        content_type: str,
+        size: int,
+        width: int | None,
+        height: int | None,
+        thumb: ThumbState,
+    ) -> bool:
+        """pending -> ready with the server's values; False (nothing changed) unless pending."""
+        ...
+
+    async def reject_upload(self, upload_id: int, reason: str, now_ms: int) -> None:
+        """pending -> rejected, expiring now (the sweeper removes it); no-op unless pending."""
+        ...
+
+    async def claim_thumbnails(self, now_ms: int, lease_ms: int, limit: int) -> list[Upload]:
+        """Ready, live uploads whose thumbnail is pending and not claimed by a live lease: now
+        claimed until ``now_ms + lease_ms`` (one claimant at a time; a crashed one's claim
+        lapses)."""
+        ...
+
+    async def finish_thumbnail(self, upload_id: int, state: ThumbState) -> None: ...
+
+    async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
+        """Uploads with work for the sweeper: never attached and past ``expires_at_ms``; of a
+        deleted message; or attached with an upload URL now expired and the staging object not
+        yet swept (a PUT repeated after the send would have left one)."""
+        ...
+
+    async def forget_uploads(self, upload_ids: Sequence[int]) -> None:
+        """Delete the rows of those uploads that are unattached or deleted (never a live
+        attachment)."""
+        ...
+
+    async def mark_staging_swept(self, upload_ids: Sequence[int]) -> None: ...
 
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...
