@@ -257,6 +257,7 @@ def cluster_env(
         SHARDCHAT_STORE="postgres",
         SHARDCHAT_EVENT_LOG="kafka",
         SHARDCHAT_REGISTRY="redis",
+        SHARDCHAT_OBJECT_STORE="s3",
         PYTHONUNBUFFERED="1",  # children's lines reach the prefixing pump as they are printed
     )
     if not settings.jwt_keys:

@@ -76,9 +76,7 @@ class FsObjectStore:
     def _url(self, key: str, query: dict[str, str]) -> str:
         return f"{self.base_url}{PREFIX}/{key}?{urlencode(query)}"
 
-    async def presign_put(
-        self, key: str, content_type: str, size: int, ttl_s: int
-    ) -> PresignedPut:
+    async def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> PresignedPut:
         expires = _now_ms() + ttl_s * 1000
         sig = self._sign("PUT", check_key(key), expires, content_type, str(size))
         url = self._url(key, {"expires": str(expires), "signature": sig})
@@ -176,7 +174,7 @@ class FsObjectStore:
     async def delete(self, keys: Sequence[str]) -> None:
         await self._io(self._delete_sync, list(keys))
 
-    # --- the HTTP side of the presigned URLs (mounted by the edge) ---------------------------------
+    # --- the HTTP side of the presigned URLs (mounted by the edge) --------------------------------
     def routes(self) -> list[BaseRoute]:
         return [Route(PREFIX + "/{key:path}", self._serve, methods=["GET", "PUT"])]
 

@@ -135,9 +135,7 @@ class S3ObjectStore:
         except ClientError as exc:
             raise ObjectStoreUnavailable(f"bucket {self.bucket}: {exc}") from exc
 
-    async def presign_put(
-        self, key: str, content_type: str, size: int, ttl_s: int
-    ) -> PresignedPut:
+    async def presign_put(self, key: str, content_type: str, size: int, ttl_s: int) -> PresignedPut:
         # ContentType and ContentLength become signed headers: the store refuses any other.
         url = await self._signer.generate_presigned_url(
             "put_object",

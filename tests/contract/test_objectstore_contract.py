@@ -40,7 +40,7 @@ def store_spec(request: pytest.FixtureRequest) -> tuple[str, S3Target | None, st
 async def target(
     store_spec: tuple[str, S3Target | None, str], tmp_path: Path
 ) -> AsyncIterator[Target]:
-    kind, s3, bucket = store_spec
+    _, s3, bucket = store_spec
     store: ObjectStore
     if s3 is None:
         fs = FsObjectStore(tmp_path / "files", secrets.token_bytes(32))

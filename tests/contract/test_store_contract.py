@@ -7,6 +7,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -365,8 +366,8 @@ async def test_sessions_listing_and_revocation(store: Store) -> None:
 HOUR = 3_600_000
 
 
-def upload(owner: int, room: int, size: int = 100, **fields: object) -> Upload:
-    values: dict[str, object] = {
+def upload(owner: int, room: int, size: int = 100, **fields: Any) -> Upload:
+    values: dict[str, Any] = {
         "id": nid(),
         "owner_id": owner,
         "room_id": room,
@@ -379,10 +380,10 @@ def upload(owner: int, room: int, size: int = 100, **fields: object) -> Upload:
         "expires_at_ms": T0 + HOUR,
     }
     values.update(fields)
-    return Upload(**values)  # type: ignore[arg-type]
+    return Upload(**values)
 
 
-async def ready_upload(store: Store, owner: int, room: int, **fields: object) -> Upload:
+async def ready_upload(store: Store, owner: int, room: int, **fields: Any) -> Upload:
     u = upload(owner, room, **fields)
     assert (await store.create_upload(u, 10**9))[0]
     assert await store.finish_upload(u.id, "image/png", 90, 4, 3, "pending")
@@ -400,7 +401,9 @@ async def test_upload_quota_counts_live_uploads_only(store: Store) -> None:
     assert (got.state, got.reason, got.expires_at_ms) == ("rejected", "checksum mismatch", T0 + 1)
     assert await store.create_upload(upload(a, rid, 50), 100) == (True, 0)  # rejected: not counted
     # concurrent uploads of one user can't pass the quota together
-    results = await asyncio.gather(*(store.create_upload(upload(a, rid, 30), 100) for _ in range(5)))
+    results = await asyncio.gather(
+        *(store.create_upload(upload(a, rid, 30), 100) for _ in range(5))
+    )
     assert sum(stored for stored, _ in results) == 1
 
 
