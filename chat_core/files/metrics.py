@@ -11,8 +11,8 @@ from typing import Final
 
 from prometheus_client import Counter, Histogram
 
-UPLOADS_CREATED: Final = Counter(
-    "shardchat_files_uploads_created", "createUpload answered with an upload URL"
+UPLOAD_URLS: Final = Counter(
+    "shardchat_files_upload_urls", "createUpload answered with an upload URL"
 )
 UPLOADS: Final = Counter(
     "shardchat_files_uploads",

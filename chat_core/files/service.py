@@ -173,7 +173,7 @@ class FileService:
                 f" in use, this file needs {human_bytes(size)}"
             )
         put = await self.objects.presign_put(staging_key(upload.id), kind, size, s.upload_url_ttl_s)
-        metrics.UPLOADS_CREATED.inc()
+        metrics.UPLOAD_URLS.inc()
         return upload, put
 
     # --- the first send: verify, then attach ------------------------------------------------------

@@ -55,8 +55,8 @@ def sniff(head: bytes) -> str:
         return "image/webp"
     if head[4:8] == b"ftyp":
         return "video/mp4"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return "audio/mpeg"  # an MPEG audio frame without an ID3 tag
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2:
+        return "audio/mpeg"  # an MP3 frame (sync bits, layer III) without an ID3 tag
     return TEXT if _is_text(head[:HEAD_BYTES]) else OCTET_STREAM
 
 
