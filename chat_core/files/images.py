@@ -44,16 +44,18 @@ def _open(data: bytes, content_type: str) -> Image.Image:
 
 
 def probe(data: bytes, content_type: str, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the header; Refused for a broken image or one over the limit."""
+    """(width, height) as displayed (after an EXIF orientation that turns it), from the header
+    only; Refused for a broken image or one over the pixel limit."""
     with _open(data, content_type) as im:
         width, height = im.size
+        turned = im.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
     if width < 1 or height < 1:
         raise Refused("the image has no pixels")
     if width * height > max_pixels:
         raise Refused(
             f"the image is {width} x {height} pixels, more than the {max_pixels:,} accepted"
         )
-    return width, height
+    return (height, width) if turned else (width, height)
 
 
 def thumbnail(data: bytes, content_type: str, max_px: int, max_pixels: int) -> bytes:

@@ -218,8 +218,8 @@ async def test_upload_send_download_and_thumbnail(stack: Stack) -> None:
     assert (att["filename"], att["contentType"], att["width"], att["height"]) == (
         "holiday.jpg",
         "image/jpeg",
+        480,  # as displayed: orientation 6 turns the 640 x 480 pixels upright
         640,
-        480,
     )
     assert att["thumbnailUrl"] is None  # made off the request path, not yet
 
@@ -232,8 +232,8 @@ async def test_upload_send_download_and_thumbnail(stack: Stack) -> None:
         "filename": "holiday.jpg",
         "content_type": "image/jpeg",
         "size": att["size"],
-        "width": 640,
-        "height": 480,
+        "width": 480,
+        "height": 640,
         "url": f"/files/{upload_id}",
     }
 

@@ -167,7 +167,8 @@ def test_inspect_upload_strips_images_and_measures_them() -> None:
         accepted=ACCEPTED,
         max_pixels=10**6,
     )
-    assert (checked.content_type, checked.width, checked.height) == ("image/jpeg", 64, 48)
+    # displayed size: orientation 6 (the fixture's default) turns 64 x 48 upright
+    assert (checked.content_type, checked.width, checked.height) == ("image/jpeg", 48, 64)
     assert checked.is_image and not has_gps(checked.data)
 
 
