@@ -60,8 +60,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def local_edge(log_path: Path) -> AsyncIterator[str]:
-    """A ``shardchat dev`` in a temp folder; yields its edge base URL."""
+async def local_edge(log_path: Path, settings: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A ``shardchat dev`` in a temp folder (``settings``: more SHARDCHAT_* for it); yields its
+    edge base URL."""
     edge, gateway, router = _free_port(), _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
     env.update(
@@ -72,17 +73,20 @@ async def local_edge(log_path: Path) -> AsyncIterator[str]:
         SHARDCHAT_GRAPHQL_MUTATION_BURST="1000000000",
         SHARDCHAT_GRAPHQL_MUTATION_PER_S="1000000000",
     )
+    env.update(settings or {})
     with tempfile.TemporaryDirectory(prefix="shardchat-edge-bench-") as tmp:
         async with _serving(["dev", "--data-dir", f"{tmp}/data"], env, edge, log_path, tmp) as url:
             yield url
 
 
 @contextlib.asynccontextmanager
-async def engines_edge(log_path: Path) -> AsyncIterator[str]:
+async def engines_edge(
+    log_path: Path, settings: dict[str, str] | None = None
+) -> AsyncIterator[str]:
     """``shardchat edge`` on the local engines (PostgreSQL, Kafka, Redis of deploy/local, as
     ``SHARDCHAT_*`` names them), on a fresh database and topic dropped afterwards."""
     run_id = uuid.uuid4().hex[:8]
-    cluster = Cluster.on_engines(run_id, 0, log_path.parent)
+    cluster = Cluster.on_engines(run_id, 0, log_path.parent, settings)
     await asyncio.to_thread(cluster.migrate)
     edge = _free_port()
     env = cluster.process_env() | {
