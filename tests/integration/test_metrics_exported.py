@@ -260,8 +260,8 @@ async def traffic(c: Cluster) -> None:
             await gw.next_event("MESSAGE_CREATE", wait_s=20)
             image = await edge.upload(room_id, jpeg_with_gps(), "p.jpg", "image/jpeg")
             await gw.send(room_id, "a picture", attachment_ids=[image])
-            created = await gw.next_event("MESSAGE_CREATE", wait_s=20)
-            assert [a["id"] for a in created.d["attachments"]] == [image]
+            pictured = await gw.next_event("MESSAGE_CREATE", wait_s=20)
+            assert [a["id"] for a in pictured.d["attachments"]] == [image]
             assert not has_gps(await edge.download(image))
             # the gateway verified it, so its own file worker makes the thumbnail
             for _ in range(100):
