@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from loadtest.cluster import Cluster
+from loadtest.fanout import run as run_loop
 from loadtest.report import Latency, Progress, Timeline, build_result, now_iso, write_json
 
 SEND = (
@@ -306,21 +307,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rooms", type=int, default=8)
     parser.add_argument("--content-bytes", type=int, default=120)
+    add_server_options(parser, "edge", "PostgreSQL + Kafka + Redis")
+    run_loop(run(parser.parse_args(argv)))
+
+
+def add_server_options(parser: argparse.ArgumentParser, name: str, engines: str) -> None:
+    """The edge under test (``serve``'s options) and where results go."""
     parser.add_argument("--url", default="", help="a running edge; default: start shardchat dev")
     parser.add_argument(
         "--engines",
         action="store_true",
-        help="start `shardchat edge` on PostgreSQL + Kafka + Redis instead of `shardchat dev`",
+        help=f"start `shardchat edge` on {engines} instead of `shardchat dev`",
     )
-    parser.add_argument("--server-log", default="/tmp/shardchat-edge-bench.log")
-    parser.add_argument("--out", default="loadtest/results/edge.json")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+    parser.add_argument("--server-log", default=f"/tmp/shardchat-{name}-bench.log")
+    parser.add_argument("--out", default=f"loadtest/results/{name}.json")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,16 @@ from urllib.parse import urljoin
 
 import httpx
 
-from loadtest.edge import CREATE_ROOM, REGISTER, EdgeError, engines_edge, gql, local_edge
+from loadtest.edge import (
+    CREATE_ROOM,
+    REGISTER,
+    EdgeError,
+    add_server_options,
+    engines_edge,
+    gql,
+    local_edge,
+)
+from loadtest.fanout import run as run_loop
 from loadtest.report import Latency, build_result, now_iso, write_json
 from shardchat.config import load_settings
 
@@ -287,21 +296,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--files", type=int, default=12, help="files per size")
     parser.add_argument("--concurrency", type=int, default=4, help="uploads (downloads) at once")
-    parser.add_argument("--url", default="", help="a running edge; default: start shardchat dev")
-    parser.add_argument(
-        "--engines",
-        action="store_true",
-        help="start `shardchat edge` on PostgreSQL + Kafka + Redis + s3proxy",
-    )
-    parser.add_argument("--server-log", default="/tmp/shardchat-files-bench.log")
-    parser.add_argument("--out", default="loadtest/results/files.json")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+    add_server_options(parser, "files", "PostgreSQL + Kafka + Redis + s3proxy")
+    run_loop(run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ each change atomic and durable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -386,6 +386,15 @@ class Store(Protocol):
     async def mark_published(self, keys: Sequence[tuple[int, int]]) -> None: ...
 
     async def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool: ...
+
+
+# --- the uploads columns: Upload's fields, in order (both adapters read and write rows so) --------
+UPLOAD_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(Upload))
+
+
+def upload_values(upload: Upload) -> tuple[Any, ...]:
+    """An uploads row in ``UPLOAD_COLUMNS`` order."""
+    return msgspec.structs.astuple(upload)
 
 
 # --- the room_events.trace column, shared by both adapters so they store the same text ----------

@@ -29,6 +29,7 @@ from chat_core.models import (
     Upload,
 )
 from shardchat.store import (
+    UPLOAD_COLUMNS,
     AttachConflict,
     Dialect,
     NewMessage,
@@ -37,17 +38,13 @@ from shardchat.store import (
     UserRecord,
     trace_from_column,
     trace_to_column,
+    upload_values,
 )
 from user_core.models import SessionInfo, User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
 _ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
-_UPLOAD_COLS = (
-    "id, owner_id, room_id, filename, content_type, size, sha256, created_at_ms,"
-    " put_expires_at_ms, expires_at_ms, state, reason, message_id, width, height, thumb,"
-    " staging_swept, deleted_at_ms"
-)
 _ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
 # The database's clock for leases: every process agrees on it.
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
@@ -993,35 +990,16 @@ class PgStore:
             )
             if used + u.size > quota_bytes:
                 return False, int(used)
-            await conn.execute(
-                f"INSERT INTO uploads ({_UPLOAD_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-                " $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-                u.id,
-                u.owner_id,
-                u.room_id,
-                u.filename,
-                u.content_type,
-                u.size,
-                u.sha256,
-                u.created_at_ms,
-                u.put_expires_at_ms,
-                u.expires_at_ms,
-                u.state,
-                u.reason,
-                u.message_id,
-                u.width,
-                u.height,
-                u.thumb,
-                u.staging_swept,
-                u.deleted_at_ms,
-            )
+            values = upload_values(u)
+            marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+            await conn.execute(f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({marks})", *values)
         return True, int(used)
 
     async def get_uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]:
         if not upload_ids:
             return {}
         rows = await self.pool.fetch(
-            f"SELECT {_UPLOAD_COLS} FROM uploads WHERE id = ANY($1::bigint[])", list(upload_ids)
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ANY($1::bigint[])", list(upload_ids)
         )
         return {r["id"]: _upload(r) for r in rows}
 
@@ -1060,7 +1038,7 @@ class PgStore:
             "UPDATE uploads SET thumb_claimed_until_ms = $1 WHERE id IN (SELECT id FROM uploads"
             " WHERE thumb = 'pending' AND state = 'ready' AND deleted_at_ms IS NULL"
             " AND thumb_claimed_until_ms < $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_UPLOAD_COLS}",
+            f" RETURNING {UPLOAD_COLUMNS}",
             now_ms + lease_ms,
             now_ms,
             limit,
@@ -1074,9 +1052,9 @@ class PgStore:
 
     async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
         rows = await self.pool.fetch(
-            f"SELECT {_UPLOAD_COLS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= $1"
-            f" UNION SELECT {_UPLOAD_COLS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
-            f" UNION SELECT {_UPLOAD_COLS} FROM uploads WHERE message_id IS NOT NULL"
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= $1"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NOT NULL"
             " AND NOT staging_swept AND put_expires_at_ms <= $1"
             " ORDER BY id LIMIT $2",
             now_ms,

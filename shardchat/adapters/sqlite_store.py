@@ -31,6 +31,7 @@ from chat_core.models import (
     Upload,
 )
 from shardchat.store import (
+    UPLOAD_COLUMNS,
     AttachConflict,
     Dialect,
     NewMessage,
@@ -39,6 +40,7 @@ from shardchat.store import (
     UserRecord,
     trace_from_column,
     trace_to_column,
+    upload_values,
 )
 from user_core.models import SessionInfo, User
 
@@ -46,11 +48,6 @@ _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_
 _ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
 _USER_RECORD_COLS = "id, username, created_at_ms, password_hash, totp_secret, totp_enabled"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
-_UPLOAD_COLS = (
-    "id, owner_id, room_id, filename, content_type, size, sha256, created_at_ms,"
-    " put_expires_at_ms, expires_at_ms, state, reason, message_id, width, height, thumb,"
-    " staging_swept, deleted_at_ms"
-)
 _ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
 
 
@@ -856,30 +853,9 @@ class SqliteStore:
             used = int(row[0]) if row is not None else 0
             if used + upload.size > quota_bytes:
                 return False, used
-            u = upload
             await db.execute(
-                f"INSERT INTO uploads ({_UPLOAD_COLS}) VALUES"
-                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    u.id,
-                    u.owner_id,
-                    u.room_id,
-                    u.filename,
-                    u.content_type,
-                    u.size,
-                    u.sha256,
-                    u.created_at_ms,
-                    u.put_expires_at_ms,
-                    u.expires_at_ms,
-                    u.state,
-                    u.reason,
-                    u.message_id,
-                    u.width,
-                    u.height,
-                    u.thumb,
-                    int(u.staging_swept),
-                    u.deleted_at_ms,
-                ),
+                f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({_marks(upload_values(upload))})",
+                upload_values(upload),
             )
         return True, used
 
@@ -888,7 +864,7 @@ class SqliteStore:
         if not ids:
             return {}
         rows = await self._all(
-            f"SELECT {_UPLOAD_COLS} FROM uploads WHERE id IN ({_marks(ids)})", ids
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id IN ({_marks(ids)})", ids
         )
         return {r[0]: _upload(r) for r in rows}
 
@@ -924,7 +900,7 @@ class SqliteStore:
                 "UPDATE uploads SET thumb_claimed_until_ms = ? WHERE id IN (SELECT id FROM"
                 " uploads WHERE thumb = 'pending' AND state = 'ready' AND deleted_at_ms IS NULL"
                 " AND thumb_claimed_until_ms < ? ORDER BY id LIMIT ?)"
-                f" RETURNING {_UPLOAD_COLS}",
+                f" RETURNING {UPLOAD_COLUMNS}",
                 (now_ms + lease_ms, now_ms, limit),
             ) as cur,
         ):
@@ -939,9 +915,9 @@ class SqliteStore:
 
     async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
         rows = await self._all(
-            f"SELECT {_UPLOAD_COLS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= ?"
-            f" UNION SELECT {_UPLOAD_COLS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
-            f" UNION SELECT {_UPLOAD_COLS} FROM uploads WHERE message_id IS NOT NULL"
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= ?"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NOT NULL"
             " AND staging_swept = 0 AND put_expires_at_ms <= ?"
             " ORDER BY id LIMIT ?",
             (now_ms, now_ms, limit),

@@ -190,6 +190,31 @@ async def send(
     return sent
 
 
+@dataclass
+class Declared:
+    """An upload URL granted for ``body`` (declared as ``declare`` was told), and its PUT."""
+
+    client: EdgeClient
+    id: str
+    url: str
+    headers: dict[str, str]
+
+    async def put(self, body: bytes) -> httpx.Response:
+        return await self.client._object_request(
+            "PUT", self.url, content=body, headers=self.headers
+        )
+
+
+async def declare(
+    c: EdgeClient, room: str, body: bytes, kind: str = "text/plain", **declared: Any
+) -> Declared:
+    """createUpload for ``body``; ``declared`` overrides what is claimed (``s``, ``h``)."""
+    variables = {"r": room, "f": "f.bin", "t": kind, "s": len(body), "h": sha256(body)}
+    up = (await c.graphql(UPLOAD, variables | declared))["createUpload"]
+    headers = {h["name"]: h["value"] for h in up["headers"]}
+    return Declared(c, up["id"], up["url"], headers)
+
+
 async def refused(coro: Any, code: str, match: str) -> ShardchatError:
     with pytest.raises(ShardchatError) as info:
         await coro
@@ -308,46 +333,29 @@ async def test_wrong_checksum_is_refused_and_leaves_nothing(stack: Stack) -> Non
     alice = await stack.user()
     room = await stack.room(alice)
     body = b"the real bytes\n"
-    created = await alice.graphql(
-        UPLOAD,
-        {
-            "r": room,
-            "f": "a.txt",
-            "t": "text/plain",
-            "s": len(body),
-            "h": sha256(b"other bytes!!!\n"),
-        },
-    )
-    up = created["createUpload"]
-    headers = {h["name"]: h["value"] for h in up["headers"]}
-    put = await alice._object_request("PUT", up["url"], content=body, headers=headers)
-    assert put.status_code == 200
-    await refused(send(alice, room, [up["id"]], "x"), "BAD_USER_INPUT", "SHA-256 does not match")
+    up = await declare(alice, room, body, h=sha256(b"other bytes!!!\n"))
+    assert (await up.put(body)).status_code == 200
+    await refused(send(alice, room, [up.id], "x"), "BAD_USER_INPUT", "SHA-256 does not match")
     assert await stack.history(alice, room) == []
-    uid = int(up["id"])
+    uid = int(up.id)
     assert await stack.objects.head(staging_key(uid)) is None
     assert await stack.objects.head(file_key(uid)) is None
     assert (await stack.store.get_uploads([uid]))[uid].state == "rejected"
-    await refused(send(alice, room, [up["id"]], "x"), "BAD_USER_INPUT", "was refused: the file's")
+    await refused(send(alice, room, [up.id], "x"), "BAD_USER_INPUT", "was refused: the file's")
 
 
 async def test_wrong_size_is_refused(stack: Stack) -> None:
     alice = await stack.user()
     room = await stack.room(alice)
     body = b"0123456789"
-    created = await alice.graphql(
-        UPLOAD,
-        {"r": room, "f": "d.bin", "t": "application/octet-stream", "s": 10, "h": sha256(body)},
-    )
-    up = created["createUpload"]
-    headers = {h["name"]: h["value"] for h in up["headers"]}
-    longer = await alice._object_request("PUT", up["url"], content=body + b"!", headers=headers)
+    up = await declare(alice, room, body, "application/octet-stream")
+    longer = await up.put(body + b"!")
     assert longer.status_code == 403  # the store holds the uploader to the signed length
-    await refused(send(alice, room, [up["id"]], "x"), "BAD_USER_INPUT", "has not been uploaded yet")
+    await refused(send(alice, room, [up.id], "x"), "BAD_USER_INPUT", "has not been uploaded yet")
     # a store that let a shorter object through: the server's own check refuses it
-    uid = int(up["id"])
+    uid = int(up.id)
     await stack.objects.put(staging_key(uid), body[:7], "application/octet-stream")
-    await refused(send(alice, room, [up["id"]], "x"), "BAD_USER_INPUT", "7 bytes, not the 10")
+    await refused(send(alice, room, [up.id], "x"), "BAD_USER_INPUT", "7 bytes, not the 10")
     assert await stack.objects.head(staging_key(uid)) is None
     assert await stack.history(alice, room) == []
 
@@ -367,15 +375,10 @@ async def test_an_expired_upload_url_is_refused(where: Where, tmp_path: Path) ->
         alice = await s.user()
         room = await s.room(alice)
         body = b"too late"
-        created = await alice.graphql(
-            UPLOAD, {"r": room, "f": "l.txt", "t": "text/plain", "s": len(body), "h": sha256(body)}
-        )
-        up = created["createUpload"]
+        up = await declare(alice, room, body)
         await asyncio.sleep(2.2)
-        headers = {h["name"]: h["value"] for h in up["headers"]}
-        late = await alice._object_request("PUT", up["url"], content=body, headers=headers)
-        assert late.status_code == 403
-        await refused(send(alice, room, [up["id"]], "x"), "BAD_USER_INPUT", "upload URL expired")
+        assert (await up.put(body)).status_code == 403
+        await refused(send(alice, room, [up.id], "x"), "BAD_USER_INPUT", "upload URL expired")
         assert await s.history(alice, room) == []
 
 
@@ -431,22 +434,16 @@ async def test_a_put_repeated_after_the_send_is_swept(stack: Stack) -> None:
     alice = await stack.user()
     room = await stack.room(alice)
     body = b"checked bytes"
-    created = await alice.graphql(
-        UPLOAD, {"r": room, "f": "c.txt", "t": "text/plain", "s": len(body), "h": sha256(body)}
-    )
-    up = created["createUpload"]
-    headers = {h["name"]: h["value"] for h in up["headers"]}
-    assert (await alice._object_request("PUT", up["url"], content=body, headers=headers)).is_success
-    await send(alice, room, [up["id"]], "x")
+    up = await declare(alice, room, body)
+    assert (await up.put(body)).is_success
+    await send(alice, room, [up.id], "x")
     # the URL is still valid: a second PUT lands in the staging object, never in what is served
-    swap = b"other bytes!!"
-    assert (await alice._object_request("PUT", up["url"], content=swap, headers=headers)).is_success
-    assert await alice.download(up["id"]) == body
+    assert (await up.put(b"other bytes!!")).is_success
+    assert await alice.download(up.id) == body
     stack.clock.skipped_ms = (stack.files.settings.upload_url_ttl_s + 1) * 1000
     assert await stack.worker.sweep() == 1
-    uid = int(up["id"])
-    assert await stack.objects.head(staging_key(uid)) is None
-    assert await alice.download(up["id"]) == body
+    assert await stack.objects.head(staging_key(int(up.id))) is None
+    assert await alice.download(up.id) == body
     assert await stack.worker.sweep() == 0
 
 
@@ -489,10 +486,7 @@ async def test_object_store_down_fails_the_send_cleanly(engines: Where, tmp_path
             pending = (await s.store.get_uploads([int(up)]))[int(up)]
             assert (pending.state, pending.message_id) == ("pending", None)
             # presigning is local: new uploads still get their URL (the PUT will fail)
-            again = await alice.graphql(
-                UPLOAD, {"r": room, "f": "q.txt", "t": "text/plain", "s": 1, "h": sha256(b"q")}
-            )
-            assert again["createUpload"]["url"].startswith("http://")
+            assert (await declare(alice, room, b"q")).url.startswith("http://")
         finally:
             await engine_control.start("s3")
         sent = await send(alice, room, [up], "x", nonce="n-down")  # the retry goes through
