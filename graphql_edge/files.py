@@ -5,9 +5,9 @@ The stable ``url`` of an attachment (in MESSAGE_CREATE and ``Attachment.url``) p
 presigned GET of the object store (valid ``download_url_ttl_s``), or, when the request
 ``Accept``s ``application/json``, ``200 {"url", "expires_in"}`` (what a browser needs for an
 ``<img src>``: an ``<img>`` can't send the header). Errors are JSON
-``{"error": {"code", "message"}}`` with the GraphQL codes: 401 UNAUTHENTICATED, 403 FORBIDDEN
-(not a member, or no longer), 404 NOT_FOUND (unknown, deleted, or no thumbnail; a thumbnail
-still being made adds ``Retry-After: 1``).
+``{"error": {"code", "message"}}`` with the GraphQL codes: 401 UNAUTHENTICATED, 404 NOT_FOUND
+(unknown, deleted, not a member of the file's room or no longer one, as ChatService answers
+for rooms; or no thumbnail: one still being made adds ``Retry-After: 1``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Additions to the minimum of section 7, all additive (no client of the minimum br
   ``MessageUpdated`` (MESSAGE_UPDATE), ``MessageDeleted`` (MESSAGE_DELETE), ``ReactionAdded`` /
   ``ReactionRemoved`` (REACTION_ADD / REACTION_REMOVE), ``MemberJoined`` / ``MemberLeft``
   (MEMBER_JOIN / MEMBER_LEAVE). Each carries ``roomId`` and the room ``seq``.
-- Files (docs/protocol.md section 9): ``createUpload`` (a presigned upload URL), ``sendMessage``'s
+- Files (docs/protocol.md section 10): ``createUpload`` (a presigned upload URL), ``sendMessage``'s
   optional ``attachmentIds``, ``Message.attachments`` (``Attachment``, with a stable ``url`` on
   the edge and fresh presigned ``downloadUrl`` / ``thumbnailUrl``).
 

@@ -2,7 +2,8 @@
 
 The bytes never pass through the edge: ``create_upload`` hands out a presigned PUT straight to
 the ObjectStore, and downloads are presigned GETs. Who may do what is ChatService's rule
-(``get_room``: NOT_FOUND / FORBIDDEN), so files follow whatever access model rooms have.
+(``get_room``: NOT_FOUND for a room the actor may not see), so files follow whatever access
+model rooms have.
 
 Life of an upload (``chat_core.models.Upload``): ``createUpload`` checks the room, the size, the
 type and the owner's quota and stores it ``pending``; the client PUTs the bytes to its staging
@@ -73,7 +74,7 @@ class ThumbnailPending(NotFound):
 
 
 class RoomAccess(Protocol):
-    """ChatService's rule for rooms: the room, or NotFound / Forbidden for this actor."""
+    """ChatService's rule for rooms: the room, or a ChatError (NotFound) for this actor."""
 
     async def get_room(self, actor: int, room_id: int) -> Room: ...
 
@@ -152,7 +153,7 @@ class FileService:
             raise BadInput(f"the file is larger than {human_bytes(s.max_upload_bytes)}")
         if not isinstance(sha256, str) or not _SHA256.match(sha256):
             raise BadInput("sha256 must be the file's SHA-256 as 64 hex digits")
-        await self.rooms.get_room(actor, room_id)  # NotFound / Forbidden
+        await self.rooms.get_room(actor, room_id)  # a room the actor may not see: NotFound
         now = self._clock_ms()
         upload = Upload(
             id=self.ids.next_id(),

@@ -30,6 +30,7 @@ from chat_core.files.worker import FileWorker
 from chat_core.service import ChatService
 from graphql_edge import EdgeSettings, create_app
 from shardchat.adapters.fs_objects import FsObjectStore
+from shardchat.adapters.memory_registry import MemoryRegistry
 from shardchat.adapters.pg_store import PgStore
 from shardchat.adapters.s3_objects import S3ObjectStore
 from shardchat.adapters.sqlite_store import SqliteStore
@@ -153,7 +154,7 @@ async def make_stack(where: Where, tmp: Path, **overrides: Any) -> AsyncIterator
     worker = FileWorker(store, objects, settings, "test", clock_ms=clock)
     files = FileService(store, objects, chat, settings, clock_ms=clock)
     chat.files = files
-    auth = AuthService(store, settings)
+    auth = AuthService(store, MemoryRegistry(), settings)
     app = create_app(
         settings,
         auth,
@@ -284,11 +285,11 @@ async def test_upload_send_download_and_thumbnail(stack: Stack) -> None:
     assert await stack.objects.head(thumb_key(int(upload_id))) is not None
     assert await stack.objects.head(staging_key(int(upload_id))) is None  # the PUT's copy: gone
 
-    # a non-member gets nothing; nor does a member once they left
+    # a non-member gets nothing (to them the room does not exist); nor does a member who left
     denied = await files_get(stack, carol, upload_id, Accept="application/json")
-    assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
+    assert denied.status_code == 404 and denied.json()["error"]["code"] == "NOT_FOUND"
     await bob.graphql("mutation($r: ID!) { leaveRoom(roomId: $r) }", {"r": room})
-    await refused(bob.download(upload_id), "FORBIDDEN", "not a member")
+    await refused(bob.download(upload_id), "NOT_FOUND", "room not found")
     anonymous = await stack.http.get(f"/files/{upload_id}")
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
     missing = await files_get(stack, alice, "123456789", Accept="application/json")
@@ -314,7 +315,7 @@ async def test_create_upload_checks(stack: Stack) -> None:
     room = await stack.room(alice)
     ok = {"r": room, "f": "a.txt", "t": "text/plain", "s": 5, "h": sha256(b"hello")}
     cases: list[tuple[EdgeClient, dict[str, Any], str, str]] = [
-        (bob, {}, "FORBIDDEN", "not a member"),
+        (bob, {}, "NOT_FOUND", "room not found"),  # not a member: no such room to them
         (alice, {"r": "4242424242"}, "NOT_FOUND", "room not found"),
         (alice, {"s": 0}, "BAD_USER_INPUT", "positive"),
         (alice, {"s": 25 * 1024 * 1024 + 1}, "BAD_USER_INPUT", "larger than 25 MiB"),
