@@ -195,7 +195,7 @@ async def _run_quiet(argv: Sequence[str], env: Mapping[str, str] | None = None) 
 
 
 #: The engines ``dev --cluster`` runs on (``engines.sh up all`` also starts the alternatives).
-CLUSTER_ENGINES = ("pg", "redis", "kafka")
+CLUSTER_ENGINES = ("pg", "redis", "kafka", "s3")  # s3: s3proxy, the object store
 
 
 async def ensure_engines(script: Path, engines: Sequence[str] = CLUSTER_ENGINES) -> bool:
