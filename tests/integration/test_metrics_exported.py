@@ -236,9 +236,12 @@ async def cluster(
         await c.stop()
 
 
-async def traffic(c: Cluster) -> None:
+@contextlib.asynccontextmanager
+async def traffic(c: Cluster) -> AsyncIterator[None]:
     """Register, create a room, send over GraphQL and over the gateway (with an image), download
-    it and its thumbnail, place via the router."""
+    it and its thumbnail, place via the router; then yield with the gateway session still in its
+    room, so the room's partition is still assigned (its lag series exists) while scraping: it
+    goes 5 s after the session (linger), which a loaded box can take to reach the scrape."""
     edge_url = c.services["edge"].url.rstrip("/")
     gateway_url = c.services["gateway"].url
     async with EdgeClient(edge_url) as edge:
@@ -272,15 +275,16 @@ async def traffic(c: Cluster) -> None:
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError("no thumbnail within 10 s")
+            router_url = c.services["router"].url.rstrip("/")
+            async with httpx.AsyncClient(timeout=10) as http:
+                resp = await http.get(f"{router_url}/gateway")
+                assert resp.status_code in (200, 503), resp.text
+            # The relay sweeps every outbox_relay_after_ms / 2: let it run at least once.
+            await asyncio.sleep(0.5)
+            yield
         finally:
             await gw.close()
         assert session.user["username"].startswith("m")
-    router_url = c.services["router"].url.rstrip("/")
-    async with httpx.AsyncClient(timeout=10) as http:
-        resp = await http.get(f"{router_url}/gateway")
-        assert resp.status_code in (200, 503), resp.text
-        # The relay sweeps every outbox_relay_after_ms / 2: let it run at least once everywhere.
-        await asyncio.sleep(0.5)
 
 
 async def scrape(c: Cluster) -> dict[str, Exposition]:
@@ -301,8 +305,8 @@ def test_dashboards_query_metrics() -> None:
 
 
 async def test_every_dashboard_metric_is_exported(cluster: Cluster) -> None:
-    await traffic(cluster)
-    exported = await scrape(cluster)
+    async with traffic(cluster):
+        exported = await scrape(cluster)
 
     # 1. Dashboards: every queried name is a live series of some service.
     union = set().union(*(e.samples for e in exported.values()))
