@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from chat_core.models import Message
+from chat_core.models import Attachment, Message
 
 
 def iso_ms(ms: int) -> str:
@@ -22,8 +22,27 @@ def _base(room_id: int, seq: int) -> dict[str, Any]:
     return {"room_id": str(room_id), "seq": seq}
 
 
+def attachment_url(attachment_id: int) -> str:
+    """Where a member gets a short-lived download URL for the file: a path of the edge."""
+    return f"/files/{attachment_id}"
+
+
+def attachment(a: Attachment) -> dict[str, Any]:
+    return {
+        "id": str(a.id),
+        "filename": a.filename,
+        "content_type": a.content_type,
+        "size": a.size,
+        "width": a.width,
+        "height": a.height,
+        "url": attachment_url(a.id),
+    }
+
+
 def message_create(msg: Message, seq: int) -> dict[str, Any]:
-    return _base(msg.room_id, seq) | {
+    """``attachments`` is present only when the message has some: every other MESSAGE_CREATE
+    keeps the exact shape (and bytes) of PROTOCOL.md section 3."""
+    data = _base(msg.room_id, seq) | {
         "id": str(msg.id),
         "author_id": str(msg.author_id),
         "content": msg.content,
@@ -31,6 +50,9 @@ def message_create(msg: Message, seq: int) -> dict[str, Any]:
         "created_at": iso_ms(msg.created_at_ms),
         "mentions": [str(u) for u in msg.mentions],
     }
+    if msg.attachments:
+        data["attachments"] = [attachment(a) for a in msg.attachments]
+    return data
 
 
 def message_update(

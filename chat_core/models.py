@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -65,6 +65,58 @@ class ReactionCount(msgspec.Struct, frozen=True):
     me: bool
 
 
+class Attachment(msgspec.Struct, frozen=True):
+    """A file of a message as clients see it; its bytes are in the ObjectStore. ``size`` and
+    ``content_type`` are what the server stored and verified (the real type, by its first
+    bytes); ``width``/``height`` are set for images."""
+
+    id: int
+    filename: str
+    content_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+
+
+UploadState = Literal["pending", "ready", "rejected"]
+ThumbState = Literal["none", "pending", "ready", "failed"]
+
+
+class Upload(msgspec.Struct, frozen=True):
+    """One file a user asked to upload to a room (``createUpload``), and what became of it.
+
+    ``pending``: granted an upload URL; ``content_type``/``size``/``sha256`` are the client's
+    word. ``ready``: verified by the server (size, checksum, real type) and copied to its final
+    object; ``content_type``/``size``/``width``/``height`` are then the server's. ``rejected``:
+    failed verification (``reason`` says why); its objects are gone. ``message_id`` is set once
+    attached; ``deleted_at_ms`` once its message was deleted (the sweeper removes the objects).
+    """
+
+    id: int
+    owner_id: int
+    room_id: int
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at_ms: int
+    put_expires_at_ms: int  # the upload URL's deadline
+    expires_at_ms: int  # removed after this unless attached
+    state: UploadState = "pending"
+    reason: str = ""
+    message_id: int | None = None
+    width: int | None = None
+    height: int | None = None
+    thumb: ThumbState = "none"
+    staging_swept: bool = False
+    deleted_at_ms: int | None = None
+
+    def attachment(self) -> Attachment:
+        return Attachment(
+            self.id, self.filename, self.content_type, self.size, self.width, self.height
+        )
+
+
 class Message(msgspec.Struct, frozen=True):
     id: int
     room_id: int
@@ -77,6 +129,7 @@ class Message(msgspec.Struct, frozen=True):
     deleted: bool = False
     reactions: tuple[ReactionCount, ...] = ()
     mentions: tuple[int, ...] = ()  # members @mentioned when it was sent (ascending ids)
+    attachments: tuple[Attachment, ...] = ()
 
 
 class ReadState(msgspec.Struct, frozen=True):

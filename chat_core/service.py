@@ -15,6 +15,9 @@ the new ``ReadState`` to ``on_read`` (the composition root publishes it to the u
 sessions as READ_STATE); ``read_states`` serves unread and mention counts. Mentions: a sent
 message's ``@username`` words are resolved to users here; the Store keeps those who are members.
 
+A send may carry attachments: ids of uploads (``chat_core.files``) that ``files.prepare``
+verifies before the transaction, which then attaches them with the message, all or none.
+
 Sends are measured (``chat_core.metrics``: outcome counter, call-to-ack latency) and, when
 tracing is on, run in a ``chat.send_message`` span whose W3C context is stored with the event
 (``RoomEvent.trace``) and so travels to the gateways in the Kafka record headers.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -33,11 +37,11 @@ from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
 from chat_core.history_cache import CachedHistory
 from chat_core.mentions import mention_names
-from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
+from chat_core.models import Attachment, Invitation, Message, ReadState, Room, RoomEvent
 from shardchat.config import Settings
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
-from shardchat.store import NewMessage, SendOutcome, Store
+from shardchat.store import AttachConflict, NewMessage, SendOutcome, Store
 from shardchat.tracing import current_trace_headers, start_span
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,16 @@ _NO_MESSAGE = "message not found"
 COUNT_CAP = 1000
 
 
+class AttachmentSource(Protocol):
+    """What a send needs of files (``chat_core.files.service.FileService``)."""
+
+    async def prepare(
+        self, actor: int, room_id: int, upload_ids: Sequence[int]
+    ) -> tuple[Attachment, ...]:
+        """The verified attachments, in order, or a ChatError; attaches nothing itself."""
+        ...
+
+
 def _no_op(events: Sequence[RoomEvent]) -> None:
     return None
 
@@ -67,6 +81,7 @@ class ChatService:
 
     ``group_commit`` (default on) gathers concurrent ``send_message`` calls into one
     transaction of up to ``max_batch`` rows; call ``await close()`` on shutdown to flush.
+    ``files`` enables attachments (set it after construction when it needs this service).
     """
 
     def __init__(
@@ -77,6 +92,7 @@ class ChatService:
         ids: IdGenerator | None = None,
         on_commit: OnCommit | None = None,
         on_read: OnRead | None = None,
+        files: AttachmentSource | None = None,
         group_commit: bool = True,
         max_batch: int = 512,
         max_inflight: int = 4,
@@ -88,6 +104,7 @@ class ChatService:
         self.ids = ids or IdGenerator()
         self.on_commit: OnCommit = on_commit or _no_op
         self.on_read = on_read
+        self.files = files
         self._clock_ms = clock_ms
         self.history_cache = history_cache
         self._committer: GroupCommitter[NewMessage, SendOutcome] | None = None
@@ -287,14 +304,22 @@ class ChatService:
         return await self.store.shared_with(viewer, user_ids)
 
     # --- messages --------------------------------------------------------------------------------
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message:
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str,
+        nonce: str,
+        attachment_ids: Sequence[int] = (),
+    ) -> Message:
         """Store a message (idempotent by ``(actor, nonce)``: a retry, even concurrent, returns
         the first message and creates nothing). Membership is checked in the storing
-        transaction itself."""
+        transaction itself. ``attachment_ids``: uploads of the actor for this room, attached in
+        that transaction; then the content may be empty."""
         started = time.perf_counter()
         try:
             with start_span("chat.send_message"):
-                outcome = await self._send(actor, room_id, content, nonce)
+                outcome = await self._send(actor, room_id, content, nonce, attachment_ids)
         except Exception as exc:
             # CancelledError is no outcome (the caller went away; its row may still commit).
             metrics.count_send_error(exc)
@@ -309,31 +334,53 @@ class ChatService:
         assert outcome.message is not None
         return outcome.message
 
-    async def _send(self, actor: int, room_id: int, content: str, nonce: str) -> SendOutcome:
+    async def _send(
+        self, actor: int, room_id: int, content: str, nonce: str, attachment_ids: Sequence[int]
+    ) -> SendOutcome:
         """The stored outcome, ``created`` or ``duplicate``; a refusal raises."""
         check.snowflake(room_id, "room id")
-        check.content(content, self.settings.max_content_chars)
+        check.content(content, self.settings.max_content_chars, allow_empty=bool(attachment_ids))
         check.nonce(nonce, self.settings.max_nonce_bytes)
-        mentioned: tuple[int, ...] = ()
-        names = mention_names(content)
-        if names:
-            ids = await self.store.user_ids_by_name(names)
-            mentioned = tuple(sorted(set(ids.values()) - {actor}))
-        row = NewMessage(
-            self.ids.next_id(),
-            room_id,
-            actor,
-            content,
-            nonce,
-            self._clock_ms(),
-            # Taken inside the send span (the caller's span when there is one); {} when off.
-            current_trace_headers(),
-            mentioned,
-        )
-        if self._committer is not None:
-            outcome = await self._committer.submit(row)
-        else:
-            (outcome,) = await self._write_batch([row])
+        outcome: SendOutcome | None = None
+        attachments: tuple[Attachment, ...] = ()
+        if attachment_ids:
+            if self.files is None:
+                raise BadInput("attachments are not enabled on this server")
+            # A retry of a send whose files are attached already is a duplicate, as always;
+            # checking first keeps it from failing on "already attached".
+            first = await self.store.find_message(actor, nonce)
+            if first is not None:
+                outcome = SendOutcome("duplicate", first)
+            else:
+                attachments = await self.files.prepare(actor, room_id, attachment_ids)
+        if outcome is None:
+            mentioned: tuple[int, ...] = ()
+            names = mention_names(content)
+            if names:
+                ids = await self.store.user_ids_by_name(names)
+                mentioned = tuple(sorted(set(ids.values()) - {actor}))
+            row = NewMessage(
+                self.ids.next_id(),
+                room_id,
+                actor,
+                content,
+                nonce,
+                self._clock_ms(),
+                # Taken inside the send span (the caller's span when there is one); {} when off.
+                current_trace_headers(),
+                mentioned,
+                attachments,
+            )
+            try:
+                if self._committer is not None:
+                    outcome = await self._committer.submit(row)
+                else:
+                    (outcome,) = await self._write_batch([row])
+            except AttachConflict:
+                raise BadInput(
+                    "an attachment was taken by another message or expired meanwhile; nothing"
+                    " was sent"
+                ) from None
         if outcome.status in ("no_room", "not_member"):
             raise NotFound(_NO_ROOM)
         assert outcome.message is not None
@@ -343,7 +390,13 @@ class ChatService:
             if not await self.store.is_member(room_id, actor):
                 raise NotFound(_NO_ROOM)
             raise BadInput("this nonce was already used for a message in another room")
+        if outcome.status == "duplicate":  # the first message, with its files
+            return SendOutcome("duplicate", await self._with_attachments(outcome.message))
         return outcome
+
+    async def _with_attachments(self, msg: Message) -> Message:
+        found = await self.store.attachments_of([msg.id])
+        return msgspec.structs.replace(msg, attachments=found.get(msg.id, ()))
 
     async def _write_batch(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         outcomes = await self.store.insert_messages(rows)
@@ -419,7 +472,8 @@ class ChatService:
         ``after`` given: ids > after, OLDEST first (paging forward). Otherwise ids < ``before``
         (or the latest), NEWEST first. Both given: BAD_USER_INPUT. ``has_more``: more messages
         exist beyond the page in the same direction. Reactions are aggregated per emoji with
-        ``me`` for the actor. Five queries per page whatever its size.
+        ``me`` for the actor; mentions and attachments are filled in. Six queries per page
+        whatever its size.
         """
         check.history_limit(limit)
         if before is not None and after is not None:
@@ -436,15 +490,20 @@ class ChatService:
         return await self._decorate(items[:limit], actor), has_more
 
     async def _decorate(self, items: list[Message], actor: int) -> list[Message]:
-        """Fill reactions (aggregated, ``me`` for the actor) and mentions: two queries."""
+        """Fill reactions (aggregated, ``me`` for the actor), mentions and attachments: three
+        queries."""
         live = [m.id for m in items if not m.deleted]
         counts = await self.store.reaction_counts(live, actor)
         mentions = await self.store.mentions_of(live)
-        if not counts and not mentions:
+        files = await self.store.attachments_of(live)
+        if not counts and not mentions and not files:
             return items
         return [
             msgspec.structs.replace(
-                m, reactions=counts.get(m.id, m.reactions), mentions=mentions.get(m.id, m.mentions)
+                m,
+                reactions=counts.get(m.id, m.reactions),
+                mentions=mentions.get(m.id, m.mentions),
+                attachments=files.get(m.id, m.attachments),
             )
             for m in items
         ]

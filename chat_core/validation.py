@@ -11,8 +11,9 @@ MAX_EMOJI_CHARS = 32
 MAX_HISTORY_LIMIT = 100
 
 
-def content(value: str, max_chars: int) -> str:
-    if not isinstance(value, str) or not value.strip():
+def content(value: str, max_chars: int, *, allow_empty: bool = False) -> str:
+    """``allow_empty``: a message with attachments may have no text."""
+    if not isinstance(value, str) or not (allow_empty or value.strip()):
         raise BadInput("content must not be empty")
     if len(value) > max_chars:
         raise BadInput(f"content is longer than {max_chars} characters")

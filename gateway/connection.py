@@ -428,7 +428,11 @@ class ClientConnection:
         assert session is not None
         try:
             msg = await self.gw.chat.send_message(
-                session.user_id, int(action.room_id), action.content, action.nonce
+                session.user_id,
+                int(action.room_id),
+                action.content,
+                action.nonce,
+                [int(a) for a in action.attachment_ids],
             )
         except ChatError as exc:
             self.send(self.proto.reply_error(action.request_id, exc.code, exc.message))

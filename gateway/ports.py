@@ -6,6 +6,7 @@ can pass the real services built on the SQLite store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from chat_core.models import Message, Room, RoomEvent
@@ -28,6 +29,13 @@ class ChatPort(Protocol):
 
     async def list_rooms(self, actor: int) -> list[Room]: ...
 
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message: ...
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str,
+        nonce: str,
+        attachment_ids: Sequence[int] = (),
+    ) -> Message: ...
 
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...

@@ -12,17 +12,18 @@ graphql-transport-ws state machine, metrics) with one dependency less.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from graphql_edge.context import Services
+from graphql_edge.files import files_endpoint
 from graphql_edge.http import (
     GraphQLEndpoint,
     gateway_endpoint,
@@ -31,7 +32,7 @@ from graphql_edge.http import (
     readyz_endpoint,
 )
 from graphql_edge.pipeline import Pipeline
-from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
+from graphql_edge.ports import Auth, Chat, Files, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
 from graphql_edge.schema import build
 from graphql_edge.settings import EdgeSettings
@@ -49,6 +50,8 @@ def create_app(
     events: RoomEventSource | None = None,
     presence: Presence | None = None,
     revocations: Registry | None = None,
+    files: Files | None = None,
+    routes: Sequence[BaseRoute] = (),
     edge: EdgeSettings | None = None,
     ready: Callable[[], Awaitable[bool]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
@@ -60,6 +63,8 @@ def create_app(
     ``roomEvents`` answers INTERNAL. ``presence`` (a Registry) feeds ``User.status``;
     ``revocations`` (a Registry) tells which graphql-ws connections to close when a token is
     revoked (``user_core.revocation``).
+    ``files`` (a FileService) serves uploads, attachments and ``/files/{id}``; ``routes`` are
+    served too (the filesystem object store's ``/objects`` URLs).
     """
     edge = edge or EdgeSettings.from_settings(settings)
     services = Services(
@@ -72,6 +77,7 @@ def create_app(
         query_limiter=TokenBuckets(edge.query_burst, edge.query_per_s),
         auth_limiter=TokenBuckets(settings.auth_ip_burst, settings.auth_ip_per_s),
         search_limiter=TokenBuckets(edge.search_burst, edge.search_per_s),
+        files=files,
     )
     pipeline = Pipeline(build(), edge)
     origins: tuple[str, ...] = tuple(settings.allowed_origins)
@@ -97,17 +103,21 @@ def create_app(
         trusted_proxies=trusted,
         body_timeout_s=settings.http_body_timeout_s,
     )
-    routes = [
+    download = files_endpoint(services)
+    all_routes = [
         Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_ws),
         Route("/gateway", gateway_endpoint(services), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz_endpoint(ready), methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/files/{id}", download, methods=["GET"]),
+        Route("/files/{id}/thumbnail", download, methods=["GET"]),
+        *routes,
     ]
     if edge.static_dir.is_dir():
-        routes.append(Mount("/", StaticFiles(directory=edge.static_dir, html=True), name="web"))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=_cors(settings.cors_origins))
+        all_routes.append(Mount("/", StaticFiles(directory=edge.static_dir, html=True), name="web"))
+    app = Starlette(routes=all_routes, lifespan=lifespan, middleware=_cors(settings.cors_origins))
     app.state.pipeline = pipeline
     app.state.services = services
     return app

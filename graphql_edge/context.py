@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chat_core.models import ReadState
+from chat_core.models import ReadState, Upload
 from graphql_edge.loaders import DataLoader
-from graphql_edge.ports import Auth, Chat, Placement, Presence, RoomEventSource
+from graphql_edge.ports import Auth, Chat, Files, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
-from shardchat.errors import RateLimited, Unauthenticated
+from shardchat.errors import BadInput, RateLimited, Unauthenticated
 from user_core.models import User
 from user_core.tokens import Principal
 
@@ -28,6 +28,7 @@ class Services:
     query_limiter: TokenBuckets  # root fields, per user (per IP before login)
     auth_limiter: TokenBuckets  # register/login/refresh/2FA, per client IP always
     search_limiter: TokenBuckets  # searchUsers, per user
+    files: Files | None = None
 
 
 @dataclass(slots=True)
@@ -42,6 +43,7 @@ class Context:
     members: DataLoader[int, list[int]] = field(init=False)
     shared: DataLoader[int, bool] = field(init=False)
     read_states: DataLoader[int, ReadState] = field(init=False)
+    uploads: DataLoader[int, Upload] = field(init=False)
 
     def __post_init__(self) -> None:
         self.users = DataLoader(self._load_users)
@@ -49,6 +51,7 @@ class Context:
         self.members = DataLoader(self._load_members)
         self.shared = DataLoader(self._load_shared)
         self.read_states = DataLoader(self._load_read_states)
+        self.uploads = DataLoader(self._load_uploads)
 
     @property
     def user_id(self) -> int | None:
@@ -64,6 +67,11 @@ class Context:
 
     def _caller_key(self) -> str:
         return f"u:{self.user_id}" if self.user_id is not None else f"ip:{self.client_ip}"
+
+    def require_files(self) -> Files:
+        if self.services.files is None:
+            raise BadInput("files are not enabled on this server")
+        return self.services.files
 
     def take_mutation_token(self) -> None:
         if not self.services.mutation_limiter.allow(self._caller_key()):
@@ -95,6 +103,9 @@ class Context:
         viewer = self.require_user()
         shared = await self.services.chat.shares_room_with(viewer, ids)
         return {i: i in shared or i == viewer for i in ids}
+
+    async def _load_uploads(self, ids: list[int]) -> dict[int, Upload]:
+        return await self.require_files().uploads(ids)
 
     async def _load_members(self, room_ids: list[int]) -> dict[int, list[int]]:
         # ChatService has no multi-room member query yet: one concurrent call per room listed

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from chat_core.events import iso_ms
-from chat_core.models import Message, RoomEvent
+from chat_core.models import Attachment, Message, RoomEvent
 from shardchat.errors import BadInput
 
 __all__ = ["event_object", "event_typename", "iso_ms", "parse_id"]
@@ -57,6 +57,17 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
             nonce=d.get("nonce"),
             created_at_ms=event.created_at_ms,
             mentions=tuple(int(u) for u in d.get("mentions", ())),
+            attachments=tuple(
+                Attachment(
+                    int(a["id"]),
+                    a["filename"],
+                    a["content_type"],
+                    a["size"],
+                    a.get("width"),
+                    a.get("height"),
+                )
+                for a in d.get("attachments", ())
+            ),
         )
     typename = _EVENT_TYPENAMES.get(event.type)
     if typename is None:

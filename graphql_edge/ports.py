@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReadState,
+    Room,
+    RoomEvent,
+    ThumbState,
+    Upload,
+)
+from shardchat.objectstore import PresignedPut
 from shardchat.registry import GatewayRecord
 from user_core.models import AuthTokens, SessionInfo, User
 from user_core.tokens import Principal
@@ -66,7 +76,14 @@ class Chat(Protocol):
     async def get_room(self, actor: int, room_id: int) -> Room: ...
     async def list_rooms(self, actor: int) -> list[Room]: ...
     async def room_members(self, actor: int, room_id: int) -> list[int]: ...
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message: ...
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str,
+        nonce: str,
+        attachment_ids: Sequence[int] = (),
+    ) -> Message: ...
     async def edit_message(self, actor: int, message_id: int, content: str) -> Message: ...
     async def delete_message(self, actor: int, message_id: int) -> bool: ...
     async def add_reaction(self, actor: int, message_id: int, emoji: str) -> bool: ...
@@ -78,6 +95,24 @@ class Chat(Protocol):
     async def mark_read(self, actor: int, room_id: int, seq: int) -> ReadState: ...
     async def set_room_muted(self, actor: int, room_id: int, muted: bool) -> ReadState: ...
     async def read_states(self, actor: int, room_ids: Sequence[int]) -> dict[int, ReadState]: ...
+
+
+class Files(Protocol):
+    """Uploads and downloads (``chat_core.files.service.FileService``)."""
+
+    @property
+    def download_ttl_s(self) -> int:
+        """How long a download URL stays valid."""
+        ...
+
+    async def create_upload(
+        self, actor: int, room_id: int, filename: str, content_type: str, size: int, sha256: str
+    ) -> tuple[Upload, PresignedPut]: ...
+    async def download_url(self, actor: int, upload_id: int, thumbnail: bool = False) -> str: ...
+    async def presign(
+        self, a: Attachment, thumbnail: bool = False, thumb: ThumbState = "none"
+    ) -> str: ...
+    async def uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]: ...
 
 
 class Placement(Protocol):

@@ -12,10 +12,13 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
-from chat_core.models import Invitation, Message, ReadState, Room, RoomEvent
+from chat_core.events import attachment_url
+from chat_core.files.service import ThumbnailPending
+from chat_core.models import Attachment, Invitation, Message, ReadState, Room, RoomEvent, Upload
 from graphql_edge.context import Context
 from graphql_edge.convert import event_object, iso_ms, parse_id
 from shardchat.errors import BadInput, NotFound
+from shardchat.objectstore import PresignedPut
 from shardchat.registry import GatewayRecord
 from shardchat.tracing import start_span
 from user_core.models import AuthTokens, SessionInfo, User
@@ -292,7 +295,12 @@ async def m_leave_room(_: Any, info: GraphQLResolveInfo, roomId: str) -> bool:
 
 @mutation
 async def m_send(
-    _: Any, info: GraphQLResolveInfo, roomId: str, content: str, nonce: str
+    _: Any,
+    info: GraphQLResolveInfo,
+    roomId: str,
+    content: str,
+    nonce: str,
+    attachmentIds: list[str] | None = None,
 ) -> Message:
     # The root of a message's trace when tracing is on (a shared no-op when off): ChatService
     # stores its context with the event and the gateways continue it at delivery.
@@ -300,7 +308,26 @@ async def m_send(
         ctx = ctx_of(info)
         actor = ctx.require_user()
         room_id = parse_id(roomId, "roomId")
-        return await ctx.services.chat.send_message(actor, room_id, content, nonce)
+        files = [parse_id(a, "attachmentIds") for a in attachmentIds or ()]
+        return await ctx.services.chat.send_message(actor, room_id, content, nonce, files)
+
+
+@mutation
+async def m_create_upload(
+    _: Any,
+    info: GraphQLResolveInfo,
+    roomId: str,
+    filename: str,
+    contentType: str,
+    size: int,
+    sha256: str,
+) -> tuple[Upload, PresignedPut]:
+    ctx = ctx_of(info)
+    actor = ctx.require_user()
+    room_id = parse_id(roomId, "roomId")
+    return await ctx.require_files().create_upload(
+        actor, room_id, filename, contentType, size, sha256
+    )
 
 
 @mutation
@@ -444,6 +471,29 @@ def room_read_state(name: str) -> Resolver:
     return resolve
 
 
+async def attachment_download_url(a: Attachment, info: GraphQLResolveInfo) -> str:
+    # Only members ever get a Message (history and subscriptions check): sign at once.
+    return await ctx_of(info).require_files().presign(a)
+
+
+async def attachment_thumbnail_url(a: Attachment, info: GraphQLResolveInfo) -> str | None:
+    ctx = ctx_of(info)
+    upload = await ctx.uploads.load(a.id)  # one query for a page's attachments
+    if upload is None:
+        return None
+    try:
+        return await ctx.require_files().presign(a, thumbnail=True, thumb=upload.thumb)
+    except (ThumbnailPending, NotFound):
+        return None  # not made yet (ask again, or GET /files/{id}/thumbnail) or never
+
+
+def _upload_field(fn: Callable[[Upload, PresignedPut], Any]) -> Resolver:
+    def resolve(obj: tuple[Upload, PresignedPut], _info: GraphQLResolveInfo) -> Any:
+        return fn(*obj)
+
+    return resolve
+
+
 def _ids(values: Any) -> list[str]:
     return [str(v) for v in values]
 
@@ -494,6 +544,7 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "removeMember": m_remove_member,
         "setMemberRole": m_set_member_role,
         "sendMessage": m_send,
+        "createUpload": m_create_upload,
         "editMessage": m_edit,
         "deleteMessage": m_delete,
         "addReaction": m_add_reaction,
@@ -540,6 +591,23 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "editedAt": _attr("edited_at_ms", _opt_iso),
         "reactions": _attr("reactions", list),
         "mentions": _attr("mentions", _ids),
+        "attachments": _attr("attachments", list),
+    },
+    "Attachment": {
+        "id": _attr("id", str),
+        "contentType": _attr("content_type"),
+        "url": _attr("id", attachment_url),
+        "downloadUrl": attachment_download_url,
+        "thumbnailUrl": attachment_thumbnail_url,
+    },
+    "Upload": {
+        "id": _upload_field(lambda u, _: str(u.id)),
+        "url": _upload_field(lambda _, put: put.url),
+        "method": _upload_field(lambda _, put: put.method),
+        "headers": _upload_field(
+            lambda _, put: [{"name": k, "value": v} for k, v in put.headers.items()]
+        ),
+        "expiresAt": _upload_field(lambda _, put: iso_ms(put.expires_at_ms)),
     },
     "GatewayInfo": {"gatewayId": _attr("gateway_id")},
 }

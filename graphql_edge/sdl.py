@@ -6,6 +6,9 @@ Additions to the minimum of section 7, all additive (no client of the minimum br
   ``MessageUpdated`` (MESSAGE_UPDATE), ``MessageDeleted`` (MESSAGE_DELETE), ``ReactionAdded`` /
   ``ReactionRemoved`` (REACTION_ADD / REACTION_REMOVE), ``MemberJoined`` / ``MemberLeft``
   (MEMBER_JOIN / MEMBER_LEAVE). Each carries ``roomId`` and the room ``seq``.
+- Files (docs/protocol.md section 11): ``createUpload`` (a presigned upload URL), ``sendMessage``'s
+  optional ``attachmentIds``, ``Message.attachments`` (``Attachment``, with a stable ``url`` on
+  the edge and fresh presigned ``downloadUrl`` / ``thumbnailUrl``).
 
 Access and accounts (issue 11; docs/protocol.md section 9 and docs/security.md):
 - rooms are private unless ``createRoom(public: true)``; ``publicRooms`` lists public ones,
@@ -57,7 +60,14 @@ type Mutation {
   declineInvitation(roomId: ID!): Boolean!
   removeMember(roomId: ID!, userId: ID!): Boolean!
   setMemberRole(roomId: ID!, userId: ID!, role: RoomRole!): Boolean!
-  sendMessage(roomId: ID!, content: String!, nonce: String!): Message!
+  sendMessage(roomId: ID!, content: String!, nonce: String!, attachmentIds: [ID!]): Message!
+  createUpload(
+    roomId: ID!
+    filename: String!
+    contentType: String!
+    size: Int!
+    sha256: String!
+  ): Upload!
   editMessage(id: ID!, content: String!): Message!
   deleteMessage(id: ID!): Boolean!
   addReaction(messageId: ID!, emoji: String!): Boolean!
@@ -118,7 +128,21 @@ type Message {
   deleted: Boolean!
   reactions: [Reaction!]!
   mentions: [ID!]!
+  attachments: [Attachment!]!
 }
+type Attachment {
+  id: ID!
+  filename: String!
+  contentType: String!
+  size: Int!
+  width: Int
+  height: Int
+  url: String!
+  downloadUrl: String!
+  thumbnailUrl: String
+}
+type Upload { id: ID!, url: String!, method: String!, headers: [HttpHeader!]!, expiresAt: String! }
+type HttpHeader { name: String!, value: String! }
 type Reaction { emoji: String!, count: Int!, me: Boolean! }
 type MessagePage { items: [Message!]!, hasMore: Boolean! }
 type GatewayInfo { url: String!, gatewayId: String! }

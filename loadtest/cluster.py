@@ -86,6 +86,8 @@ class Cluster:
                 "SHARDCHAT_KAFKA_TOPIC": f"bench-{run_id}",
                 "SHARDCHAT_REGISTRY": "redis",
                 "SHARDCHAT_REDIS_URL": base.redis_url,
+                # attachments are not what these runs measure: files beside the logs
+                "SHARDCHAT_FILES_DIR": str(log_dir / f"bench-{run_id}-files"),
             }
             | (overrides or {})
         )
@@ -103,6 +105,7 @@ class Cluster:
                 "SHARDCHAT_SQLITE_PATH": str(log_dir / f"bench-{run_id}.sqlite3"),
                 "SHARDCHAT_EVENT_LOG": "memory",
                 "SHARDCHAT_REGISTRY": "memory",
+                "SHARDCHAT_FILES_DIR": str(log_dir / f"bench-{run_id}-files"),
             }
             | (overrides or {})
         )

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from loadtest.cluster import Cluster
+from loadtest.fanout import run as run_loop
 from loadtest.report import Latency, Progress, Timeline, build_result, now_iso, write_json
 
 SEND = (
@@ -60,8 +61,9 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def local_edge(log_path: Path) -> AsyncIterator[str]:
-    """A ``shardchat dev`` in a temp folder; yields its edge base URL."""
+async def local_edge(log_path: Path, settings: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A ``shardchat dev`` in a temp folder (``settings``: more SHARDCHAT_* for it); yields its
+    edge base URL."""
     edge, gateway, router = _free_port(), _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
     env.update(
@@ -72,17 +74,20 @@ async def local_edge(log_path: Path) -> AsyncIterator[str]:
         SHARDCHAT_GRAPHQL_MUTATION_BURST="1000000000",
         SHARDCHAT_GRAPHQL_MUTATION_PER_S="1000000000",
     )
+    env.update(settings or {})
     with tempfile.TemporaryDirectory(prefix="shardchat-edge-bench-") as tmp:
         async with _serving(["dev", "--data-dir", f"{tmp}/data"], env, edge, log_path, tmp) as url:
             yield url
 
 
 @contextlib.asynccontextmanager
-async def engines_edge(log_path: Path) -> AsyncIterator[str]:
+async def engines_edge(
+    log_path: Path, settings: dict[str, str] | None = None
+) -> AsyncIterator[str]:
     """``shardchat edge`` on the local engines (PostgreSQL, Kafka, Redis of deploy/local, as
     ``SHARDCHAT_*`` names them), on a fresh database and topic dropped afterwards."""
     run_id = uuid.uuid4().hex[:8]
-    cluster = Cluster.on_engines(run_id, 0, log_path.parent)
+    cluster = Cluster.on_engines(run_id, 0, log_path.parent, settings)
     await asyncio.to_thread(cluster.migrate)
     edge = _free_port()
     env = cluster.process_env() | {
@@ -302,21 +307,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rooms", type=int, default=8)
     parser.add_argument("--content-bytes", type=int, default=120)
+    add_server_options(parser, "edge", "PostgreSQL + Kafka + Redis")
+    run_loop(run(parser.parse_args(argv)))
+
+
+def add_server_options(parser: argparse.ArgumentParser, name: str, engines: str) -> None:
+    """The edge under test (``serve``'s options) and where results go."""
     parser.add_argument("--url", default="", help="a running edge; default: start shardchat dev")
     parser.add_argument(
         "--engines",
         action="store_true",
-        help="start `shardchat edge` on PostgreSQL + Kafka + Redis instead of `shardchat dev`",
+        help=f"start `shardchat edge` on {engines} instead of `shardchat dev`",
     )
-    parser.add_argument("--server-log", default="/tmp/shardchat-edge-bench.log")
-    parser.add_argument("--out", default="loadtest/results/edge.json")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.run(run(args))
-    except ImportError:
-        asyncio.run(run(args))
+    parser.add_argument("--server-log", default=f"/tmp/shardchat-{name}-bench.log")
+    parser.add_argument("--out", default=f"loadtest/results/{name}.json")
 
 
 if __name__ == "__main__":

@@ -216,7 +216,14 @@ class MemoryChat:
             for i in range(3)
         ]
 
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message:
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str,
+        nonce: str,
+        attachment_ids: Sequence[int] = (),
+    ) -> Message:
         return Message(
             id=901_001,
             room_id=room_id,

@@ -66,6 +66,7 @@ class DoSend(msgspec.Struct, frozen=True):
     room_id: Snowflake
     content: str
     nonce: str
+    attachment_ids: tuple[Snowflake, ...] = ()
 
 
 class DoTyping(msgspec.Struct, frozen=True):

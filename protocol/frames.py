@@ -110,11 +110,13 @@ class Resume(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Send(msgspec.Struct, frozen=True, kw_only=True):
-    """op 8; answered with REPLY. Content/nonce limits are chat_core rules, not checked here."""
+    """op 8; answered with REPLY. Content/nonce limits are chat_core rules, not checked here.
+    ``attachment_ids`` (ext.): uploads to attach, as ``sendMessage``'s ``attachmentIds``."""
 
     room_id: Snowflake
     content: str
     nonce: str
+    attachment_ids: tuple[Snowflake, ...] = ()
 
 
 class Typing(msgspec.Struct, frozen=True, kw_only=True):

@@ -158,7 +158,7 @@ class Session:
         if state is not SessionState.READY:
             return [self.close(CloseCode.NOT_IDENTIFIED)]
         if isinstance(d, Send):
-            return [DoSend(frame.id, d.room_id, d.content, d.nonce)]
+            return [DoSend(frame.id, d.room_id, d.content, d.nonce, d.attachment_ids)]
         if isinstance(d, Typing):
             return [DoTyping(d.room_id)]
         if isinstance(d, Subscribe):

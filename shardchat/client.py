@@ -7,10 +7,12 @@ on: ``TwoFactorRequired`` says when one is needed)/``refresh``/``logout``, ``gra
 ``gateway()`` discovery, 2FA (``begin_two_factor``, ``confirm_two_factor``,
 ``disable_two_factor``), sessions (``sessions``, ``revoke_session``, ``change_password``),
 rooms (``create_room``, ``invite``, ``invitations``, ``accept_invitation``,
-``decline_invitation``, ``remove_member``, ``open_direct_room``, ``public_rooms``) and read
+``decline_invitation``, ``remove_member``, ``open_direct_room``, ``public_rooms``), read
 state (``rooms()`` with unread and mention counts, ``mark_read``, ``set_room_muted``,
-``search_users``). It keeps the current tokens and refreshes the access token shortly before
-it expires.
+``search_users``) and files (``upload()``: createUpload, then the PUT straight to the object
+store, returning the id to pass as ``attachmentIds``; ``download()``: an attachment's bytes
+through its short-lived URL). It keeps the current tokens and refreshes the access token
+shortly before it expires.
 
 ``GatewayClient`` (websockets): ``await GatewayClient.connect(url, token)`` does HELLO ->
 IDENTIFY -> READY and heartbeats; ``subscribe({room: after_seq})``, ``send(room, content, nonce)``
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import random
@@ -38,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urljoin
 
 import httpx
 import msgspec
@@ -90,6 +94,13 @@ _READ_STATE_FIELDS = "roomId lastReadSeq unreadCount mentionCount muted"
 _ACCEPT = "application/graphql-response+json, application/json;q=0.9"
 
 
+_CREATE_UPLOAD = (
+    "mutation($r: ID!, $f: String!, $t: String!, $s: Int!, $h: String!) {"
+    " createUpload(roomId: $r, filename: $f, contentType: $t, size: $s, sha256: $h)"
+    " { id url method headers { name value } expiresAt } }"
+)
+
+
 def _credentials_mutation(name: str) -> str:
     args = "username: $u, password: $p"
     return f"mutation($u: String!, $p: String!) {{ {name}({args}) {{ {_AUTH_FIELDS} }} }}"
@@ -105,17 +116,21 @@ class Session:
 
 class EdgeClient:
     """The edge over HTTP. ``base_url`` like ``http://127.0.0.1:8080``; pass ``http`` to reuse a
-    client (tests pass one with an ASGI transport)."""
+    client (tests pass one with an ASGI transport). Presigned URLs of another host (the object
+    store's) go through ``files_http`` (a plain client of its own by default)."""
 
     def __init__(
         self,
         base_url: str,
         *,
         http: httpx.AsyncClient | None = None,
+        files_http: httpx.AsyncClient | None = None,
         refresh_margin_s: float = 60.0,
     ) -> None:
         self._http = http or httpx.AsyncClient(base_url=base_url, timeout=10.0)
         self._own_http = http is None
+        self._files_http = files_http or httpx.AsyncClient(timeout=120.0)
+        self._own_files_http = files_http is None
         self.base_url = base_url.rstrip("/")
         self.session: Session | None = None
         self.refresh_margin_s = refresh_margin_s
@@ -124,6 +139,8 @@ class EdgeClient:
     async def aclose(self) -> None:
         if self._own_http:
             await self._http.aclose()
+        if self._own_files_http:
+            await self._files_http.aclose()
 
     async def __aenter__(self) -> EdgeClient:
         return self
@@ -323,6 +340,53 @@ class EdgeClient:
         body = resp.json()
         return str(body["url"]), str(body["gateway_id"])
 
+    async def upload(
+        self,
+        room_id: int | str,
+        data: bytes,
+        filename: str,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """Upload a file for a room; returns its id, for ``sendMessage(attachmentIds)`` or SEND
+        ``attachment_ids``. The server checks it at that send (size, SHA-256, real type)."""
+        variables = {
+            "r": str(room_id),
+            "f": filename,
+            "t": content_type,
+            "s": len(data),
+            "h": hashlib.sha256(data).hexdigest(),
+        }
+        up = (await self.graphql(_CREATE_UPLOAD, variables))["createUpload"]
+        headers = {h["name"]: h["value"] for h in up["headers"]}
+        resp = await self._object_request(up["method"], up["url"], content=data, headers=headers)
+        if resp.status_code >= 300:
+            raise ShardchatError(
+                "BAD_USER_INPUT", f"the object store refused the upload: HTTP {resp.status_code}"
+            )
+        return str(up["id"])
+
+    async def download(self, attachment_id: int | str, *, thumbnail: bool = False) -> bytes:
+        """The bytes of an attachment of a message (or its thumbnail) the caller may see."""
+        path = f"/files/{attachment_id}" + ("/thumbnail" if thumbnail else "")
+        headers = {"Authorization": f"Bearer {await self.access_token()}"}
+        resp = await self._http.get(
+            f"{self.base_url}{path}", headers={**headers, "Accept": "application/json"}
+        )
+        body = resp.json()
+        if resp.status_code != 200:
+            error = body.get("error") or {}
+            raise ShardchatError(error.get("code", "INTERNAL"), error.get("message", ""), body)
+        got = await self._object_request("GET", body["url"])
+        if got.status_code != 200:
+            raise ShardchatError("INTERNAL", f"the object store answered HTTP {got.status_code}")
+        return got.content
+
+    async def _object_request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A presigned URL: relative ones (the filesystem store) are the edge's paths."""
+        full = urljoin(self.base_url + "/", url)
+        http = self._http if full.startswith(self.base_url + "/") else self._files_http
+        return await http.request(method, full, timeout=120.0, **kwargs)
+
     def _keep(self, payload: dict[str, Any]) -> Session:
         self.session = Session(
             access_token=payload["accessToken"],
@@ -473,11 +537,21 @@ class GatewayClient:
         self.state.wanted.difference_update(ids)
         await self._send_frame({"op": UNSUBSCRIBE, "d": {"rooms": [str(r) for r in ids]}})
 
-    async def send(self, room_id: int, content: str, nonce: str | None = None) -> Any:
+    async def send(
+        self,
+        room_id: int,
+        content: str,
+        nonce: str | None = None,
+        attachment_ids: Iterable[int | str] = (),
+    ) -> Any:
         """SEND and return the stored message (REPLY result). Retried with the same nonce
-        across reconnects, so at most one message is ever created."""
+        across reconnects, so at most one message is ever created. ``attachment_ids``: from
+        ``EdgeClient.upload``."""
         nonce = nonce or secrets.token_hex(8)
-        d = {"room_id": str(room_id), "content": content, "nonce": nonce}
+        d: dict[str, Any] = {"room_id": str(room_id), "content": content, "nonce": nonce}
+        files = [str(a) for a in attachment_ids]
+        if files:
+            d["attachment_ids"] = files
         return await self.request(SEND, d)
 
     async def typing(self, room_id: int) -> None:

@@ -19,6 +19,24 @@ import msgspec
 StoreKind = Literal["sqlite", "postgres"]
 LogKind = Literal["memory", "kafka", "redis-streams", "nats"]
 RegistryKind = Literal["memory", "redis", "redis-cluster"]
+ObjectStoreKind = Literal["filesystem", "s3"]
+
+#: What ``createUpload`` accepts by default: common images, documents, archives and media. The
+#: server checks each file's real type by its first bytes (chat_core/files/sniff.py); no type
+#: that a browser would run (HTML, SVG, JavaScript) is here.
+DEFAULT_UPLOAD_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+    "application/zip",
+    "application/gzip",
+    "audio/mpeg",
+    "video/mp4",
+    "application/octet-stream",
+)
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +58,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     history_cache: bool = False  # newest page of active rooms in the registry's Redis
     history_cache_ttl_s: float = 300.0
     history_cache_events: int = 200  # newest room events kept per cached room
+    object_store: ObjectStoreKind = "filesystem"
+    files_dir: str = "data/files"  # object_store=filesystem: the objects live here
+    files_signing_key: str = ""  # filesystem URLs' HMAC key; empty = derived from jwt_keys
+    s3_endpoint: str = "http://127.0.0.1:58100"  # object_store=s3 (deploy/local s3proxy)
+    s3_public_endpoint: str = ""  # the endpoint in presigned URLs (what browsers reach)
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "shardchat"
+    s3_access_key: str = "shardchat"
+    s3_secret_key: str = "shardchat-local-secret"
+    s3_create_bucket: bool = True  # create the bucket at start when it is missing
 
     # --- network ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -103,6 +131,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     graphql_max_root_fields: int = 10  # root fields (aliases included) per operation
     graphql_ws_max_operations: int = 50  # running operations per graphql-ws connection
     http_body_timeout_s: float = 10.0  # a request body must arrive within this
+
+    # --- files and images ----------------------------------------------------------------------
+    max_upload_bytes: int = 25 * 1024 * 1024
+    upload_types: tuple[str, ...] = DEFAULT_UPLOAD_TYPES
+    upload_url_ttl_s: int = 600  # how long a presigned PUT stays valid
+    upload_ttl_s: int = 24 * 3600  # an upload never attached is deleted this long after
+    download_url_ttl_s: int = 300  # how long a presigned GET stays valid
+    user_quota_bytes: int = 1024 * 1024 * 1024  # per user: pending + attached uploads
+    max_attachments: int = 10  # per message
+    max_image_pixels: int = 40_000_000  # width x height above this is refused (bombs)
+    thumbnail_px: int = 320  # thumbnails fit in this square
+    files_sweep_interval_s: float = 30.0  # thumbnails left behind, expired and deleted files
+    verify_concurrency: int = 4  # uploads verified at once per process (each held in memory)
 
     # --- observability ------------------------------------------------------------------------
     otlp_endpoint: str = ""  # empty = tracing off

@@ -1,8 +1,9 @@
 """Wiring: build the adapters and services that Settings name, and run each service.
 
-``Core`` is what every service process needs (store, event log, registry, auth, chat and the
-outbox publisher + relay). In ``shardchat dev`` one Core is shared by the edge, the router and a
-gateway in one process; in a cluster each service process opens its own.
+``Core`` is what every service process needs (store, event log, registry, object store, auth,
+chat, files, the outbox publisher + relay and the file worker). In ``shardchat dev`` one Core
+is shared by the edge, the router and a gateway in one process; in a cluster each service
+process opens its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from chat_core.files.service import FileService
+from chat_core.files.worker import FileWorker
 from chat_core.history_cache import CachedHistory, HistoryCache
 from chat_core.outbox import OutboxPublisher, OutboxRelay
 from chat_core.service import ChatService
@@ -20,6 +23,7 @@ from shardchat.ephemeral import ReadStateNotifier
 from shardchat.eventlog import EventLog
 from shardchat.ids import IdGenerator
 from shardchat.migrate import migrate
+from shardchat.objectstore import ObjectStore, open_object_store
 from shardchat.registry import Registry
 from shardchat.store import Store, open_store
 from user_core.service import AuthService
@@ -122,10 +126,13 @@ class Core:
     store: Store
     event_log: EventLog
     registry: Registry
+    objects: ObjectStore
     auth: AuthService
     chat: ChatService
+    files: FileService
     publisher: OutboxPublisher
     relay: OutboxRelay
+    file_worker: FileWorker
 
     @classmethod
     async def open(cls, settings: Settings, *, apply_migrations: bool = True) -> Core:
@@ -136,6 +143,7 @@ class Core:
         store = open_store(settings)
         event_log = open_event_log(settings)
         registry = open_registry(settings)
+        objects = open_object_store(settings)
         await store.start()
         try:
             if apply_migrations:
@@ -144,14 +152,16 @@ class Core:
                     log.info("migrations applied: %s", ", ".join(applied))
             await event_log.start()
             await registry.start()
+            await objects.start()
         except BaseException:
             await store.close()
             raise
         publisher = OutboxPublisher(event_log, store)
+        owner = f"{settings.gateway_id or 'proc'}-{secrets.token_hex(4)}"
         relay = OutboxRelay(
             event_log,
             store,
-            owner=f"{settings.gateway_id or 'proc'}-{secrets.token_hex(4)}",
+            owner=owner,
             after_ms=settings.outbox_relay_after_ms,
             publisher=publisher,
         )
@@ -166,14 +176,31 @@ class Core:
             history_cache=open_history_cache(settings),
             on_read=ReadStateNotifier(registry),
         )
-        return cls(settings, store, event_log, registry, auth, chat, publisher, relay)
+        worker = FileWorker(store, objects, settings, owner)
+        files = FileService(store, objects, chat, settings, ids=ids, on_image=worker.wake)
+        chat.files = files
+        await worker.start()
+        return cls(
+            settings,
+            store,
+            event_log,
+            registry,
+            objects,
+            auth,
+            chat,
+            files,
+            publisher,
+            relay,
+            worker,
+        )
 
     async def close(self) -> None:
         """Flush queued sends and publications, then close the adapters."""
         await self.chat.close()
-        for closer in (self.relay.close, self.publisher.close):
+        for closer in (self.file_worker.close, self.relay.close, self.publisher.close):
             with contextlib.suppress(Exception):
                 await closer()
+        await self.objects.close()
         await self.registry.close()
         await self.event_log.close()
         await self.store.close()

@@ -139,12 +139,15 @@ async def run_gateway(settings: Settings) -> None:
 
 
 def build_edge_app(settings: Settings, core: Core, placement: Any) -> Any:
-    """The edge app over a Core: subscriptions from the event log, presence from the registry.
+    """The edge app over a Core: subscriptions from the event log, presence from the registry,
+    files from the Core's FileService (and, on the filesystem object store, the routes that
+    serve its presigned URLs).
 
     ``placement`` is router's ``Placement`` (shared with the router app in ``shardchat dev``).
     """
     from graphql_edge import create_app
     from graphql_edge.events import LogRoomEvents
+    from shardchat.adapters.fs_objects import FsObjectStore
 
     events = LogRoomEvents(core.chat, core.event_log)
 
@@ -160,6 +163,8 @@ def build_edge_app(settings: Settings, core: Core, placement: Any) -> Any:
         events=events,
         presence=core.registry,
         revocations=core.registry,
+        files=core.files,
+        routes=core.objects.routes() if isinstance(core.objects, FsObjectStore) else (),
         ready=ready,
         on_shutdown=events.close,
     )
@@ -252,7 +257,8 @@ def dev_jwt_keys(data_dir: Path) -> dict[str, str]:
 
 
 def dev_settings(settings: Settings, data_dir: Path) -> Settings:
-    """Settings for the one-process mode: the embedded adapters, SQLite under ``data_dir``."""
+    """Settings for the one-process mode: the embedded adapters, SQLite and files under
+    ``data_dir``."""
     import msgspec
 
     return msgspec.structs.replace(
@@ -261,6 +267,8 @@ def dev_settings(settings: Settings, data_dir: Path) -> Settings:
         sqlite_path=str(data_dir / "shardchat.sqlite3"),
         event_log="memory",
         registry="memory",
+        object_store="filesystem",
+        files_dir=str(data_dir / "files"),
         jwt_keys=settings.jwt_keys or dev_jwt_keys(data_dir),
         dev_mode=True,
     )
@@ -324,7 +332,7 @@ async def run_dev(settings: Settings, data_dir: Path) -> None:
                     f"  gateway ws   {gw.url}   (id {gw.gateway_id})",
                     f"  router       http://{host}:{router.port}/gateway",
                     f"  metrics      {web}/metrics  ws: http://{host}:{gw.port}/metrics",
-                    f"  data         {settings.sqlite_path}",
+                    f"  data         {settings.sqlite_path}, files in {settings.files_dir}",
                 ]
             ),
             flush=True,

@@ -9,11 +9,21 @@ each change atomic and durable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
-from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReactionCount,
+    ReadState,
+    Room,
+    RoomEvent,
+    ThumbState,
+    Upload,
+)
 from shardchat.config import Settings
 from user_core.models import SessionInfo, User
 
@@ -31,7 +41,8 @@ class NewMessage(msgspec.Struct, frozen=True):
     """A message to store; ``id`` and ``created_at_ms`` are chosen by the caller, ``seq`` by
     the Store. ``trace`` (W3C trace context of the send, ``{}`` when tracing is off) is stored
     with its MESSAGE_CREATE event. ``mentions``: ids of the users the content @mentions; the
-    Store keeps those who are members of the room at commit."""
+    Store keeps those who are members of the room at commit. ``attachments``: verified uploads
+    (``ready``) to attach in the same transaction, in this order."""
 
     id: int
     room_id: int
@@ -41,6 +52,13 @@ class NewMessage(msgspec.Struct, frozen=True):
     created_at_ms: int
     trace: dict[str, str] = {}
     mentions: tuple[int, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+
+
+class AttachConflict(Exception):
+    """``insert_messages`` could not attach a new message's files: one is not (or no longer) a
+    ready, unattached, unexpired upload of that author in that room (another send took it, or
+    the sweeper is removing it). The whole batch was rolled back: nothing was stored."""
 
 
 SendStatus = Literal["created", "duplicate", "not_member", "no_room"]
@@ -111,6 +129,10 @@ class Store(Protocol):
       MESSAGE_CREATE events after ``last_read_seq`` by other authors, created at or after the
       user joined; ``mention_count`` counts mention rows of the user after ``last_read_seq``;
       both stop counting at ``cap``.
+    - Uploads: ``create_upload`` checks the owner's quota and stores in one step, so concurrent
+      uploads of one user can't pass it together. A message's attachments are attached in the
+      transaction that stores it (all or none, ``AttachConflict``); an upload is attached to at
+      most one message. ``delete_message`` marks its uploads deleted in the same transaction.
     """
 
     dialect: Dialect
@@ -339,6 +361,60 @@ class Store(Protocol):
         """Per message: one ReactionCount per emoji (ordered by first use), ``me`` for viewer."""
         ...
 
+    async def find_message(self, author_id: int, nonce: str) -> Message | None:
+        """The message stored for ``(author_id, nonce)``, if any (reactions not filled)."""
+        ...
+
+    async def attachments_of(self, message_ids: Sequence[int]) -> dict[int, tuple[Attachment, ...]]:
+        """Per message (with any): its live attachments, in the order they were attached."""
+        ...
+
+    # --- uploads ---------------------------------------------------------------------------------
+    async def create_upload(self, upload: Upload, quota_bytes: int) -> tuple[bool, int]:
+        """Store the pending upload unless the owner's live uploads (pending or ready, not
+        deleted) plus ``upload.size`` would pass ``quota_bytes``. Returns (stored, the bytes the
+        owner had in use before)."""
+        ...
+
+    async def get_uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]: ...
+
+    async def finish_upload(
+        self,
+        upload_id: int,
+        content_type: str,
+        size: int,
+        width: int | None,
+        height: int | None,
+        thumb: ThumbState,
+    ) -> bool:
+        """pending -> ready with the server's values; False (nothing changed) unless pending."""
+        ...
+
+    async def reject_upload(self, upload_id: int, reason: str, now_ms: int) -> None:
+        """pending -> rejected, expiring now (the sweeper removes it); no-op unless pending."""
+        ...
+
+    async def claim_thumbnails(self, now_ms: int, lease_ms: int, limit: int) -> list[Upload]:
+        """Ready, live uploads whose thumbnail is pending and not claimed by a live lease: now
+        claimed until ``now_ms + lease_ms`` (one claimant at a time; a crashed one's claim
+        lapses)."""
+        ...
+
+    async def finish_thumbnail(self, upload_id: int, state: ThumbState) -> None: ...
+
+    async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
+        """Uploads with work for the sweeper: never attached and past ``expires_at_ms``; of a
+        deleted message; or attached with an upload URL now expired and the staging object not
+        yet swept (a PUT repeated after the send would have left one)."""
+        ...
+
+    async def forget_uploads(self, upload_ids: Sequence[int]) -> None:
+        """Delete the rows of those uploads that are unattached or deleted (never a live
+        attachment)."""
+        ...
+
+    async def mark_staging_swept(self, upload_ids: Sequence[int]) -> None: ...
+
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...
 
@@ -347,6 +423,15 @@ class Store(Protocol):
     async def mark_published(self, keys: Sequence[tuple[int, int]]) -> None: ...
 
     async def acquire_lease(self, name: str, owner: str, ttl_ms: int) -> bool: ...
+
+
+# --- the uploads columns: Upload's fields, in order (both adapters read and write rows so) --------
+UPLOAD_COLUMNS = ", ".join(f.name for f in msgspec.structs.fields(Upload))
+
+
+def upload_values(upload: Upload) -> tuple[Any, ...]:
+    """An uploads row in ``UPLOAD_COLUMNS`` order."""
+    return msgspec.structs.astuple(upload)
 
 
 # --- the room_events.trace column, shared by both adapters so they store the same text ----------

@@ -195,7 +195,7 @@ async def _run_quiet(argv: Sequence[str], env: Mapping[str, str] | None = None) 
 
 
 #: The engines ``dev --cluster`` runs on (``engines.sh up all`` also starts the alternatives).
-CLUSTER_ENGINES = ("pg", "redis", "kafka")
+CLUSTER_ENGINES = ("pg", "redis", "kafka", "s3")  # s3: s3proxy, the object store
 
 
 async def ensure_engines(script: Path, engines: Sequence[str] = CLUSTER_ENGINES) -> bool:
@@ -257,6 +257,7 @@ def cluster_env(
         SHARDCHAT_STORE="postgres",
         SHARDCHAT_EVENT_LOG="kafka",
         SHARDCHAT_REGISTRY="redis",
+        SHARDCHAT_OBJECT_STORE="s3",
         PYTHONUNBUFFERED="1",  # children's lines reach the prefixing pump as they are printed
     )
     if not settings.jwt_keys:

@@ -1,14 +1,16 @@
-"""Shared fixtures: the real local engines of deploy/local (PostgreSQL, Redis, Kafka).
+"""Shared fixtures: the real local engines of deploy/local (PostgreSQL, Redis, Kafka, s3proxy).
 
 ``pg_dsn``, ``redis_url``, ``kafka_bootstrap``, ``nats_url``, ``kafka3_bootstrap`` (the 3-node
-cluster) and ``redis_cluster_url`` read SHARDCHAT_POSTGRES_DSN, SHARDCHAT_REDIS_URL,
-SHARDCHAT_KAFKA_BOOTSTRAP, SHARDCHAT_NATS_URL, SHARDCHAT_KAFKA3_BOOTSTRAP and
-SHARDCHAT_REDIS_CLUSTER_URL (defaults: the deploy/local ports) and FAIL, never skip, when the
-engine does not answer: a green run must have exercised the real engines.
+cluster), ``redis_cluster_url`` and ``s3`` read SHARDCHAT_POSTGRES_DSN, SHARDCHAT_REDIS_URL,
+SHARDCHAT_KAFKA_BOOTSTRAP, SHARDCHAT_NATS_URL, SHARDCHAT_KAFKA3_BOOTSTRAP,
+SHARDCHAT_REDIS_CLUSTER_URL and SHARDCHAT_S3_ENDPOINT / _ACCESS_KEY / _SECRET_KEY (defaults: the
+deploy/local ports) and FAIL, never skip, when the engine does not answer: a green run must have
+exercised the real engines.
 Start them with ``deploy/local/engines.sh up all`` (``deploy/local/test.sh`` does it for you).
 
 Isolation helpers: ``fresh_pg_dsn`` (a new database per test, dropped after), ``make_topic`` /
-``fresh_topic`` (new Kafka topics per test, deleted after), ``unique_name``.
+``fresh_topic`` (new Kafka topics per test, deleted after), ``fresh_bucket`` (a new S3 bucket per
+test, emptied and deleted after), ``unique_name``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; pyproject may add an override
 import pytest
 import redis
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
 from aiokafka import AIOKafkaClient, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -34,6 +40,7 @@ DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:59092"
 DEFAULT_NATS_URL = "nats://127.0.0.1:58222"
 DEFAULT_KAFKA3_BOOTSTRAP = "127.0.0.1:58201,127.0.0.1:58202,127.0.0.1:58203"
 DEFAULT_REDIS_CLUSTER_URL = "redis://127.0.0.1:58231/0"
+DEFAULT_S3_ENDPOINT = "http://127.0.0.1:58100"
 DEFAULT_TOPIC_PARTITIONS = 8
 
 _HINT = "start the local engines with: bash deploy/local/engines.sh up all"
@@ -268,6 +275,70 @@ async def make_topic(kafka_bootstrap: str) -> AsyncIterator[MakeTopic]:
 async def fresh_topic(make_topic: MakeTopic) -> str:
     """A new topic with ``DEFAULT_TOPIC_PARTITIONS`` partitions, deleted after the test."""
     return await make_topic(DEFAULT_TOPIC_PARTITIONS)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (s3proxy)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class S3Target:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self) -> Any:
+        """An aiobotocore S3 client context manager (checksums as the adapter sets them)."""
+        config = AioConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 1},
+            connect_timeout=3,
+        )
+        return get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=config,
+        )
+
+
+async def _s3_probe(target: S3Target) -> None:
+    async with target.client() as client:
+        await client.list_buckets()
+
+
+@pytest.fixture(scope="session")
+def s3() -> S3Target:
+    target = S3Target(
+        os.environ.get("SHARDCHAT_S3_ENDPOINT", DEFAULT_S3_ENDPOINT),
+        os.environ.get("SHARDCHAT_S3_ACCESS_KEY", "shardchat"),
+        os.environ.get("SHARDCHAT_S3_SECRET_KEY", "shardchat-local-secret"),
+    )
+    try:
+        asyncio.run(_s3_probe(target))
+    except Exception as exc:
+        _unreachable("the S3 server (s3proxy)", target.endpoint, exc)
+    return target
+
+
+@pytest.fixture
+async def fresh_bucket(s3: S3Target) -> AsyncIterator[str]:
+    """The name of a bucket that does not exist yet (the adapter creates it), emptied and
+    deleted after the test."""
+    name = f"t-{unique_suffix()}"
+    yield name
+    try:
+        async with s3.client() as client:
+            listed = await client.list_objects_v2(Bucket=name)
+            for item in listed.get("Contents", []):
+                await client.delete_object(Bucket=name, Key=item["Key"])
+            await client.delete_bucket(Bucket=name)
+    except Exception:  # never created, or s3proxy stopped by the test: not our failure
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,16 @@ from typing import Literal
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES_SH = ROOT / "deploy" / "local" / "engines.sh"
 
-EngineName = Literal["pg", "redis", "kafka", "nats", "kafka3", "redis-cluster"]
-ENGINE_NAMES: tuple[EngineName, ...] = ("pg", "redis", "kafka", "nats", "kafka3", "redis-cluster")
+EngineName = Literal["pg", "redis", "kafka", "nats", "kafka3", "redis-cluster", "s3"]
+ENGINE_NAMES: tuple[EngineName, ...] = (
+    "pg",
+    "redis",
+    "kafka",
+    "nats",
+    "kafka3",
+    "redis-cluster",
+    "s3",
+)
 
 _stopped: set[str] = set()
 
@@ -52,7 +60,8 @@ async def _run(action: str, name: str, within: float, *extra: str) -> str:
 
 
 async def stop(name: EngineName, within: float = 90.0) -> None:
-    """Stop engine ``name`` cleanly (PostgreSQL fast shutdown, Redis SHUTDOWN, Kafka SIGTERM)."""
+    """Stop engine ``name`` cleanly (PostgreSQL fast shutdown, Redis SHUTDOWN, Kafka and
+    s3proxy SIGTERM)."""
     _stopped.add(name)
     await _run("down", name, within)
 

@@ -468,7 +468,7 @@ def write_path() -> Board:
 
 
 def edge() -> Board:
-    b = Board("shardchat-edge", "shardchat / edge", "GraphQL edge: requests and latency")
+    b = Board("shardchat-edge", "shardchat / edge", "GraphQL edge: requests and latency; files")
     b.row("Requests")
     b.panel(
         "Requests /s",
@@ -530,6 +530,61 @@ def edge() -> Board:
             )
         ],
         unit="s",
+    )
+    b.row("Files")
+    b.panel(
+        "Uploads /s by outcome",
+        [
+            ("sum(rate(shardchat_files_upload_urls_total[1m]))", "upload URLs"),
+            ("sum by (outcome) (rate(shardchat_files_uploads_total[1m]))", "checked {{outcome}}"),
+        ],
+        unit="ops",
+        w=8,
+        description="Upload URLs handed out by createUpload, and the server's checks at the first "
+        "send: ok, refused (size, checksum, type, image), missing, unavailable (store down).",
+    )
+    b.panel(
+        "Bytes stored /s",
+        [("sum(rate(shardchat_files_uploaded_bytes_total[1m]))", "verified uploads")],
+        unit="Bps",
+        w=8,
+    )
+    b.panel(
+        "Upload failure ratio",
+        [
+            (
+                'sum(rate(shardchat_files_uploads_total{outcome!="ok"}[5m]))'
+                " / clamp_min(sum(rate(shardchat_files_uploads_total[5m])), 1e-9)",
+                "failed",
+            )
+        ],
+        kind="stat",
+        w=8,
+        unit="percentunit",
+    )
+    b.panel(
+        "Downloads /s",
+        [("sum by (kind) (rate(shardchat_files_downloads_total[1m]))", "{{kind}}")],
+        unit="ops",
+        w=8,
+    )
+    b.panel(
+        "Thumbnail time p50 / p99",
+        [
+            (p_hist(0.5, "shardchat_files_thumbnail_seconds"), "p50"),
+            (p_hist(0.99, "shardchat_files_thumbnail_seconds"), "p99"),
+        ],
+        unit="s",
+        w=8,
+    )
+    b.panel(
+        "Thumbnails and sweeps /s",
+        [
+            ("sum by (outcome) (rate(shardchat_files_thumbnails_total[1m]))", "thumb {{outcome}}"),
+            ("sum by (reason) (rate(shardchat_files_swept_objects_total[5m]))", "swept {{reason}}"),
+        ],
+        unit="ops",
+        w=8,
     )
     return b
 

@@ -18,8 +18,20 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReactionCount,
+    ReadState,
+    Room,
+    RoomEvent,
+    ThumbState,
+    Upload,
+)
 from shardchat.store import (
+    UPLOAD_COLUMNS,
+    AttachConflict,
     Dialect,
     NewMessage,
     RefreshOutcome,
@@ -27,12 +39,14 @@ from shardchat.store import (
     UserRecord,
     trace_from_column,
     trace_to_column,
+    upload_values,
 )
 from user_core.models import SessionInfo, User
 
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
 _ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
+_ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
 # The database's clock for leases: every process agrees on it.
 _DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 # One number for the advisory lock that serializes concurrent migrators.
@@ -51,6 +65,10 @@ def _message(r: Any) -> Message:
         r["edited_at_ms"],
         r["deleted"],
     )
+
+
+def _upload(r: Any) -> Upload:
+    return Upload(*r.values())
 
 
 def _room(r: Any) -> Room:
@@ -796,6 +814,7 @@ class PgStore:
                     r.nonce,
                     r.created_at_ms,
                     mentions=mentions.get(r.id, ()),
+                    attachments=r.attachments,
                 )
                 event = RoomEvent(
                     r.room_id,
@@ -825,6 +844,7 @@ class PgStore:
                     [trace_to_column(e.trace) for e in events],
                 )
 
+            await self._attach(conn, created)
             missing = [r for r in unique if r.id not in got]
             if missing:
                 await self._explain_missing(conn, missing, by_id)
@@ -859,6 +879,30 @@ class PgStore:
         for rec in stored:
             out.setdefault(rec["message_id"], []).append(rec["user_id"])
         return {k: tuple(sorted(v)) for k, v in out.items()}
+
+    async def _attach(self, conn: Any, created: Sequence[NewMessage]) -> None:
+        """Attach the new messages' files, all or none (AttachConflict rolls the batch back)."""
+        rows = [(a.id, r, pos) for r in created for pos, a in enumerate(r.attachments)]
+        if not rows:
+            return
+        attached = await conn.fetch(
+            "UPDATE uploads u SET message_id = a.message_id, position = a.position"
+            " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[],"
+            " $6::bigint[]) AS a(id, message_id, owner_id, room_id, position, now_ms)"
+            " WHERE u.id = a.id AND u.owner_id = a.owner_id AND u.room_id = a.room_id"
+            " AND u.state = 'ready' AND u.message_id IS NULL AND u.deleted_at_ms IS NULL"
+            " AND u.expires_at_ms > a.now_ms RETURNING u.id",
+            [upload_id for upload_id, _, _ in rows],
+            [r.id for _, r, _ in rows],
+            [r.author_id for _, r, _ in rows],
+            [r.room_id for _, r, _ in rows],
+            [pos for _, _, pos in rows],
+            [r.created_at_ms for _, r, _ in rows],
+        )
+        if len(attached) != len(rows):
+            done = {rec["id"] for rec in attached}
+            refused = [upload_id for upload_id, _, _ in rows if upload_id not in done]
+            raise AttachConflict(f"uploads {refused} can't be attached")
 
     async def _explain_missing(
         self, conn: Any, missing: Sequence[NewMessage], by_id: dict[int, SendOutcome]
@@ -925,6 +969,13 @@ class PgStore:
                 return None
             # A tombstone keeps no reactions: they would describe content that is gone.
             await conn.execute("DELETE FROM reactions WHERE message_id = $1", message_id)
+            # Nor files: the sweeper removes their objects.
+            await conn.execute(
+                "UPDATE uploads SET deleted_at_ms = $2 WHERE message_id = $1"
+                " AND deleted_at_ms IS NULL",
+                message_id,
+                now_ms,
+            )
             return await self._append(
                 conn,
                 room_id,
@@ -1016,6 +1067,129 @@ class PgStore:
         for r in rows:
             out.setdefault(r["message_id"], []).append(ReactionCount(r["emoji"], r["n"], r["me"]))
         return {k: tuple(v) for k, v in out.items()}
+
+    async def find_message(self, author_id: int, nonce: str) -> Message | None:
+        r = await self.pool.fetchrow(
+            f"SELECT {_MSG_COLS} FROM messages WHERE author_id = $1 AND nonce = $2",
+            author_id,
+            nonce,
+        )
+        return None if r is None else _message(r)
+
+    async def attachments_of(self, message_ids: Sequence[int]) -> dict[int, tuple[Attachment, ...]]:
+        if not message_ids:
+            return {}
+        rows = await self.pool.fetch(
+            f"SELECT message_id, {_ATTACHMENT_COLS} FROM uploads"
+            " WHERE message_id = ANY($1::bigint[]) AND deleted_at_ms IS NULL"
+            " ORDER BY message_id, position",
+            list(message_ids),
+        )
+        out: dict[int, list[Attachment]] = {}
+        for r in rows:
+            mid, *cols = r.values()
+            out.setdefault(mid, []).append(Attachment(*cols))
+        return {k: tuple(v) for k, v in out.items()}
+
+    # --- uploads ---------------------------------------------------------------------------------
+    async def create_upload(self, upload: Upload, quota_bytes: int) -> tuple[bool, int]:
+        u = upload
+        async with self.pool.acquire() as conn, conn.transaction():
+            # One owner's uploads queue on this lock: no two of them pass the quota together.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", u.owner_id)
+            used = await conn.fetchval(
+                "SELECT coalesce(sum(size), 0) FROM uploads WHERE owner_id = $1"
+                " AND deleted_at_ms IS NULL AND state IN ('pending', 'ready')",
+                u.owner_id,
+            )
+            if used + u.size > quota_bytes:
+                return False, int(used)
+            values = upload_values(u)
+            marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+            await conn.execute(f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({marks})", *values)
+        return True, int(used)
+
+    async def get_uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]:
+        if not upload_ids:
+            return {}
+        rows = await self.pool.fetch(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ANY($1::bigint[])", list(upload_ids)
+        )
+        return {r["id"]: _upload(r) for r in rows}
+
+    async def finish_upload(
+        self,
+        upload_id: int,
+        content_type: str,
+        size: int,
+        width: int | None,
+        height: int | None,
+        thumb: ThumbState,
+    ) -> bool:
+        result: str = await self.pool.execute(
+            "UPDATE uploads SET state = 'ready', content_type = $2, size = $3, width = $4,"
+            " height = $5, thumb = $6 WHERE id = $1 AND state = 'pending'",
+            upload_id,
+            content_type,
+            size,
+            width,
+            height,
+            thumb,
+        )
+        return result != "UPDATE 0"
+
+    async def reject_upload(self, upload_id: int, reason: str, now_ms: int) -> None:
+        await self.pool.execute(
+            "UPDATE uploads SET state = 'rejected', reason = $2, expires_at_ms = $3"
+            " WHERE id = $1 AND state = 'pending'",
+            upload_id,
+            reason,
+            now_ms,
+        )
+
+    async def claim_thumbnails(self, now_ms: int, lease_ms: int, limit: int) -> list[Upload]:
+        rows = await self.pool.fetch(
+            "UPDATE uploads SET thumb_claimed_until_ms = $1 WHERE id IN (SELECT id FROM uploads"
+            " WHERE thumb = 'pending' AND state = 'ready' AND deleted_at_ms IS NULL"
+            " AND thumb_claimed_until_ms < $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {UPLOAD_COLUMNS}",
+            now_ms + lease_ms,
+            now_ms,
+            limit,
+        )
+        return [_upload(r) for r in rows]
+
+    async def finish_thumbnail(self, upload_id: int, state: ThumbState) -> None:
+        await self.pool.execute(
+            "UPDATE uploads SET thumb = $2 WHERE id = $1 AND thumb = 'pending'", upload_id, state
+        )
+
+    async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
+        rows = await self.pool.fetch(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= $1"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NOT NULL"
+            " AND NOT staging_swept AND put_expires_at_ms <= $1"
+            " ORDER BY id LIMIT $2",
+            now_ms,
+            limit,
+        )
+        return [_upload(r) for r in rows]
+
+    async def forget_uploads(self, upload_ids: Sequence[int]) -> None:
+        if upload_ids:
+            await self.pool.execute(
+                "DELETE FROM uploads WHERE id = ANY($1::bigint[])"
+                " AND (message_id IS NULL OR deleted_at_ms IS NOT NULL)",
+                list(upload_ids),
+            )
+
+    async def mark_staging_swept(self, upload_ids: Sequence[int]) -> None:
+        if upload_ids:
+            await self.pool.execute(
+                "UPDATE uploads SET staging_swept = true WHERE id = ANY($1::bigint[])",
+                list(upload_ids),
+            )
 
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:

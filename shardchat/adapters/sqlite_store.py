@@ -20,8 +20,20 @@ import aiosqlite
 import msgspec
 
 from chat_core import events as ev
-from chat_core.models import Invitation, Message, ReactionCount, ReadState, Room, RoomEvent
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReactionCount,
+    ReadState,
+    Room,
+    RoomEvent,
+    ThumbState,
+    Upload,
+)
 from shardchat.store import (
+    UPLOAD_COLUMNS,
+    AttachConflict,
     Dialect,
     NewMessage,
     RefreshOutcome,
@@ -29,6 +41,7 @@ from shardchat.store import (
     UserRecord,
     trace_from_column,
     trace_to_column,
+    upload_values,
 )
 from user_core.models import SessionInfo, User
 
@@ -36,6 +49,7 @@ _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_
 _ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
 _USER_RECORD_COLS = "id, username, created_at_ms, password_hash, totp_secret, totp_enabled"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
+_ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
 
 
 def _now_ms() -> int:
@@ -45,6 +59,16 @@ def _now_ms() -> int:
 def _message(row: Iterable[Any]) -> Message:
     mid, room_id, seq, author, content, nonce, created, edited, deleted = row
     return Message(mid, room_id, seq, author, content, nonce, created, edited, bool(deleted))
+
+
+def _upload(row: Sequence[Any]) -> Upload:
+    values = list(row)
+    values[16] = bool(values[16])  # staging_swept: 0/1 in SQLite
+    return Upload(*values)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
 
 
 def _room(row: Iterable[Any]) -> Room:
@@ -715,6 +739,7 @@ class SqliteStore:
             new.nonce,
             new.created_at_ms,
             mentions=mentions,
+            attachments=new.attachments,
         )
         event = await self._append(
             db,
@@ -743,6 +768,15 @@ class SqliteStore:
                 " VALUES (?, ?, ?, ?)",
                 [(u, msg.room_id, msg.seq, msg.id) for u in mentions],
             )
+        for position, a in enumerate(new.attachments):
+            cur = await db.execute(
+                "UPDATE uploads SET message_id = ?, position = ? WHERE id = ? AND owner_id = ?"
+                " AND room_id = ? AND state = 'ready' AND message_id IS NULL"
+                " AND deleted_at_ms IS NULL AND expires_at_ms > ?",
+                (msg.id, position, a.id, new.author_id, new.room_id, new.created_at_ms),
+            )
+            if cur.rowcount != 1:
+                raise AttachConflict(f"upload {a.id} can't be attached")
         return SendOutcome("created", msg, event)
 
     async def _members_among(
@@ -798,6 +832,12 @@ class SqliteStore:
             room_id = int(row[0])
             # A tombstone keeps no reactions: they would describe content that is gone.
             await db.execute("DELETE FROM reactions WHERE message_id = ?", (message_id,))
+            # Nor files: the sweeper removes their objects.
+            await db.execute(
+                "UPDATE uploads SET deleted_at_ms = ? WHERE message_id = ?"
+                " AND deleted_at_ms IS NULL",
+                (now_ms, message_id),
+            )
             return await self._append(
                 db,
                 room_id,
@@ -886,6 +926,130 @@ class SqliteStore:
         for mid, emoji, count, me, _ in rows:
             out.setdefault(mid, []).append(ReactionCount(emoji, count, bool(me)))
         return {k: tuple(v) for k, v in out.items()}
+
+    async def find_message(self, author_id: int, nonce: str) -> Message | None:
+        row = await self._one(
+            f"SELECT {_MSG_COLS} FROM messages WHERE author_id = ? AND nonce = ?",
+            (author_id, nonce),
+        )
+        return None if row is None else _message(row)
+
+    async def attachments_of(self, message_ids: Sequence[int]) -> dict[int, tuple[Attachment, ...]]:
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        rows = await self._all(
+            f"SELECT message_id, {_ATTACHMENT_COLS} FROM uploads WHERE message_id IN"
+            f" ({_marks(ids)}) AND deleted_at_ms IS NULL ORDER BY message_id, position",
+            ids,
+        )
+        out: dict[int, list[Attachment]] = {}
+        for mid, *cols in rows:
+            out.setdefault(mid, []).append(Attachment(*cols))
+        return {k: tuple(v) for k, v in out.items()}
+
+    # --- uploads ---------------------------------------------------------------------------------
+    async def create_upload(self, upload: Upload, quota_bytes: int) -> tuple[bool, int]:
+        async with self._tx() as db:  # the write lock: no concurrent upload passes the quota
+            async with db.execute(
+                "SELECT coalesce(sum(size), 0) FROM uploads WHERE owner_id = ?"
+                " AND deleted_at_ms IS NULL AND state IN ('pending', 'ready')",
+                (upload.owner_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            used = int(row[0]) if row is not None else 0
+            if used + upload.size > quota_bytes:
+                return False, used
+            await db.execute(
+                f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({_marks(upload_values(upload))})",
+                upload_values(upload),
+            )
+        return True, used
+
+    async def get_uploads(self, upload_ids: Sequence[int]) -> dict[int, Upload]:
+        ids = list(dict.fromkeys(upload_ids))
+        if not ids:
+            return {}
+        rows = await self._all(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id IN ({_marks(ids)})", ids
+        )
+        return {r[0]: _upload(r) for r in rows}
+
+    async def finish_upload(
+        self,
+        upload_id: int,
+        content_type: str,
+        size: int,
+        width: int | None,
+        height: int | None,
+        thumb: ThumbState,
+    ) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE uploads SET state = 'ready', content_type = ?, size = ?, width = ?,"
+                " height = ?, thumb = ? WHERE id = ? AND state = 'pending'",
+                (content_type, size, width, height, thumb, upload_id),
+            )
+            return cur.rowcount > 0
+
+    async def reject_upload(self, upload_id: int, reason: str, now_ms: int) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE uploads SET state = 'rejected', reason = ?, expires_at_ms = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (reason, now_ms, upload_id),
+            )
+
+    async def claim_thumbnails(self, now_ms: int, lease_ms: int, limit: int) -> list[Upload]:
+        async with (
+            self._tx() as db,
+            db.execute(
+                "UPDATE uploads SET thumb_claimed_until_ms = ? WHERE id IN (SELECT id FROM"
+                " uploads WHERE thumb = 'pending' AND state = 'ready' AND deleted_at_ms IS NULL"
+                " AND thumb_claimed_until_ms < ? ORDER BY id LIMIT ?)"
+                f" RETURNING {UPLOAD_COLUMNS}",
+                (now_ms + lease_ms, now_ms, limit),
+            ) as cur,
+        ):
+            return [_upload(r) for r in await cur.fetchall()]
+
+    async def finish_thumbnail(self, upload_id: int, state: ThumbState) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE uploads SET thumb = ? WHERE id = ? AND thumb = 'pending'",
+                (state, upload_id),
+            )
+
+    async def uploads_to_sweep(self, now_ms: int, limit: int) -> list[Upload]:
+        rows = await self._all(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NULL AND expires_at_ms <= ?"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE deleted_at_ms IS NOT NULL"
+            f" UNION SELECT {UPLOAD_COLUMNS} FROM uploads WHERE message_id IS NOT NULL"
+            " AND staging_swept = 0 AND put_expires_at_ms <= ?"
+            " ORDER BY id LIMIT ?",
+            (now_ms, now_ms, limit),
+        )
+        return [_upload(r) for r in rows]
+
+    async def forget_uploads(self, upload_ids: Sequence[int]) -> None:
+        ids = list(upload_ids)
+        if not ids:
+            return
+        async with self._tx() as db:
+            await db.execute(
+                f"DELETE FROM uploads WHERE id IN ({_marks(ids)})"
+                " AND (message_id IS NULL OR deleted_at_ms IS NOT NULL)",
+                ids,
+            )
+
+    async def mark_staging_swept(self, upload_ids: Sequence[int]) -> None:
+        ids = list(upload_ids)
+        if not ids:
+            return
+        async with self._tx() as db:
+            await db.execute(
+                f"UPDATE uploads SET staging_swept = 1 WHERE id IN ({_marks(ids)})", ids
+            )
 
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:

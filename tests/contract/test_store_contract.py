@@ -7,14 +7,16 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
-from chat_core.models import ReadState, RoomEvent
+from chat_core.models import ReadState, RoomEvent, Upload
 from shardchat.adapters.pg_store import PgStore
 from shardchat.adapters.sqlite_store import SqliteStore
 from shardchat.migrate import load_migrations, migrate
-from shardchat.store import NewMessage, Store
+from shardchat.store import AttachConflict, NewMessage, Store
 from user_core.models import User
 
 T0 = 1_750_000_000_000  # a fixed "now" (ms) so event data is predictable
@@ -422,3 +424,178 @@ async def test_sessions_listing_and_revocation(store: Store) -> None:
     assert not await store.revoke_session(a + 1, "f2", T0)  # not theirs
     assert sorted(await store.revoke_all_sessions(a, T0)) == ["f0", "f2"]
     assert await store.list_sessions(a, T0) == []
+
+
+# --- uploads and attachments ----------------------------------------------------------------------
+HOUR = 3_600_000
+
+
+def upload(owner: int, room: int, size: int = 100, **fields: Any) -> Upload:
+    values: dict[str, Any] = {
+        "id": nid(),
+        "owner_id": owner,
+        "room_id": room,
+        "filename": "f.png",
+        "content_type": "image/png",
+        "size": size,
+        "sha256": "0" * 64,
+        "created_at_ms": T0,
+        "put_expires_at_ms": T0 + 600_000,
+        "expires_at_ms": T0 + HOUR,
+    }
+    values.update(fields)
+    return Upload(**values)
+
+
+async def ready_upload(store: Store, owner: int, room: int, **fields: Any) -> Upload:
+    u = upload(owner, room, **fields)
+    assert (await store.create_upload(u, 10**9))[0]
+    assert await store.finish_upload(u.id, "image/png", 90, 4, 3, "pending")
+    return (await store.get_uploads([u.id]))[u.id]
+
+
+async def test_upload_quota_counts_live_uploads_only(store: Store) -> None:
+    (a,) = await make_users(store, "quo")
+    rid = await make_room(store, a)
+    first = upload(a, rid, 60)
+    assert await store.create_upload(first, 100) == (True, 0)
+    assert await store.create_upload(upload(a, rid, 50), 100) == (False, 60)
+    await store.reject_upload(first.id, "checksum mismatch", T0 + 1)
+    got = (await store.get_uploads([first.id]))[first.id]
+    assert (got.state, got.reason, got.expires_at_ms) == ("rejected", "checksum mismatch", T0 + 1)
+    assert await store.create_upload(upload(a, rid, 50), 100) == (True, 0)  # rejected: not counted
+    # concurrent uploads of one user can't pass the quota together
+    results = await asyncio.gather(
+        *(store.create_upload(upload(a, rid, 30), 100) for _ in range(5))
+    )
+    assert sum(stored for stored, _ in results) == 1
+
+
+async def test_finish_upload_once(store: Store) -> None:
+    (a,) = await make_users(store, "fin")
+    rid = await make_room(store, a)
+    u = upload(a, rid)
+    await store.create_upload(u, 10**9)
+    assert (await store.get_uploads([u.id, nid()])) == {u.id: u}
+    assert await store.finish_upload(u.id, "image/jpeg", 77, 8, 6, "pending")
+    assert not await store.finish_upload(u.id, "text/plain", 1, None, None, "none")
+    await store.reject_upload(u.id, "late", T0)  # not pending: no-op
+    got = (await store.get_uploads([u.id]))[u.id]
+    assert (got.state, got.content_type, got.size, got.width, got.height, got.thumb) == (
+        "ready",
+        "image/jpeg",
+        77,
+        8,
+        6,
+        "pending",
+    )
+
+
+async def test_attachments_are_stored_with_their_message(store: Store) -> None:
+    a, b = await make_users(store, "att", "bat")
+    rid = await make_room(store, a, b)  # seqs 1, 2
+    u1, u2 = await ready_upload(store, a, rid), await ready_upload(store, a, rid)
+    row = NewMessage(nid(), rid, a, "", "n-att", T0, attachments=(u2.attachment(), u1.attachment()))
+    (out,) = await store.insert_messages([row])
+    assert out.status == "created" and out.message is not None and out.event is not None
+    assert out.message.attachments == (u2.attachment(), u1.attachment())
+    assert out.event.data["attachments"] == [
+        {
+            "id": str(u.id),
+            "filename": "f.png",
+            "content_type": "image/png",
+            "size": 90,
+            "width": 4,
+            "height": 3,
+            "url": f"/files/{u.id}",
+        }
+        for u in (u2, u1)
+    ]
+    assert await store.attachments_of([row.id, nid()]) == {
+        row.id: (u2.attachment(), u1.attachment())
+    }
+    assert (await store.get_uploads([u1.id]))[u1.id].message_id == row.id
+    assert await store.find_message(a, "n-att") == msgspec.structs.replace(
+        out.message, attachments=()
+    )
+    assert await store.find_message(a, "nope") is None
+    # the same nonce again: the first message, nothing attached twice
+    (dup,) = await store.insert_messages([msgspec.structs.replace(row, id=nid())])
+    assert dup.status == "duplicate" and dup.message is not None and dup.message.id == row.id
+
+
+async def test_unattachable_uploads_store_nothing(store: Store) -> None:
+    a, b = await make_users(store, "una", "unb")
+    rid, other_room = await make_room(store, a, b), await make_room(store, a, b)
+    taken = await ready_upload(store, a, rid)
+    (first,) = await store.insert_messages(
+        [NewMessage(nid(), rid, a, "x", "n-1", T0, attachments=(taken.attachment(),))]
+    )
+    assert first.status == "created"
+    pending = upload(a, rid)
+    await store.create_upload(pending, 10**9)
+    cases = {
+        "already attached": taken,
+        "another author's": await ready_upload(store, b, rid),
+        "another room's": await ready_upload(store, a, other_room),
+        "not verified": pending,
+        "expired": await ready_upload(store, a, rid, expires_at_ms=T0),
+    }
+    seq_before = (await store.get_room(rid)).last_seq  # type: ignore[union-attr]
+    for i, (what, u) in enumerate(cases.items()):
+        fine = await ready_upload(store, a, rid)
+        row = NewMessage(
+            nid(), rid, a, "x", f"bad-{i}", T0, attachments=(fine.attachment(), u.attachment())
+        )
+        with pytest.raises(AttachConflict):
+            await store.insert_messages([row])
+        assert await store.get_message(row.id) is None, what
+        assert (await store.get_uploads([fine.id]))[fine.id].message_id is None, what
+    assert (await store.get_room(rid)).last_seq == seq_before  # type: ignore[union-attr]
+
+
+async def test_deleting_a_message_marks_its_uploads_for_the_sweeper(store: Store) -> None:
+    (a,) = await make_users(store, "del")
+    rid = await make_room(store, a)
+    u = await ready_upload(store, a, rid)
+    row = NewMessage(nid(), rid, a, "x", "n", T0, attachments=(u.attachment(),))
+    await store.insert_messages([row])
+    assert await store.uploads_to_sweep(T0 + 1, 10) == []  # attached, URL still valid
+    await store.delete_message(row.id, T0 + 5)
+    assert await store.attachments_of([row.id]) == {}
+    swept = await store.uploads_to_sweep(T0 + 1, 10)
+    assert [(s.id, s.deleted_at_ms) for s in swept] == [(u.id, T0 + 5)]
+    await store.forget_uploads([u.id])
+    assert await store.get_uploads([u.id]) == {}
+
+
+async def test_sweep_candidates(store: Store) -> None:
+    (a,) = await make_users(store, "swe")
+    rid = await make_room(store, a)
+    expired = upload(a, rid, expires_at_ms=T0 + 10)
+    fresh = upload(a, rid, expires_at_ms=T0 + HOUR)
+    for u in (expired, fresh):
+        await store.create_upload(u, 10**9)
+    live = await ready_upload(store, a, rid, put_expires_at_ms=T0 + 20)
+    await store.insert_messages(
+        [NewMessage(nid(), rid, a, "x", "n", T0, attachments=(live.attachment(),))]
+    )
+    assert [u.id for u in await store.uploads_to_sweep(T0 + 15, 10)] == [expired.id]
+    assert [u.id for u in await store.uploads_to_sweep(T0 + 30, 10)] == [expired.id, live.id]
+    await store.mark_staging_swept([live.id])
+    await store.forget_uploads([expired.id, live.id])  # never forgets a live attachment
+    assert set(await store.get_uploads([expired.id, fresh.id, live.id])) == {fresh.id, live.id}
+    assert await store.uploads_to_sweep(T0 + 30, 10) == []
+
+
+async def test_thumbnail_claims(store: Store) -> None:
+    (a,) = await make_users(store, "thu")
+    rid = await make_room(store, a)
+    u1, u2 = await ready_upload(store, a, rid), await ready_upload(store, a, rid)
+    claimed = await store.claim_thumbnails(T0, 1000, 10)
+    assert sorted(u.id for u in claimed) == [u1.id, u2.id]  # in no particular order
+    assert await store.claim_thumbnails(T0 + 500, 1000, 10) == []  # leased
+    await store.finish_thumbnail(u1.id, "ready")
+    again = await store.claim_thumbnails(T0 + 1001, 1000, 10)  # u2's claim lapsed
+    assert [u.id for u in again] == [u2.id]
+    assert (await store.get_uploads([u1.id]))[u1.id].thumb == "ready"

@@ -32,7 +32,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shardchat.client import EdgeClient, GatewayClient
+from shardchat.client import EdgeClient, GatewayClient, ShardchatError
+from tests.conftest import S3Target
+from tests.files_fixtures import has_gps, jpeg_with_gps
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
@@ -42,6 +44,7 @@ METRIC_ROW = re.compile(r"^\| `(shardchat_[a-z0-9_]+)` \| (gauge|counter|histogr
 SECTION_SERVICES = {
     "Gateway": ("gateway",),
     "Write path": ("edge", "gateway"),
+    "Files": ("edge", "gateway"),
     "Edge": ("edge",),
     "Router": ("router",),
 }
@@ -191,6 +194,8 @@ async def cluster(
     fresh_topic: str,
     kafka_bootstrap: str,
     redis_url: str,
+    s3: S3Target,
+    fresh_bucket: str,
 ) -> AsyncIterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDCHAT_")}
     env.update(
@@ -204,6 +209,11 @@ async def cluster(
             "SHARDCHAT_KAFKA_PARTITIONS": str(PARTITIONS),
             "SHARDCHAT_REGISTRY": "redis",
             "SHARDCHAT_REDIS_URL": redis_url,
+            "SHARDCHAT_OBJECT_STORE": "s3",
+            "SHARDCHAT_S3_ENDPOINT": s3.endpoint,
+            "SHARDCHAT_S3_ACCESS_KEY": s3.access_key,
+            "SHARDCHAT_S3_SECRET_KEY": s3.secret_key,
+            "SHARDCHAT_S3_BUCKET": fresh_bucket,
             "SHARDCHAT_HOST": "127.0.0.1",
             "SHARDCHAT_EDGE_PORT": "0",
             "SHARDCHAT_GATEWAY_PORT": "0",
@@ -226,8 +236,12 @@ async def cluster(
         await c.stop()
 
 
-async def traffic(c: Cluster) -> None:
-    """Register, create a room, send over GraphQL and over the gateway, place via the router."""
+@contextlib.asynccontextmanager
+async def traffic(c: Cluster) -> AsyncIterator[None]:
+    """Register, create a room, send over GraphQL and over the gateway (with an image), download
+    it and its thumbnail, place via the router; then yield with the gateway session still in its
+    room, so the room's partition is still assigned (its lag series exists) while scraping: it
+    goes 5 s after the session (linger), which a loaded box can take to reach the scrape."""
     edge_url = c.services["edge"].url.rstrip("/")
     gateway_url = c.services["gateway"].url
     async with EdgeClient(edge_url) as edge:
@@ -247,15 +261,30 @@ async def traffic(c: Cluster) -> None:
             await gw.next_event("MESSAGE_CREATE", wait_s=20)
             await gw.send(room_id, "over the gateway")
             await gw.next_event("MESSAGE_CREATE", wait_s=20)
+            image = await edge.upload(room_id, jpeg_with_gps(), "p.jpg", "image/jpeg")
+            await gw.send(room_id, "a picture", attachment_ids=[image])
+            pictured = await gw.next_event("MESSAGE_CREATE", wait_s=20)
+            assert [a["id"] for a in pictured.d["attachments"]] == [image]
+            assert not has_gps(await edge.download(image))
+            # the gateway verified it, so its own file worker makes the thumbnail
+            for _ in range(100):
+                try:
+                    await edge.download(image, thumbnail=True)
+                    break
+                except ShardchatError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("no thumbnail within 10 s")
+            router_url = c.services["router"].url.rstrip("/")
+            async with httpx.AsyncClient(timeout=10) as http:
+                resp = await http.get(f"{router_url}/gateway")
+                assert resp.status_code in (200, 503), resp.text
+            # The relay sweeps every outbox_relay_after_ms / 2: let it run at least once.
+            await asyncio.sleep(0.5)
+            yield
         finally:
             await gw.close()
         assert session.user["username"].startswith("m")
-    router_url = c.services["router"].url.rstrip("/")
-    async with httpx.AsyncClient(timeout=10) as http:
-        resp = await http.get(f"{router_url}/gateway")
-        assert resp.status_code in (200, 503), resp.text
-        # The relay sweeps every outbox_relay_after_ms / 2: let it run at least once everywhere.
-        await asyncio.sleep(0.5)
 
 
 async def scrape(c: Cluster) -> dict[str, Exposition]:
@@ -276,8 +305,8 @@ def test_dashboards_query_metrics() -> None:
 
 
 async def test_every_dashboard_metric_is_exported(cluster: Cluster) -> None:
-    await traffic(cluster)
-    exported = await scrape(cluster)
+    async with traffic(cluster):
+        exported = await scrape(cluster)
 
     # 1. Dashboards: every queried name is a live series of some service.
     union = set().union(*(e.samples for e in exported.values()))

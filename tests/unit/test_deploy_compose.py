@@ -58,8 +58,8 @@ def _labels(service: dict[str, Any]) -> dict[str, str]:
 
 def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
     expected = {
-        "postgres", "redis", "kafka", "kafka-init", "migrate", "edge", "router", "gateway",
-        "traefik", "prometheus", "grafana",
+        "postgres", "redis", "kafka", "kafka-init", "minio", "migrate", "edge", "router",
+        "gateway", "traefik", "prometheus", "grafana",
     }  # fmt: skip
     assert expected <= set(services)
 
@@ -110,6 +110,22 @@ def test_adapters_point_at_compose_hosts(services: dict[str, dict[str, Any]]) ->
         assert "@postgres:5432/" in env["SHARDCHAT_POSTGRES_DSN"]
         assert env["SHARDCHAT_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["SHARDCHAT_REDIS_URL"].startswith("redis://redis:6379")
+        assert env["SHARDCHAT_OBJECT_STORE"] == "s3"
+        assert env["SHARDCHAT_S3_ENDPOINT"] == "http://minio:9000"
+
+
+def test_minio_is_the_object_store(services: dict[str, dict[str, Any]]) -> None:
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio")
+    assert minio["command"][:2] == ["server", "/data"]
+    assert "mc ready local" in " ".join(minio["healthcheck"]["test"])
+    env, gateway = _env(minio), _env(services["gateway"])
+    # the services sign with the credentials MinIO was started with
+    assert env["MINIO_ROOT_USER"] == gateway["SHARDCHAT_S3_ACCESS_KEY"]
+    assert env["MINIO_ROOT_PASSWORD"] == gateway["SHARDCHAT_S3_SECRET_KEY"]
+    # presigned URLs name the published port, which browsers reach
+    published = minio["ports"][0].rsplit(":", 1)
+    assert published[1] == "9000" and "localhost:9000" in gateway["SHARDCHAT_S3_PUBLIC_ENDPOINT"]
 
 
 def test_every_shardchat_env_var_is_a_setting(services: dict[str, dict[str, Any]]) -> None:
@@ -122,10 +138,11 @@ def test_every_shardchat_env_var_is_a_setting(services: dict[str, dict[str, Any]
 def test_settings_from_compose_env_load(services: dict[str, dict[str, Any]]) -> None:
     from shardchat.config import load_settings
 
-    default = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")  # what compose puts in when a var is unset
+    default = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")  # what compose puts in when a var is unset
     env = {k: default.sub(r"\1", v) for k, v in _env(services["gateway"]).items()}
     settings = load_settings(env=env)
     assert settings.store == "postgres" and settings.event_log == "kafka"
+    assert settings.object_store == "s3" and settings.s3_public_endpoint == "http://localhost:9000"
     assert settings.gateway_port == 8081
     assert settings.jwt_keys  # the JSON table parsed
 
@@ -145,7 +162,7 @@ def test_depends_on_conditions(services: dict[str, dict[str, Any]]) -> None:
             assert spec == {"condition": want}, (name, dep, spec)
     for name in ("edge", "gateway"):
         deps = services[name]["depends_on"]
-        assert {"migrate", "kafka-init", "postgres", "redis", "kafka"} <= set(deps), name
+        assert {"migrate", "kafka-init", "postgres", "redis", "kafka", "minio"} <= set(deps), name
     assert "postgres" in services["migrate"]["depends_on"]
 
 

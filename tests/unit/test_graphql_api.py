@@ -626,3 +626,23 @@ async def test_search_users_is_limited_and_rate_limited(tmp_path: Path) -> None:
         assert code(await e.gql(q, {"p": "a b"}, token)) == "BAD_USER_INPUT"  # costs a token too
         assert "errors" not in await e.gql(q, {"p": "sea"}, token)  # the 3rd: the burst is 3
         assert code(await e.gql(q, {"p": "sea"}, token)) == "RATE_LIMITED"
+
+
+async def test_files_need_a_file_service(edge: Edge) -> None:
+    # This edge is built without one: the files API answers plainly instead of failing.
+    _, token, _ = await edge.user()
+    room = (await edge.gql(ROOM, {"n": "r"}, token))["data"]["createRoom"]["id"]
+    upload = (
+        'mutation($r: ID!) { createUpload(roomId: $r, filename: "a", contentType: '
+        '"text/plain", size: 1, sha256: "' + "0" * 64 + '") { id } }'
+    )
+    r = await edge.gql(upload, {"r": room}, token)
+    assert code(r) == "BAD_USER_INPUT" and "not enabled" in r["errors"][0]["message"]
+    send = (
+        'mutation($r: ID!) { sendMessage(roomId: $r, content: "x", nonce: "n", '
+        'attachmentIds: ["5"]) { id } }'
+    )
+    r = await edge.gql(send, {"r": room}, token)
+    assert code(r) == "BAD_USER_INPUT" and "not enabled" in r["errors"][0]["message"]
+    resp = await edge.http.get("/files/5", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 404

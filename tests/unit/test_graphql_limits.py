@@ -35,6 +35,18 @@ def test_a_typical_history_page_fits_the_default_cost():
     assert isinstance(prepare(PAGE, {"room": "1", "n": 50}), Prepared)
 
 
+PAGE_WITH_FILES = """query($room: ID!, $n: Int) { messages(roomId: $room, limit: $n) {
+  items { id content author { id username } reactions { emoji count me }
+    attachments { id filename contentType size width height url downloadUrl thumbnailUrl } } } }"""
+
+
+def test_a_history_page_with_attachments_fits_at_40_messages():
+    # Attachments (up to 10 per message) count like reactions: docs/protocol.md section 10
+    # advises pages of 40 messages when both are asked for.
+    assert isinstance(prepare(PAGE_WITH_FILES, {"room": "1", "n": 40}), Prepared)
+    assert codes(prepare(PAGE_WITH_FILES, {"room": "1", "n": 50})) == ["BAD_USER_INPUT"]
+
+
 def test_cost_follows_the_limit_variable():
     result = prepare(PAGE, {"room": "1", "n": 500})
     assert codes(result) == ["BAD_USER_INPUT"]

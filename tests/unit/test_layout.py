@@ -19,7 +19,9 @@ PACKAGES = (
     "graphql_edge",
     "loadtest",
 )
-ENGINE_CLIENTS = frozenset({"aiokafka", "redis", "asyncpg", "aiosqlite", "nats"})
+ENGINE_CLIENTS = frozenset(
+    {"aiokafka", "redis", "asyncpg", "aiosqlite", "nats", "aiobotocore", "botocore"}
+)
 ADAPTERS = ROOT / "shardchat" / "adapters"
 # protocol/ is sans-I/O: bytes in, events out. No event loop, no sockets, no engine clients.
 PROTOCOL_FORBIDDEN = frozenset(
@@ -72,6 +74,16 @@ def test_only_adapters_import_engine_clients(package: str) -> None:
         if ADAPTERS not in p.parents
     }
     assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_ports_do_not_import_their_adapters() -> None:
+    """The composition root picks adapters; a port module never names one at import time."""
+    for port in ("store", "eventlog", "registry", "objectstore"):
+        tree = ast.parse((ROOT / "shardchat" / f"{port}.py").read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        named = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        named |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in named if m.startswith("shardchat.adapters")}, port
 
 
 def test_partitioner_is_pure() -> None:

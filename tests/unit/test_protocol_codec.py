@@ -99,6 +99,9 @@ CLIENT_FRAMES = [
     ),
     ClientFrame(Op.SEND, Send(room_id=S(5), content="héllo 👋", nonce="n-1"), id=-3),
     ClientFrame(Op.SEND, Send(room_id=S(5), content="", nonce=""), id=None),
+    ClientFrame(
+        Op.SEND, Send(room_id=S(5), content="", nonce="f", attachment_ids=(S(7), S(8))), id=2
+    ),
     ClientFrame(Op.TYPING, Typing(room_id=S(5))),
 ]
 
@@ -288,6 +291,11 @@ def _malformed(encoding: Encoding) -> list[tuple[str, bytes, CloseCode]]:
             d4002,
         ),
         ("resume seq missing", r({"op": 6, "d": {"token": "t", "session_id": "s"}}), d4002),
+        (
+            "send attachment id not a string",
+            r({"op": 8, "d": {"room_id": "1", "content": "", "nonce": "n", "attachment_ids": [7]}}),
+            d4002,
+        ),
         (
             "resume rooms not a map",
             r({"op": 6, "d": {"token": "t", "session_id": "s", "seq": 1, "rooms": ["1"]}}),

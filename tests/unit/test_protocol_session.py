@@ -71,6 +71,10 @@ def test_identify_then_ready_then_traffic() -> None:
     assert session.receive(
         frame(Op.SEND, {"room_id": "5", "content": "hi", "nonce": "n"}, id=3), 1.0
     ) == [DoSend(3, ROOM, "hi", "n")]
+    with_files = {"room_id": "5", "content": "", "nonce": "f", "attachment_ids": ["8", "9"]}
+    assert session.receive(frame(Op.SEND, with_files, id=5), 1.0) == [
+        DoSend(5, ROOM, "", "f", (Snowflake(8), Snowflake(9)))
+    ]
     assert session.receive(frame(Op.SUBSCRIBE, {"rooms": [{"room_id": "5"}]}, id=4), 1.0) == [
         DoSubscribe(4, (RoomSubscription(room_id=ROOM),))
     ]
