@@ -95,10 +95,12 @@ class Cluster:
         overrides: dict[str, str] | None = None,
         *,
         event_log: str = "kafka",
+        base: Settings | None = None,
     ) -> Cluster:
         """PostgreSQL + Redis + the event log (Kafka, Redis Streams or NATS) of deploy/local
-        (or whatever SHARDCHAT_* env names). The run's log is a fresh topic / set of streams."""
-        base = load_settings()
+        (or whatever SHARDCHAT_* env names, or ``base``). The run's log is a fresh topic / set
+        of streams."""
+        base = base or load_settings()
         database = f"bench_{run_id}"
         dsn = re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", base.postgres_dsn.split("://", 1)[1])
         env = (

@@ -81,6 +81,7 @@ class Report:
     rows: list[Row]
     totals: dict[str, int]
     examples: dict[str, list[dict[str, Any]]]
+    delays_s: list[float] = field(default_factory=list)  # first send attempt -> arrival, per pair
 
     @property
     def failures(self) -> int:
@@ -323,7 +324,8 @@ def check(
         kind = kind_of(owner_w)
         setattr(rows[kind], what, getattr(rows[kind], what) + 1)
         example(what, member=member, room=room, seq=seq, t=round(t - t_start, 3), fault=kind)
-    return Report(list(rows.values()), totals, examples)
+    delays = [p.t_got - p.t_sent for p in pairs if p.t_got is not None]
+    return Report(list(rows.values()), totals, examples, delays)
 
 
 class _PrefixMax:
