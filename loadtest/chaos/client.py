@@ -63,6 +63,7 @@ DURABLE = frozenset(EVENT_TYPES)
 RETRYABLE = frozenset({"INTERNAL", "RATE_LIMITED", "UNAVAILABLE"})
 GONE = frozenset({"FORBIDDEN", "NOT_FOUND"})  # a room the member is no longer in
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
+SEND_WINDOW = 4  # sends of one member in flight at once; the rest wait their turn, in order
 SESSION_ERRORS = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, msgspec.DecodeError)
 
 _decode = msgspec.json.Decoder(Envelope).decode
@@ -134,6 +135,7 @@ class Member:
         self.away: Window | None = None
         self.slow_until = 0.0
         self.inflight: dict[int, int] = {}
+        self.window = asyncio.Semaphore(SEND_WINDOW)
         self.refetching: set[int] = set()
 
     def room_log(self, room: int) -> RoomLog:
@@ -569,30 +571,35 @@ class ChaosWorker:
         log = SendLog(nonce, m.uid, room, time.monotonic(), large)
         self.sends.append(log)
         m.inflight[room] = m.inflight.get(room, 0) + 1
-        backoff = BACKOFF_MIN_S
         try:
-            while not self.closing:
-                gw = m.ready and m.ws is not None and self.rng.random() < 0.5
-                log.attempts += 1
-                try:
-                    if gw:
-                        seq = await self._send_gw(m, room, content, nonce)
-                    else:
-                        seq = await self._send_gql(m, room, content, nonce)
-                except Retry as exc:
-                    self.count(f"send_retry_{exc}")
-                    await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
-                    backoff = min(backoff * 2, 3.0)
-                    continue
-                except Refused as exc:
-                    log.error = str(exc)
-                    self.count(f"send_refused_{exc}")
-                    return
-                log.t_ack, log.seq, log.path = time.monotonic(), seq, "gw" if gw else "gql"
-                self.count("acked")
-                return
+            async with m.window:
+                await self._attempts(m, log, content)
         finally:
             m.inflight[room] -= 1
+
+    async def _attempts(self, m: Member, log: SendLog, content: str) -> None:
+        """Attempts over SEND or sendMessage, same nonce, until acknowledged or refused."""
+        backoff = BACKOFF_MIN_S
+        while not self.closing:
+            gw = m.ready and m.ws is not None and self.rng.random() < 0.5
+            log.attempts += 1
+            try:
+                if gw:
+                    seq = await self._send_gw(m, log.room, content, log.nonce)
+                else:
+                    seq = await self._send_gql(m, log.room, content, log.nonce)
+            except Retry as exc:
+                self.count(f"send_retry_{exc}")
+                await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 3.0)
+                continue
+            except Refused as exc:
+                log.error = str(exc)
+                self.count(f"send_refused_{exc}")
+                return
+            log.t_ack, log.seq, log.path = time.monotonic(), seq, "gw" if gw else "gql"
+            self.count("acked")
+            return
 
     async def _send_gw(self, m: Member, room: int, content: str, nonce: str) -> int:
         ws = m.ws
@@ -601,10 +608,14 @@ class ChaosWorker:
         rid = next(self.ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         m.replies[rid] = fut
+        d = {"room_id": str(room), "content": content, "nonce": nonce}
+
+        async def attempt() -> dict[str, Any]:
+            await ws.send(frame(SEND, d, id=rid))  # blocks while the gateway does not read
+            return await fut
+
         try:
-            d = {"room_id": str(room), "content": content, "nonce": nonce}
-            await ws.send(frame(SEND, d, id=rid))
-            reply = await asyncio.wait_for(fut, self.plan.attempt_s)
+            reply = await asyncio.wait_for(attempt(), self.plan.attempt_s)
         except (ConnectionClosed, TimeoutError) as exc:
             raise Retry("gw") from exc
         finally:

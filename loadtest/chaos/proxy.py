@@ -57,7 +57,7 @@ class _Conn:
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[bool]] = []
 
     def reset(self) -> None:
         for task in self.tasks:
@@ -144,36 +144,48 @@ class Link:
             loop.create_task(self._pipe(reader, up_writer)),
             loop.create_task(self._pipe(up_reader, writer)),
         ]
+        clean = False
         try:
-            await asyncio.wait(conn.tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(conn.tasks, return_when=asyncio.FIRST_COMPLETED)
+            clean = all(not t.cancelled() and t.exception() is None and t.result() for t in done)
         finally:
             for task in conn.tasks:
                 task.cancel()
-            if conn in self._conns:  # ended by a peer, not by reset(): close both quietly
+            if conn in self._conns:  # ended by a peer, not by reset()
                 self._conns.discard(conn)
-                writer.close()
-                up_writer.close()
+                if clean:  # an orderly close: both sides closed
+                    writer.close()
+                    up_writer.close()
+                else:  # a peer reset (a killed process): the other side is reset too
+                    conn.reset()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One direction: a reader task queues (due time, chunk), this task writes them."""
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """One direction: a reader task queues (due time, chunk), this task writes them.
+
+        True when the source closed cleanly (EOF, passed on), False when it was reset or the
+        destination failed: the caller then resets both sides, as a real path would."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUE_CHUNKS)
+        queue: asyncio.Queue[tuple[float, bytes] | bool] = asyncio.Queue(QUEUE_CHUNKS)
 
         async def read() -> None:
             due = 0.0
-            while True:
-                await self._flowing.wait()
-                data = await reader.read(CHUNK)
-                if not data:
-                    await queue.put(None)
-                    return
-                hold = self.latency_s + random.random() * self.jitter_s
-                due = max(due, loop.time() + hold)  # jitter never reorders
-                await queue.put((due, data))
+            try:
+                while True:
+                    await self._flowing.wait()
+                    data = await reader.read(CHUNK)
+                    if not data:
+                        break
+                    hold = self.latency_s + random.random() * self.jitter_s
+                    due = max(due, loop.time() + hold)  # jitter never reorders
+                    await queue.put((due, data))
+            except (ConnectionError, OSError):
+                await queue.put(False)
+                return
+            await queue.put(True)
 
         reading = loop.create_task(read())
         try:
-            while (item := await queue.get()) is not None:
+            while not isinstance(item := await queue.get(), bool):
                 due, data = item
                 delay = due - loop.time()
                 if delay > 0:
@@ -182,10 +194,11 @@ class Link:
                 writer.write(data)
                 self.stats["bytes"] += len(data)
                 await writer.drain()
-            with contextlib.suppress(OSError):
+            if item:
                 writer.write_eof()
+            return item
         except (ConnectionError, OSError):
-            return
+            return False
         finally:
             reading.cancel()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -96,6 +97,35 @@ async def test_reset_aborts_open_connections_and_refuses_for_a_while(proxy: Prox
     writer.close()
     proxy.command("clear", "*")
     assert await _roundtrip(proxy, b"back") == b"back"
+
+
+async def test_a_client_reset_closes_the_upstream_connection() -> None:
+    """A killed client's kernel resets its connections: the engine behind the proxy must see
+    that connection end too (else PostgreSQL keeps the dead client's transaction and locks)."""
+    closed = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    p = Proxy([LinkSpec("db", server.sockets[0].getsockname()[1])])
+    await p.start()
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", p.ports["db"])
+        writer.write(b"BEGIN")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, as when the process dies with unread data
+        await asyncio.wait_for(closed.wait(), 10)
+    finally:
+        await p.close()
+        server.close()
 
 
 async def test_a_refusing_upstream_resets_the_client() -> None:
