@@ -52,6 +52,9 @@ class Profile:
     offline_s: tuple[float, float]
     slow_s: tuple[float, float]
     backlog_mib: tuple[float, float]
+    # what a member that stops reading is sent meanwhile: past the gateway's 1 MiB outbound
+    # limit AND the kernel's socket buffers (about 4.5 MiB on loopback here), or no cut happens
+    slow_backlog_mib: tuple[float, float] = (6.0, 8.0)
 
     def hold(self, rng: random.Random, kind: str) -> float:
         lo, hi = self.hold_s.get(kind, (0.0, 0.0))
@@ -258,7 +261,7 @@ def _away(
     members_of: dict[int, list[int]],
 ) -> Fault:
     """Offline or slow, with a burst of large messages from another member of ``room``."""
-    mib = rng.uniform(*prof.backlog_mib)
+    mib = rng.uniform(*(prof.slow_backlog_mib if kind == "slow_consumer" else prof.backlog_mib))
     count = int(mib * 1024 * 1024 / LARGE_CHARS) + 1
     sender = rng.choice([m for m in members_of[room] if m != member])
     # an offline member's backlog is complete before it is back; a slow one is fed throughout
