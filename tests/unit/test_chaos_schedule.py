@@ -63,7 +63,9 @@ def test_leaves_keep_rooms_and_members_alive_and_one_happens_while_offline() -> 
     away = [f for f in p.members if f.kind == "offline_resume"]
     leaves = [f for f in p.members if f.kind == "member_leave"]
     assert any(
-        lv.target == a.target and a.at_s < lv.at_s < a.at_s + a.hold_s for a in away for lv in leaves
+        lv.target == a.target and a.at_s < lv.at_s < a.at_s + a.hold_s
+        for a in away
+        for lv in leaves
     )
 
 
