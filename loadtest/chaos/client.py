@@ -171,8 +171,11 @@ class ChaosWorker:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         )
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: str, n: int = 1, m: Member | None = None) -> None:
+        """A process counter, and ``m``'s own when given (how that member fared)."""
         self.counters[name] = self.counters.get(name, 0) + n
+        if m is not None:
+            m.log.counters[name] = m.log.counters.get(name, 0) + n
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -247,7 +250,7 @@ class ChaosWorker:
             try:
                 await self._session(m, await self._next_url(m))
             except SESSION_ERRORS as exc:
-                self.count(f"err_{type(exc).__name__}")
+                self.count(f"err_{type(exc).__name__}", m=m)
             m.ws = None
             m.ready = False
             for fut in m.replies.values():
@@ -330,7 +333,7 @@ class ChaosWorker:
         except ConnectionClosed:
             code = ws.close_code
             if not self.closing:
-                self.count(f"close_{code}")
+                self.count(f"close_{code}", m=m)
             if code is not None and 4500 <= code <= 4999:
                 m.session_id = None  # terminal: a new session (the user would log in again)
                 m.resubscribe = True
@@ -373,7 +376,7 @@ class ChaosWorker:
             elif t == "READY":
                 await self._on_ready(m, ws, d)
             elif t == "RESUMED":
-                self.count("resumed")
+                self.count("resumed", m=m)
                 self._set_ready(m)
         elif op == HEARTBEAT_ACK:
             m.hb_acked = True
@@ -385,13 +388,13 @@ class ChaosWorker:
             if fut is not None and not fut.done():
                 fut.set_result(env.d or {})
         elif op == INVALID_SESSION:
-            self.count("invalid_session")
+            self.count("invalid_session", m=m)
             m.session_id = None
             m.last_s = None
             m.resubscribe = True
             await ws.send(self._hello_reply(m))
         elif op == RECONNECT:
-            self.count("reconnect_op")
+            self.count("reconnect_op", m=m)
             url = (env.d or {}).get("url")
             if url:
                 m.url = url
@@ -463,7 +466,7 @@ class ChaosWorker:
             else:
                 retry = True
         if retry:  # the RESUME that follows lists every room
-            self.count("subscribe_retry")
+            self.count("subscribe_retry", m=m)
             await ws.close(4000, "subscribe failed")
             return
         self._set_ready(m)
@@ -474,7 +477,7 @@ class ChaosWorker:
 
     async def _refetch(self, m: Member, room: int, after_seq: int, upto_seq: int) -> None:
         """What the member lacks of ``after_seq+1 .. upto_seq``, from GraphQL ``messages``."""
-        self.count("history_refetch")
+        self.count("history_refetch", m=m)
         m.refetching.add(room)
         log, have = m.room_log(room), m.have[room]
         cursor = "1"  # every message id is above it
@@ -514,7 +517,7 @@ class ChaosWorker:
                     continue
                 m.next_hb = now + m.hb_s
                 if not m.hb_acked and m.frames == 0 and m.slow_until <= now:
-                    self.count("zombie")
+                    self.count("zombie", m=m)
                     self.spawn(ws.close(4000, "no heartbeat ACK"))
                     continue
                 m.hb_acked, m.frames = False, 0

@@ -24,6 +24,8 @@ from loadtest.chaos.records import Window
 from loadtest.chaos.schedule import Fault, Plan
 from loadtest.cluster import Cluster, ServiceProc
 
+ENGINES = ("pg", "redis", "kafka")
+
 
 class EngineControl:
     """deploy/local/engines.sh (hard kills and restarts) and redis-cli (FLUSHALL)."""
@@ -50,8 +52,10 @@ class EngineControl:
     def kill(self, engine: str) -> None:
         self._run("kill", engine)
 
-    def up(self, engine: str = "all") -> None:
-        self._run("up", engine)
+    def up(self, engine: str | None = None) -> None:
+        """Start ``engine`` (default: the three a chaos run uses) and wait until it serves."""
+        for name in [engine] if engine else ENGINES:
+            self._run("up", name)
 
     def flushall(self) -> None:
         subprocess.run(
@@ -192,7 +196,7 @@ class Nemesis:
         for svc in self.cluster.services:
             self.cluster.signal(svc, signal.SIGCONT)
         try:
-            self.engines.up("all")
+            self.engines.up()
         except Exception as exc:
             self.errors.append(f"engines up: {exc!r}")
         for svc in self.cluster.services:

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     engines_vars = _run_async(engines_env(script))
     direct = load_settings(env=engines_vars)
     engines = EngineControl(script, direct.redis_url)
-    engines.up("all")  # the nemesis needs them all, the Kafka proxy listener included
+    engines.up()  # the nemesis needs them all, the Kafka proxy listener included
     kafka_proxy = int(engines_vars["SHARDCHAT_KAFKA_PROXY_PORT"])
     kafka_proxied = int(engines_vars["SHARDCHAT_KAFKA_PROXIED_BOOTSTRAP"].rsplit(":", 1)[1])
     proxy = ProxyProcess(
@@ -277,6 +277,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             "settled_s": round(t_settled - t_healed, 3),
             "nemesis_errors": nemesis.errors,
             "clients": client_counters,
+            "members": {str(m.user_id): m.counters for m in members},
             "proxy": proxy.command("stats"),
             "plan": plan.describe(),
             "windows": [
@@ -298,7 +299,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             nemesis.heal_all()
         cluster.stop()
         proxy.close()
-        engines.up("all")
+        engines.up()
 
 
 def _direct(cluster: Cluster, direct: Settings) -> Settings:
