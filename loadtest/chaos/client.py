@@ -551,17 +551,29 @@ class ChaosWorker:
                 self.spawn(self._send(m, room, large=False))
             await asyncio.sleep(0.05)
 
-    async def _burst(self, uid: int, room: int, count: int, rate: float) -> None:
-        m = self.by_user[uid]
+    async def _burst(self, room: int, count: int, rate: float, exclude: int) -> None:
+        """Large messages into ``room`` from this process's other members of it, in turn."""
         t0 = time.monotonic()
         for i in range(count):
             delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if not self.sending or room not in m.joined or room in m.leaving:
+            if not self.sending:
                 self.count("burst_cut", count - i)
                 return
-            self.spawn(self._send(m, room, large=True))
+            now = time.monotonic()
+            senders = [
+                m
+                for m in self.members
+                if m.uid != exclude
+                and room in m.joined - m.leaving
+                and m.offline_until <= now
+                and m.slow_until <= now
+            ]
+            if not senders:
+                self.count("burst_skipped")
+                continue
+            self.spawn(self._send(senders[i % len(senders)], room, large=True))
 
     def _content(self, nonce: str, large: bool) -> str:
         size = LARGE_CHARS if large else 100
@@ -576,6 +588,7 @@ class ChaosWorker:
         m.inflight[room] = m.inflight.get(room, 0) + 1
         try:
             async with m.window:
+                log.t_sent = time.monotonic()  # the first attempt, not the wait for the window
                 await self._attempts(m, log, content)
         finally:
             m.inflight[room] -= 1

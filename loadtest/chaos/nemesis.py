@@ -9,6 +9,7 @@ thread by ``poll()`` when due; the clients record their windows themselves (exac
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,12 +31,13 @@ ENGINES = ("pg", "redis", "kafka")
 class EngineControl:
     """deploy/local/engines.sh (hard kills and restarts) and redis-cli (FLUSHALL)."""
 
-    def __init__(self, script: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, script: Path, redis_url: str) -> None:
         self.script = script
         self.redis_port = urlsplit(redis_url).port or 6379
-        self.env = env
+        # Kafka's restart after kill -9 (log recovery) can take minutes on a loaded box.
+        self.env = os.environ | {"SHARDCHAT_READY_TIMEOUT": "300"}
 
-    def _run(self, *args: str, timeout_s: float = 180) -> None:
+    def _run(self, *args: str, timeout_s: float = 400) -> None:
         done = subprocess.run(
             ["bash", str(self.script), *args],
             env=self.env,
@@ -183,8 +185,7 @@ class Nemesis:
         else:
             mode = f.kind.removeprefix("offline_")
             self.fleet.to_member(uid, ("offline", uid, f.hold_s, mode))
-        sender = self.users[p["burst_sender"]]
-        self.fleet.to_member(sender, ("burst", sender, room, p["burst_count"], p["burst_rate"]))
+        self.fleet.burst(room, p["burst_count"], p["burst_rate"], uid)
 
     # --- back to normal ---------------------------------------------------------------------------
     def heal_all(self) -> None:

@@ -47,7 +47,7 @@ class SendLog:
     nonce: str
     author: int
     room: int
-    t_sent: float  # first attempt
+    t_sent: float  # its first attempt (a member sends at most a few at a time)
     large: bool = False
     attempts: int = 0
     t_ack: float | None = None

@@ -63,22 +63,22 @@ class Profile:
 
 SHORT = Profile(
     warmup_s=5,
-    gap_s=(2, 4),
+    gap_s=(1, 2),
     hold_s={
-        "gateway_kill": (1, 3),
-        "gateway_pause": (10, 12),
+        "gateway_kill": (1, 2),
+        "gateway_pause": (10, 11),
         "edge_kill": (1, 2),
         "router_kill": (1, 2),
-        "kafka_kill": (2, 4),
-        "pg_restart": (1, 3),
+        "kafka_kill": (1, 3),
+        "pg_restart": (1, 2),
         "redis_restart": (1, 2),
-        "net_latency": (5, 8),
-        "net_stall": (3, 5),
-        "net_reset": (1, 3),
+        "net_latency": (4, 6),
+        "net_stall": (3, 4),
+        "net_reset": (1, 2),
     },
-    member_every_s=30,
-    offline_s=(22, 28),
-    slow_s=(15, 20),
+    member_every_s=25,
+    offline_s=(18, 22),
+    slow_s=(12, 15),
     backlog_mib=(2.5, 3.0),
 )
 LONG = Profile(
@@ -168,22 +168,25 @@ def _cluster(rng: random.Random, prof: Profile, duration_s: float, gateways: int
     while True:
         kinds = list(CLUSTER_KINDS)
         rng.shuffle(kinds)
+        links = rng.sample(LINKS, len(LINKS))  # the round's three network faults: one per link
         drafted: list[Fault] = []
         for kind in kinds:
             gap = round(rng.uniform(*prof.gap_s), 2)
             hold = prof.hold(rng, kind)
-            drafted.append(_cluster_fault(rng, kind, gap, hold, gateways))
+            link = links.pop() if kind.startswith("net_") else ""
+            drafted.append(_cluster_fault(rng, kind, gap, hold, gateways, link))
             t += gap + hold + HEAL_S.get(kind, 0)
         if faults and t > duration_s:
             return faults
         faults += drafted
 
 
-def _cluster_fault(rng: random.Random, kind: str, gap: float, hold: float, gws: int) -> Fault:
+def _cluster_fault(
+    rng: random.Random, kind: str, gap: float, hold: float, gws: int, link: str
+) -> Fault:
     if kind in ("gateway_kill", "gateway_pause"):
         return Fault(kind, gap, hold, f"gateway{rng.randrange(gws)}")
     if kind.startswith("net_"):
-        link = rng.choice(LINKS)
         params: dict[str, Any] = {}
         if kind == "net_latency":
             params = {"latency_ms": rng.randrange(50, 401), "jitter_ms": rng.randrange(0, 101)}
@@ -209,7 +212,6 @@ def _members(
         for m in members:
             rooms_of.setdefault(m, []).append(k)
     busy_until: dict[int, float] = {}
-    bursting: dict[tuple[int, int], float] = {}  # (sender, room) -> end of its burst
     faults: list[Fault] = []
     cycle = [k for k in MEMBER_KINDS if k != "member_leave"]
     rng.shuffle(cycle)
@@ -229,20 +231,16 @@ def _members(
             i += 1
             continue
         member = rng.choice(free)
-        # a member never leaves a room it is sending a burst into
-        sending = {r for (m, r), end in bursting.items() if m == member and end >= t}
         if kind == "member_leave":
-            leave = _leave(rng, member, t, rooms_of, members_of, sending)
+            leave = _leave(rng, member, t, rooms_of, members_of, set())
             if leave is not None:
                 faults.append(leave)
         else:
             room = rng.choice(rooms_of[member])
-            away = _away(rng, prof, kind, t, hold, member, room, members_of)
-            faults.append(away)
-            bursting[(away.params["burst_sender"], room)] = t + hold
+            faults.append(_away(rng, prof, kind, t, hold, member, room))
             if kind == "offline_resume":
                 at = round(t + hold / 2, 2)
-                leave = _leave(rng, member, at, rooms_of, members_of, sending | {room})
+                leave = _leave(rng, member, at, rooms_of, members_of, {room})
                 if leave is not None:
                     faults.append(leave)
         busy_until[member] = t + hold + 10
@@ -258,17 +256,15 @@ def _away(
     hold: float,
     member: int,
     room: int,
-    members_of: dict[int, list[int]],
 ) -> Fault:
-    """Offline or slow, with a burst of large messages from another member of ``room``."""
+    """Offline or slow, with a burst of large messages into ``room`` from its other members
+    (each sends its share; a member leaving the room stops sending there)."""
     mib = rng.uniform(*(prof.slow_backlog_mib if kind == "slow_consumer" else prof.backlog_mib))
     count = int(mib * 1024 * 1024 / LARGE_CHARS) + 1
-    sender = rng.choice([m for m in members_of[room] if m != member])
     # an offline member's backlog is complete before it is back; a slow one is fed throughout
     burst_s = max(1.0, hold * (0.8 if kind.startswith("offline") else 1.0))
     params = {
         "room": room,
-        "burst_sender": sender,
         "burst_count": count,
         "burst_rate": round(count / burst_s, 2),
         "backlog_mib": round(mib, 2),

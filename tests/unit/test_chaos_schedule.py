@@ -23,6 +23,8 @@ def test_a_short_plan_injects_every_kind_at_least_once(seed: int) -> None:
     assert {f.kind for f in p.members} == set(MEMBER_KINDS)
     assert {f.kind for f in [*p.cluster, *p.members]} == set(KINDS)
     assert [f.at_s for f in p.members] == sorted(f.at_s for f in p.members)
+    net = [f.target for f in p.cluster if f.kind.startswith("net_")]
+    assert sorted(net) == ["kafka", "pg", "redis"]  # every link gets a network fault
 
 
 def test_a_long_plan_repeats_rounds_within_the_duration() -> None:
@@ -38,14 +40,13 @@ def test_a_long_plan_repeats_rounds_within_the_duration() -> None:
     assert all(f.at_s + f.hold_s <= 1800 for f in p.members)
 
 
-def test_member_faults_build_multi_mib_backlogs_from_another_member() -> None:
+def test_member_faults_build_multi_mib_backlogs() -> None:
     p = plan(3, 1800, gateways=2, rooms=ROOMS)
     for f in p.members:
         if f.kind == "member_leave":
             continue
         member, room = int(f.target), f.params["room"]
         assert member in ROOMS[room]
-        assert f.params["burst_sender"] in ROOMS[room] and f.params["burst_sender"] != member
         assert f.params["burst_count"] * 4000 >= 2.5 * 1024 * 1024
 
 
