@@ -35,11 +35,10 @@ class Fleet(WorkerPool[ChaosPlan]):
         """A command for the process that holds ``user_id``."""
         self.pipes[self.where[user_id]].send(msg)
 
-    def burst(self, room: int, count: int, rate: float, exclude: int) -> None:
-        """``count`` large messages into ``room`` at ``rate`` per second, shared by the
-        processes, each from its members in the room but ``exclude`` (round robin)."""
-        n = len(self.pipes)
-        self._broadcast(("burst", room, -(-count // n), rate / n, exclude))
+    def burst(self, room: int, count: int, seconds: float, exclude: int) -> None:
+        """``count`` large messages into ``room`` within ``seconds``, shared by the processes,
+        each from its members in the room but ``exclude``."""
+        self._broadcast(("burst", room, -(-count // len(self.pipes)), seconds, exclude))
 
     def counter(self, name: str) -> int:
         return sum(c.get(name, 0) for c in self.live.values())

@@ -185,7 +185,7 @@ class Nemesis:
         else:
             mode = f.kind.removeprefix("offline_")
             self.fleet.to_member(uid, ("offline", uid, f.hold_s, mode))
-        self.fleet.burst(room, p["burst_count"], p["burst_rate"], uid)
+        self.fleet.burst(room, p["burst_count"], p["burst_s"], uid)
 
     # --- back to normal ---------------------------------------------------------------------------
     def heal_all(self) -> None:

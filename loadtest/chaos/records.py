@@ -42,12 +42,13 @@ class MemberLog:
 
 @dataclass
 class SendLog:
-    """One message a client wanted sent, retried with the same nonce until acknowledged."""
+    """One message a client sent (attempted at least once), retried with the same nonce until
+    acknowledged."""
 
     nonce: str
     author: int
     room: int
-    t_sent: float  # its first attempt (a member sends at most a few at a time)
+    t_sent: float  # its first attempt
     large: bool = False
     attempts: int = 0
     t_ack: float | None = None

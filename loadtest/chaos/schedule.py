@@ -266,7 +266,7 @@ def _away(
     params = {
         "room": room,
         "burst_count": count,
-        "burst_rate": round(count / burst_s, 2),
+        "burst_s": round(burst_s, 2),
         "backlog_mib": round(mib, 2),
     }
     return Fault(kind, round(t, 2), hold, str(member), params)
