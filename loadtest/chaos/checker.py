@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loadtest.chaos.records import MemberLog, SendLog, StoredEvent, Window
+from loadtest.chaos.schedule import LARGE_CHARS, SMALL_CHARS
 
 NONE = "none"
 COLUMNS = (
@@ -64,6 +65,7 @@ class Row:
     reordered: int = 0
     leaked: int = 0
     recovery_s: list[float] = field(default_factory=list)
+    backlog_bytes: dict[int, int] = field(default_factory=dict)  # member fault -> its backlog
 
     def as_dict(self) -> dict[str, Any]:
         rec = sorted(self.recovery_s)
@@ -73,6 +75,9 @@ class Row:
             "recovery_p50_s": _pct(rec, 50),
             "recovery_p99_s": _pct(rec, 99),
             "recovery_max_s": round(rec[-1], 3) if rec else None,
+            "backlog_max_mib": (
+                round(max(self.backlog_bytes.values()) / 2**20, 2) if self.backlog_bytes else None
+            ),
         }
 
 
@@ -111,6 +116,7 @@ class _Pair:
     t_sent: float
     t_ack: float
     t_got: float | None  # None: lost
+    size: int  # content characters
     excused: bool = False  # inside a fault of the member's own
 
 
@@ -247,7 +253,10 @@ def check(
             for s in acked.get(room, ()):
                 assert s.seq is not None and s.t_ack is not None
                 if s.seq > base:
-                    pairs.append(_Pair(m.user_id, room, s.seq, s.t_sent, s.t_ack, first.get(s.seq)))
+                    size = LARGE_CHARS if s.large else SMALL_CHARS
+                    pairs.append(
+                        _Pair(m.user_id, room, s.seq, s.t_sent, s.t_ack, first.get(s.seq), size)
+                    )
 
     # --- recovery per fault ------------------------------------------------------------------
     own: dict[int, list[Window]] = {}
@@ -299,7 +308,8 @@ def check(
         owner = attribution.own_at(p.member, p.t_ack, recovering=False)
         row = rows[owner.kind if owner else kind_of(attribution.cluster_at(p.t_ack))]
         if owner is not None:
-            row.acked += 1  # a member fault counts its member's messages
+            row.acked += 1  # a member fault counts its member's messages, and their bytes
+            row.backlog_bytes[id(owner)] = row.backlog_bytes.get(id(owner), 0) + p.size
         if p.t_got is not None:
             totals["delivered"] += 1
             row.delivered += 1
@@ -347,11 +357,11 @@ class _PrefixMax:
 
 def markdown(report: Report) -> str:
     """The per-fault table as Markdown (docs/reliability.md)."""
-    head = ["fault", *COLUMNS, "recovery p50 s", "recovery p99 s"]
+    head = ["fault", *COLUMNS, "recovery p50 s", "recovery p99 s", "max backlog MiB"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for row in report.table():
         cells = [row["kind"], *(str(row[c]) for c in COLUMNS)]
-        for key in ("recovery_p50_s", "recovery_p99_s"):
+        for key in ("recovery_p50_s", "recovery_p99_s", "backlog_max_mib"):
             cells.append("-" if row[key] is None else f"{row[key]:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

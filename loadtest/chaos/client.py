@@ -54,7 +54,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from chat_core.models import EVENT_TYPES
 from loadtest import clientproc
 from loadtest.chaos.records import MemberLog, RoomLog, SendLog, Window
-from loadtest.chaos.schedule import LARGE_CHARS
+from loadtest.chaos.schedule import LARGE_CHARS, SMALL_CHARS
 from loadtest.worker import Envelope, frame
 
 DISPATCH, HEARTBEAT, IDENTIFY, SUBSCRIBE, RESUME, RECONNECT, SEND = 0, 1, 2, 4, 6, 7, 8
@@ -131,9 +131,9 @@ class Member:
         self.frames = 0  # frames read since the last heartbeat
         self.url: str | None = None  # from RECONNECT
         self.url_idx = spec.gateway
-        self.offline_until = 0.0
-        self.away: Window | None = None
-        self.slow_until = 0.0
+        self.away: Window | None = None  # offline until the parent says "online"
+        self.slow: Window | None = None  # not reading until the parent says "read"
+        self.wake = asyncio.Event()  # set when it comes back or reads again
         self.inflight: dict[int, int] = {}
         self.window = asyncio.Semaphore(SEND_WINDOW)
         self.refetching: set[int] = set()
@@ -219,8 +219,12 @@ class ChaosWorker:
             self.spawn(self._burst(*args))
         elif kind == "offline":
             self._offline(*args)
+        elif kind == "online":
+            self._online(*args)
         elif kind == "slow":
             self._slow(*args)
+        elif kind == "read":
+            self._read(*args)
         elif kind == "leave":
             self.spawn(self._leave(*args))
         elif kind == "stop_sending":
@@ -241,12 +245,9 @@ class ChaosWorker:
     async def _life(self, m: Member) -> None:
         backoff = BACKOFF_MIN_S
         while not self.closing:
-            wait = m.offline_until - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if m.away is not None:  # back: the offline window ends as it reconnects
-                m.away.t1 = time.monotonic()
-                m.away = None
+            while m.away is not None:
+                m.wake.clear()
+                await m.wake.wait()
             try:
                 await self._session(m, await self._next_url(m))
             except SESSION_ERRORS as exc:
@@ -260,7 +261,7 @@ class ChaosWorker:
             m.replies.clear()
             if self.closing:
                 return
-            if m.offline_until > time.monotonic():
+            if m.away is not None:
                 continue  # away on purpose: no backoff
             if m.got_ready:
                 backoff = BACKOFF_MIN_S
@@ -321,11 +322,11 @@ class ChaosWorker:
             m.next_hb = time.monotonic() + m.hb_s * self.rng.random()
             await ws.send(self._hello_reply(m))
             while True:
-                if m.offline_until > time.monotonic():
+                if m.away is not None:
                     await self._go_away(m, ws)
-                slow = m.slow_until - time.monotonic()
-                if slow > 0:
-                    await asyncio.sleep(slow)  # not reading: the socket fills up
+                if m.slow is not None:  # not reading: the socket fills up
+                    m.wake.clear()
+                    await m.wake.wait()
                     continue
                 raw = await ws.recv(decode=False)
                 m.frames += 1
@@ -516,7 +517,7 @@ class ChaosWorker:
                 if ws is None or now < m.next_hb:
                     continue
                 m.next_hb = now + m.hb_s
-                if not m.hb_acked and m.frames == 0 and m.slow_until <= now:
+                if not m.hb_acked and m.frames == 0 and m.slow is None:
                     self.count("zombie", m=m)
                     self.spawn(ws.close(4000, "no heartbeat ACK"))
                     continue
@@ -537,11 +538,10 @@ class ChaosWorker:
         while self.sending:
             for _ in range(int((time.monotonic() - t0) * rate) - n):
                 n += 1
-                now = time.monotonic()
                 choices = [
                     (m, r)
                     for m in self.members
-                    if m.offline_until <= now
+                    if m.away is None
                     for r in sorted(m.joined - m.leaving)
                 ]
                 if not choices:
@@ -551,21 +551,17 @@ class ChaosWorker:
                 self.spawn(self._send(m, room, large=False))
             await asyncio.sleep(0.05)
 
-    async def _burst(self, room: int, count: int, seconds: float, exclude: int) -> None:
-        """``count`` large messages into ``room`` within ``seconds`` from this process's other
-        members of it, each sending its share one after the other: a backlog that builds as
-        fast as the system acknowledges it."""
-        now = time.monotonic()
+    async def _burst(self, burst: int, room: int, count: int, seconds: float, exclude: int) -> None:
+        """``count`` large messages into ``room`` (within ``seconds`` at most) from this
+        process's other members of it, each sending its share one after the other: a backlog
+        that builds as fast as the system acknowledges it. Reports ``burst_done``."""
         senders = [
             m
             for m in self.members
-            if m.uid != exclude and room in m.joined - m.leaving and m.offline_until <= now
+            if m.uid != exclude and room in m.joined - m.leaving and m.away is None
         ]
-        if not senders:
-            self.count("burst_skipped")
-            return
-        deadline = now + seconds
-        share = -(-count // len(senders))
+        deadline = time.monotonic() + seconds
+        share = -(-count // len(senders)) if senders else 0
 
         async def one(m: Member) -> None:
             for i in range(share):
@@ -574,10 +570,13 @@ class ChaosWorker:
                     return
                 await self._send(m, room, large=True)
 
-        await asyncio.gather(*(one(m) for m in senders))
+        try:
+            await asyncio.gather(*(one(m) for m in senders))
+        finally:
+            self.pipe.send(("burst_done", burst))
 
     def _content(self, nonce: str, large: bool) -> str:
-        size = LARGE_CHARS if large else 100
+        size = LARGE_CHARS if large else SMALL_CHARS
         head = f"{nonce} "
         return head + "x" * (size - len(head))
 
@@ -671,29 +670,44 @@ class ChaosWorker:
         return data
 
     # --- member faults ----------------------------------------------------------------------
-    def _offline(self, uid: int, seconds: float, mode: str) -> None:
+    def _offline(self, uid: int, mode: str) -> None:
+        """Away until ``_online``: ``resume`` drops the connection (the session stays
+        resumable), ``subscribe`` closes it with 1000 (the next session is a new one)."""
         m = self.by_user[uid]
         now = time.monotonic()
-        m.offline_until = now + seconds
-        m.away = Window(f"offline_{mode}", f"user{uid}", now, now + seconds, member=uid)
+        m.away = Window(f"offline_{mode}", f"user{uid}", now, now, member=uid)
         m.log.windows.append(m.away)
         if mode == "subscribe":
-            m.session_id = None  # closed with 1000 below: the next session is a new one
+            m.session_id = None
             m.last_s = None
             m.resubscribe = True
         ws = m.ws
         if ws is not None:
             self.spawn(self._drop_now(m, ws))
 
+    def _online(self, uid: int) -> None:
+        m = self.by_user[uid]
+        if m.away is not None:
+            m.away.t1 = time.monotonic()  # the window ends as it starts coming back
+            m.away = None
+            m.wake.set()
+
     async def _drop_now(self, m: Member, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._go_away(m, ws)
 
-    def _slow(self, uid: int, seconds: float) -> None:
+    def _slow(self, uid: int) -> None:
         m = self.by_user[uid]
         now = time.monotonic()
-        m.slow_until = now + seconds
-        m.log.windows.append(Window("slow_consumer", f"user{uid}", now, now + seconds, member=uid))
+        m.slow = Window("slow_consumer", f"user{uid}", now, now, member=uid)
+        m.log.windows.append(m.slow)
+
+    def _read(self, uid: int) -> None:
+        m = self.by_user[uid]
+        if m.slow is not None:
+            m.slow.t1 = time.monotonic()
+            m.slow = None
+            m.wake.set()
 
     async def _leave(self, uid: int, room: int) -> None:
         """Leave over GraphQL once the member's sends to the room were acknowledged."""

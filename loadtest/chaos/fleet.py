@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -21,6 +22,8 @@ class Fleet(WorkerPool[ChaosPlan]):
         self.inflight: dict[int, int] = {}
         self.sent: dict[int, tuple[list[SendLog], dict[str, int]]] = {}
         self.records: dict[int, tuple[list[MemberLog], dict[str, int]]] = {}
+        self.bursts: dict[int, int] = {}  # burst id -> processes still sending it
+        self._burst_ids = itertools.count(1)
 
     def _on_report(self, w: int, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -30,15 +33,24 @@ class Fleet(WorkerPool[ChaosPlan]):
             self.sent[w] = (msg[1], msg[2])
         elif kind == "records":
             self.records[w] = (msg[1], msg[2])
+        elif kind == "burst_done":
+            self.bursts[msg[1]] -= 1
 
     def to_member(self, user_id: int, msg: tuple[Any, ...]) -> None:
         """A command for the process that holds ``user_id``."""
         self.pipes[self.where[user_id]].send(msg)
 
-    def burst(self, room: int, count: int, seconds: float, exclude: int) -> None:
-        """``count`` large messages into ``room`` within ``seconds``, shared by the processes,
-        each from its members in the room but ``exclude``."""
-        self._broadcast(("burst", room, -(-count // len(self.pipes)), seconds, exclude))
+    def burst(self, room: int, count: int, seconds: float, exclude: int) -> int:
+        """``count`` large messages into ``room`` (within ``seconds`` at most), shared by the
+        processes, each from its members in the room but ``exclude``. Its id, for
+        ``burst_done``."""
+        burst = next(self._burst_ids)
+        self.bursts[burst] = len(self.pipes)
+        self._broadcast(("burst", burst, room, -(-count // len(self.pipes)), seconds, exclude))
+        return burst
+
+    def burst_done(self, burst: int) -> bool:
+        return self.bursts.get(burst, 0) <= 0
 
     def counter(self, name: str) -> int:
         return sum(c.get(name, 0) for c in self.live.values())

@@ -3,8 +3,11 @@
 Cluster faults run one after the other on a thread of their own (each inject, hold, heal blocks:
 a restart waits until the process or engine is ready again) and each becomes a ``Window`` from
 injection to heal. Member faults are commands to the client processes, sent from the caller's
-thread by ``poll()`` when due; the clients record their windows themselves (exact times).
-``heal_all`` puts everything back, whatever was interrupted.
+thread by ``poll()``: a member goes offline (or stops reading) while its room's other members
+send it a backlog, and comes back once its planned time is up AND the backlog is complete (at
+most ``MAX_AWAY_S``): the backlog's size does not depend on how fast this box acknowledges.
+The clients record their windows themselves (exact times). ``heal_all`` puts everything back,
+whatever was interrupted.
 """
 
 from __future__ import annotations
@@ -16,16 +19,29 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from loadtest.chaos.fleet import Fleet
 from loadtest.chaos.proxy import ProxyProcess
 from loadtest.chaos.records import Window
-from loadtest.chaos.schedule import Fault, Plan
+from loadtest.chaos.schedule import Fault, Plan, away_limit
 from loadtest.cluster import Cluster, ServiceProc
 
 ENGINES = ("pg", "redis", "kafka")
+
+
+@dataclass
+class _Active:
+    """A member fault in progress: ``end`` is sent once ``due`` is past and the backlog
+    ``burst`` is complete, or at ``limit`` whatever the backlog."""
+
+    uid: int
+    end: tuple[object, ...]
+    due: float
+    limit: float
+    burst: int
 
 
 class EngineControl:
@@ -90,8 +106,8 @@ class Nemesis:
         self.errors: list[str] = []
         self.t0 = 0.0
         self._pending = list(plan.members)
+        self._active: list[_Active] = []
         self._thread: threading.Thread | None = None
-        self._members_end = max((f.at_s + f.hold_s for f in plan.members), default=0.0)
 
     def say(self, text: str) -> None:
         print(f"[chaos {time.monotonic() - self.t0:7.1f}s] {text}", file=sys.stderr, flush=True)
@@ -105,7 +121,7 @@ class Nemesis:
     def finished(self) -> bool:
         """Every fault injected and healed (member faults: their planned end is past)."""
         thread_done = self._thread is not None and not self._thread.is_alive()
-        return thread_done and not self._pending and time.monotonic() - self.t0 > self._members_end
+        return thread_done and not self._pending and not self._active
 
     # --- cluster faults, one at a time --------------------------------------------------------
     def _cluster_faults(self) -> None:
@@ -167,25 +183,32 @@ class Nemesis:
 
     # --- member faults, from the caller's thread ------------------------------------------------
     def poll(self) -> None:
-        """Send the member faults that are due."""
-        elapsed = time.monotonic() - self.t0
-        while self._pending and self._pending[0].at_s <= elapsed:
-            self._member_fault(self._pending.pop(0))
+        """Start the member faults that are due; end those whose time is up and whose backlog
+        is complete (or that reached their limit)."""
+        now = time.monotonic()
+        while self._pending and self._pending[0].at_s <= now - self.t0:
+            self._start_member_fault(self._pending.pop(0), now)
+        for active in list(self._active):
+            if now >= active.due and (self.fleet.burst_done(active.burst) or now >= active.limit):
+                self.fleet.to_member(active.uid, active.end)
+                self._active.remove(active)
 
-    def _member_fault(self, f: Fault) -> None:
+    def _start_member_fault(self, f: Fault, now: float) -> None:
         uid = self.users[int(f.target)]
-        p = f.params
-        room = self.rooms[p["room"]]
+        room = self.rooms[f.params["room"]]
         self.say(f"{f.kind} user {uid} room {room} for {f.hold_s}s")
         if f.kind == "member_leave":
             self.fleet.to_member(uid, ("leave", uid, room))
             return
+        limit = now + away_limit(f.hold_s)
         if f.kind == "slow_consumer":
-            self.fleet.to_member(uid, ("slow", uid, f.hold_s))
+            self.fleet.to_member(uid, ("slow", uid))
+            end: tuple[object, ...] = ("read", uid)
         else:
-            mode = f.kind.removeprefix("offline_")
-            self.fleet.to_member(uid, ("offline", uid, f.hold_s, mode))
-        self.fleet.burst(room, p["burst_count"], p["burst_s"], uid)
+            self.fleet.to_member(uid, ("offline", uid, f.kind.removeprefix("offline_")))
+            end = ("online", uid)
+        burst = self.fleet.burst(room, f.params["burst_count"], limit - now, uid)
+        self._active.append(_Active(uid, end, now + f.hold_s, limit, burst))
 
     # --- back to normal ---------------------------------------------------------------------------
     def heal_all(self) -> None:

@@ -37,7 +37,16 @@ LINKS = ("pg", "redis", "kafka")
 #: Seconds a heal takes on this box beyond the hold (a restart and its readiness wait).
 HEAL_S = {"gateway_kill": 5, "edge_kill": 4, "router_kill": 3, "kafka_kill": 35, "pg_restart": 4}
 LARGE_CHARS = 4000  # the content limit: the largest message a client may send
+SMALL_CHARS = 100  # the other messages
 MIN_MEMBERS_LEFT = 3  # a leave never shrinks a room below this
+#: A member is away (or not reading) at most this long, backlog complete or not: a RESUME must
+#: come well inside the 5-minute resume window.
+MAX_AWAY_S = 270.0
+
+
+def away_limit(hold_s: float) -> float:
+    """How long a member fault planned for ``hold_s`` may last while its backlog builds."""
+    return min(2 * hold_s + 30, MAX_AWAY_S)
 
 
 @dataclass(frozen=True)
@@ -243,7 +252,8 @@ def _members(
                 leave = _leave(rng, member, at, rooms_of, members_of, {room})
                 if leave is not None:
                     faults.append(leave)
-        busy_until[member] = t + hold + 10
+        # away until the backlog is complete, at most the nemesis's limit: then free again
+        busy_until[member] = t + away_limit(hold) + 10
         t += prof.member_every_s
         i += 1
 
@@ -261,12 +271,9 @@ def _away(
     (each sends its share; a member leaving the room stops sending there)."""
     mib = rng.uniform(*(prof.slow_backlog_mib if kind == "slow_consumer" else prof.backlog_mib))
     count = int(mib * 1024 * 1024 / LARGE_CHARS) + 1
-    # an offline member's backlog is complete before it is back; a slow one is fed throughout
-    burst_s = max(1.0, hold * (0.8 if kind.startswith("offline") else 1.0))
     params = {
         "room": room,
         "burst_count": count,
-        "burst_s": round(burst_s, 2),
         "backlog_mib": round(mib, 2),
     }
     return Fault(kind, round(t, 2), hold, str(member), params)

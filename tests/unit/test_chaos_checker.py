@@ -141,6 +141,22 @@ def test_faults_own_their_time_and_members_their_own_faults() -> None:
     assert rows["net_stall"]["recovery_p50_s"] == 3.0
     assert rows["offline_resume"]["recovery_p50_s"] == 1.5
     assert rows["gateway_kill"]["recovery_p99_s"] == 0.0
+    assert rows["offline_resume"]["backlog_max_mib"] == round(2 * 100 / 2**20, 2)
+    assert rows["gateway_kill"]["backlog_max_mib"] is None
+
+
+def test_a_member_fault_reports_the_backlog_it_came_back_to() -> None:
+    offline = Window("offline_subscribe", f"user{A}", 10.0, 40.0, member=A)
+    sends = [
+        SendLog(f"n{s}", AUTHOR, ROOM, s - 0.1, large=True, t_ack=float(s), seq=s)
+        for s in range(11, 39)
+    ]
+    members = [_member(A, [(s, 41.0 + s / 100) for s in range(11, 39)])]
+    report = check(members, sends, _truth(*range(11, 39)), [offline])
+    row = _row(report, "offline_subscribe")
+    assert row["acked"] == 28 and row["delivered"] == 28
+    assert row["backlog_max_mib"] == round(28 * 4000 / 2**20, 2)
+    assert 1.0 <= row["recovery_p50_s"] <= 1.4  # the last one arrived at 41.38
 
 
 def test_duplicates_count_where_they_were_received() -> None:
