@@ -250,8 +250,11 @@ class ChaosWorker:
                 await m.wake.wait()
             try:
                 await self._session(m, await self._next_url(m))
-            except SESSION_ERRORS as exc:
-                self.count(f"err_{type(exc).__name__}", m=m)
+            except Exception as exc:  # a member never dies of its connection: it reconnects
+                name = f"err_{type(exc).__name__}"
+                if not isinstance(exc, SESSION_ERRORS) and name not in self.counters:
+                    traceback.print_exception(exc, file=sys.stderr)  # unexpected: show once
+                self.count(name, m=m)
             m.ws = None
             m.ready = False
             for fut in m.replies.values():
@@ -274,7 +277,7 @@ class ChaosWorker:
             return url
         if m.got_ready or m.first:  # discovery, unless the last attempt led nowhere
             for base in (self.plan.router, self.plan.edge):
-                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                with contextlib.suppress(Exception):  # router or edge down: the next one
                     resp = await self.http.get(
                         f"{base}/gateway", params={"key": str(m.uid)}, timeout=2
                     )

@@ -20,7 +20,6 @@ import argparse
 import random
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from loadtest.chaos.records import StoredEvent
 from loadtest.cluster import Cluster
 from loadtest.population import populate_rooms
 from loadtest.report import BenchResult, Latency, Progress, build_result, now_iso, write_json
-from loadtest.scenarios.common import _run_async, settings_overrides
+from loadtest.scenarios.common import add_run_options, params_of, run_async, settings_overrides
 from shardchat.config import Settings, load_settings
 from shardchat.store import open_store
 from shardchat.supervisor import engines_env, engines_script
@@ -67,21 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=90,
         help="seconds after sending stopped within which every member must hold everything",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SHARDCHAT_NAME=VALUE",
-        help="a service setting for this run (repeatable)",
-    )
-    p.add_argument("--out", default="loadtest/results", help="folder for the JSON")
-    p.add_argument("--name", default="", help="result file name (default: chaos)")
-    p.add_argument(
-        "--log-dir",
-        default=str(Path(tempfile.gettempdir()) / "shardchat-bench"),
-        help="service logs, one folder per run",
-    )
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p)
 
 
 def command_of(args: argparse.Namespace, seed: int) -> str:
@@ -172,7 +157,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     started = now_iso()
     run_id = secrets.token_hex(4)
     log_dir = Path(args.log_dir) / f"chaos-{run_id}"
-    engines_vars = _run_async(engines_env(script))
+    engines_vars = run_async(engines_env(script))
     direct = load_settings(env=engines_vars)
     engines = EngineControl(script, direct.redis_url)
     engines.up()  # the nemesis needs them all, the Kafka proxy listener included
@@ -209,7 +194,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     nemesis: Nemesis | None = None
     try:
         cluster.migrate()
-        population = _run_async(
+        population = run_async(
             populate_rooms(cluster.settings(), args.users, rooms_members, run_id)
         )
         users = list(population.tokens)  # member index -> user id
@@ -265,7 +250,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         nemesis.say(f"sending stopped: {len(sends)} sends; waiting for every member")
         members, client_counters = fleet.settle(acked, args.bound)
         t_settled = time.monotonic()
-        truth = _run_async(read_truth(_direct(cluster, direct), room_ids))
+        truth = run_async(read_truth(_direct(cluster, direct), room_ids))
         windows = nemesis.windows + [w for m in members for w in m.windows]
         report = check(members, sends, truth, windows, t_start=t0, kinds=schedule.KINDS)
         extra = {
@@ -337,8 +322,7 @@ def _finish(
         "leaked": t["leaked"],
         "failures": report.failures,
     }
-    params = {k: v for k, v in vars(args).items() if k not in ("out", "log_dir", "no_progress")}
-    params["seed"] = extra["seed"]
+    params = params_of(args) | {"seed": extra["seed"]}
     result = build_result(
         "chaos",
         started_at=started,
