@@ -23,15 +23,18 @@ acknowledged while it lasted (and then ``acked`` there counts those pairs), else
 cluster fault of the acknowledgement. A duplicate or reorder counts where it was received
 (a member's fault owns it until it recovered); a leak under its ``member_leave``.
 
-Recovery time of a fault: how long after it was healed (``t1``) the last message sent before
-``t1`` reached a member it concerns (cluster faults: every member not inside a fault of its own
-for that message; member faults: that member), 0 when everything was there at ``t1``. Lost
-messages are not in it (they are in ``lost``).
+Recovery time of a fault: how long after it was healed (``t1``) the last message first sent
+before ``t1`` reached a member it concerns (cluster faults: every member not inside a fault of
+its own for that message; member faults: that member), 0 when everything was there at ``t1``.
+Lost messages are not in it (they are in ``lost``). A cluster fault whose messages were not all
+there when the next cluster fault started has no recovery time (the next fault's would be in
+it): it is counted in ``recovery_cut`` instead.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +68,7 @@ class Row:
     reordered: int = 0
     leaked: int = 0
     recovery_s: list[float] = field(default_factory=list)
+    recovery_cut: int = 0  # injections not recovered when the next cluster fault started
     backlog_bytes: dict[int, int] = field(default_factory=dict)  # member fault -> its backlog
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,6 +79,7 @@ class Row:
             "recovery_p50_s": _pct(rec, 50),
             "recovery_p99_s": _pct(rec, 99),
             "recovery_max_s": round(rec[-1], 3) if rec else None,
+            "recovery_cut": self.recovery_cut,
             "backlog_max_mib": (
                 round(max(self.backlog_bytes.values()) / 2**20, 2) if self.backlog_bytes else None
             ),
@@ -267,6 +272,9 @@ def check(
         got = p.t_got if p.t_got is not None else math.inf
         p.excused = any(w.t0 <= got and p.t_sent <= w.t1 for w in own.get(p.member, ()))
     recovery: dict[int, float | None] = {}
+    cut: set[int] = set()  # cluster faults not recovered when the next one started
+    cluster = sorted((w for w in windows if w.member is None), key=lambda w: w.t0)
+    next_start = {id(a): b.t0 for a, b in itertools.pairwise(cluster)}
     done = sorted((p for p in pairs if p.t_got is not None), key=lambda p: p.t_sent)
     everyone = _PrefixMax([p for p in done if not p.excused])
     by_member: dict[int, _PrefixMax] = {}
@@ -276,6 +284,10 @@ def check(
             continue
         if w.member is None:
             latest = everyone.upto(w.t1)
+            if latest is not None and latest > next_start.get(id(w), math.inf):
+                recovery[id(w)] = None
+                cut.add(id(w))
+                continue
         else:
             if w.member not in by_member:
                 by_member[w.member] = _PrefixMax([p for p in done if p.member == w.member])
@@ -295,6 +307,7 @@ def check(
         rec = recovery[id(w)]
         if rec is not None:
             row.recovery_s.append(rec)
+        row.recovery_cut += id(w) in cut
 
     def kind_of(w: Window | None) -> str:
         return w.kind if w is not None else NONE
@@ -363,5 +376,7 @@ def markdown(report: Report) -> str:
         cells = [row["kind"], *(str(row[c]) for c in COLUMNS)]
         for key in ("recovery_p50_s", "recovery_p99_s", "backlog_max_mib"):
             cells.append("-" if row[key] is None else f"{row[key]:.2f}")
+        if row["recovery_cut"]:  # the p99 cell says how many did not recover in time
+            cells[-2] = f"{cells[-2]} ({row['recovery_cut']} cut)"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -556,13 +556,13 @@ class ChaosWorker:
 
     async def _burst(self, burst: int, room: int, count: int, seconds: float, exclude: int) -> None:
         """``count`` large messages into ``room`` (within ``seconds`` at most) from this
-        process's other members of it, each sending its share one after the other: a backlog
-        that builds as fast as the system acknowledges it. Reports ``burst_done``."""
+        process's other members of it, each keeping its window full: a backlog that builds as
+        fast as the system acknowledges it. Reports ``burst_done``."""
         senders = [
             m
             for m in self.members
             if m.uid != exclude and room in m.joined - m.leaving and m.away is None
-        ]
+        ] * SEND_WINDOW
         deadline = time.monotonic() + seconds
         share = -(-count // len(senders)) if senders else 0
 

@@ -159,6 +159,18 @@ def test_a_member_fault_reports_the_backlog_it_came_back_to() -> None:
     assert 1.0 <= row["recovery_p50_s"] <= 1.4  # the last one arrived at 41.38
 
 
+def test_a_fault_not_recovered_before_the_next_one_has_no_recovery_time() -> None:
+    first = Window("edge_kill", "edge", 10.0, 12.0)
+    second = Window("kafka_kill", "kafka", 14.0, 40.0)
+    sends = [_send(1, 11.0), _send(2, 20.0)]
+    members = [_member(A, [(1, 41.0), (2, 41.5)])]  # both held up by the Kafka outage
+    report = check(members, sends, _truth(1, 2), [first, second], kinds=["edge_kill"])
+    edge, kafka = _row(report, "edge_kill"), _row(report, "kafka_kill")
+    assert edge["recovery_p50_s"] is None and edge["recovery_cut"] == 1
+    assert kafka["recovery_p50_s"] == 1.5 and kafka["recovery_cut"] == 0
+    assert "(1 cut)" in markdown(report)
+
+
 def test_duplicates_count_where_they_were_received() -> None:
     kill = Window("gateway_kill", "gateway1", 10.0, 11.0)
     sends = [_send(1, 9.0)]
