@@ -108,6 +108,7 @@ class Nemesis:
         self._pending = list(plan.members)
         self._active: list[_Active] = []
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # cuts a hold or gap short (the fault is still healed)
 
     def say(self, text: str) -> None:
         print(f"[chaos {time.monotonic() - self.t0:7.1f}s] {text}", file=sys.stderr, flush=True)
@@ -116,6 +117,12 @@ class Nemesis:
         self.t0 = t0
         self._thread = threading.Thread(target=self._cluster_faults, name="nemesis", daemon=True)
         self._thread.start()
+
+    def stop(self, timeout_s: float = 600) -> None:
+        """No new cluster fault; the one in progress is healed now (waited for)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     @property
     def finished(self) -> bool:
@@ -126,7 +133,8 @@ class Nemesis:
     # --- cluster faults, one at a time --------------------------------------------------------
     def _cluster_faults(self) -> None:
         for fault in self.plan.cluster:
-            time.sleep(fault.at_s)
+            if self._stop.wait(fault.at_s):
+                return
             t0 = time.monotonic()
             self.say(f"{fault.kind} {fault.target} for {fault.hold_s}s {fault.params or ''}")
             try:
@@ -152,18 +160,18 @@ class Nemesis:
             svc = self._service(f.target)
             self.cluster.signal(svc, signal.SIGKILL)
             svc.proc.wait(30)
-            time.sleep(f.hold_s)
+            self._stop.wait(f.hold_s)
             self.cluster.restart(svc)
         elif kind == "gateway_pause":
             svc = self._service(f.target)
             self.cluster.signal(svc, signal.SIGSTOP)
             try:
-                time.sleep(f.hold_s)
+                self._stop.wait(f.hold_s)
             finally:
                 self.cluster.signal(svc, signal.SIGCONT)
         elif kind in ("kafka_kill", "pg_restart", "redis_restart"):
             self.engines.kill(f.target)
-            time.sleep(f.hold_s)
+            self._stop.wait(f.hold_s)
             self.engines.up(f.target)
         elif kind == "redis_flush":
             self.engines.flushall()
@@ -175,7 +183,7 @@ class Nemesis:
             else:
                 self.proxy.command("reset", f.target, for_s=f.hold_s)
             try:
-                time.sleep(f.hold_s)
+                self._stop.wait(f.hold_s)
             finally:
                 self.proxy.command("clear", f.target)
         else:

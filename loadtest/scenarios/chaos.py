@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     finally:
         if fleet is not None:
             fleet.close()
-        if nemesis is not None:
+        if nemesis is not None:  # also after Ctrl-C: the fault in progress is healed first
+            nemesis.stop()
             nemesis.heal_all()
         cluster.stop()
         proxy.close()
