@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import signal
 import socket
 import sys
 import threading
@@ -790,5 +791,7 @@ class ChaosWorker:
 
 
 def worker_main(plan: ChaosPlan, pipe: Connection) -> None:
-    """The spawned process's entry point."""
+    """The spawned process's entry point. Ctrl-C reaches the whole process group: the parent
+    ends the run (and closes us), so it is ignored here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     clientproc.run_process(ChaosWorker, plan, pipe)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import random
+import signal
 import socket
 import struct
 import threading
@@ -49,6 +50,11 @@ def _rst(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+async def _dial(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The upstream connection (a seam for the self-connect test)."""
+    return await asyncio.open_connection(host, port)
 
 
 class _Conn:
@@ -131,10 +137,19 @@ class Link:
             return
         try:
             up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(self.spec.host, self.spec.upstream_port), 5
+                _dial(self.spec.host, self.spec.upstream_port), 5
             )
         except (OSError, TimeoutError):
             self.stats["refused"] += 1
+            _rst(writer)
+            return
+        sock = up_writer.get_extra_info("socket")
+        if sock is not None and sock.getsockname() == sock.getpeername():
+            # Connecting to a free loopback port can connect the socket to itself (the kernel
+            # picked that very port as the source): it would hold the engine's port and stop
+            # the engine from starting again. Dropped at once, with a RST (no TIME_WAIT).
+            self.stats["refused"] += 1
+            _rst(up_writer)
             _rst(writer)
             return
         self.stats["accepted"] += 1
@@ -257,7 +272,10 @@ class Proxy:
 
 
 def _serve(specs: list[LinkSpec], pipe: Connection) -> None:
-    """The child's body: start the links, report the ports, then answer commands until EOF."""
+    """The child's body: start the links, report the ports, then answer commands until EOF.
+
+    Ctrl-C reaches the whole process group: the parent heals and closes us, so it is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

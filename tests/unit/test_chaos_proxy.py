@@ -8,9 +8,11 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from loadtest.chaos import proxy as proxy_mod
 from loadtest.chaos.proxy import LinkSpec, Proxy, ProxyProcess
 
 
@@ -140,6 +142,39 @@ async def test_a_refusing_upstream_resets_the_client() -> None:
             await asyncio.wait_for(reader.readexactly(1), 10)
         writer.close()
         assert p.command("stats")["dead"]["refused"] == 1
+    finally:
+        await p.close()
+
+
+async def test_an_upstream_connection_to_itself_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While an engine is down, a connect to its free port may be given that very port as
+    source: the socket is then connected to itself and holds the port, and the engine cannot
+    start again ("Address already in use", seen with Kafka). The proxy drops such a socket."""
+    held: list[int] = []
+
+    async def dial_self(host: str, port: int) -> Any:
+        sock = socket.socket()
+        sock.bind((host, 0))
+        own = sock.getsockname()[1]
+        sock.connect((host, own))  # TCP simultaneous open: connected to itself
+        held.append(own)
+        return await asyncio.open_connection(sock=sock)
+
+    monkeypatch.setattr(proxy_mod, "_dial", dial_self)
+    p = Proxy([LinkSpec("kafka", 1)])
+    await p.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.ports["kafka"])
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 10)
+        writer.close()
+        assert p.command("stats")["kafka"]["refused"] == 1
+        with socket.socket() as engine:  # the port is free for the engine again
+            engine.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            engine.bind(("127.0.0.1", held[0]))
+            engine.listen()
     finally:
         await p.close()
 
