@@ -112,7 +112,13 @@ LONG = Profile(
 )
 
 
-def profile_for(duration_s: float) -> Profile:
+PROFILES = {"short": SHORT, "long": LONG}
+
+
+def profile_for(duration_s: float, name: str = "") -> Profile:
+    """``name``'s profile, else by duration: short under ten minutes."""
+    if name:
+        return PROFILES[name]
     return SHORT if duration_s < 600 else LONG
 
 

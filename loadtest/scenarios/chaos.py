@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="client processes")
     p.add_argument("--heartbeat-ms", type=int, default=5000, help="gateway heartbeat interval")
     p.add_argument(
+        "--profile",
+        choices=sorted(schedule.PROFILES),
+        default="",
+        help="fault holds and pacing (default: short under 600 s, else long)",
+    )
+    p.add_argument(
         "--only",
         default="",
         metavar="KIND,...",
@@ -83,6 +89,7 @@ def command_of(args: argparse.Namespace, seed: int) -> str:
         f"--workers {args.workers}",
         f"--heartbeat-ms {args.heartbeat_ms}",
         f"--bound {args.bound:g}",
+        *([f"--profile {args.profile}"] if args.profile else []),
         *([f"--only {args.only}"] if args.only else []),
         *(f"--set {item}" for item in args.set),
     ]
@@ -171,7 +178,10 @@ def run(args: argparse.Namespace) -> BenchResult:
         ]
     )
     rooms_members = memberships(seed, args.users, args.rooms, args.rooms_per_user)
-    plan = schedule.plan(seed, args.duration, gateways=args.gateways, rooms=rooms_members)
+    profile = schedule.profile_for(args.duration, args.profile)
+    plan = schedule.plan(
+        seed, args.duration, gateways=args.gateways, rooms=rooms_members, profile=profile
+    )
     if args.only:
         try:
             plan = plan.only(args.only.split(","))
