@@ -204,10 +204,11 @@ class Nemesis:
     def _start_member_fault(self, f: Fault, now: float) -> None:
         uid = self.users[int(f.target)]
         room = self.rooms[f.params["room"]]
-        self.say(f"{f.kind} user {uid} room {room} for {f.hold_s}s")
         if f.kind == "member_leave":
+            self.say(f"{f.kind} user {uid} room {room}")
             self.fleet.to_member(uid, ("leave", uid, room))
             return
+        self.say(f"{f.kind} user {uid} room {room} for {f.hold_s}s (or until its backlog is in)")
         limit = now + away_limit(f.hold_s)
         if f.kind == "slow_consumer":
             self.fleet.to_member(uid, ("slow", uid))

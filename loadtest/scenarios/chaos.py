@@ -33,7 +33,7 @@ from loadtest.chaos.nemesis import EngineControl, Nemesis
 from loadtest.chaos.proxy import LinkSpec, ProxyProcess
 from loadtest.chaos.records import StoredEvent
 from loadtest.cluster import Cluster
-from loadtest.population import populate_rooms
+from loadtest.population import Population, populate_rooms
 from loadtest.report import BenchResult, Latency, Progress, build_result, now_iso, write_json
 from loadtest.scenarios.common import add_run_options, params_of, run_async, settings_overrides
 from shardchat.config import Settings, load_settings
@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     script = engines_script()
     if script is None:
         raise SystemExit("chaos needs deploy/local/engines.sh (a checkout, not an install)")
+    rooms_members = memberships(seed, args.users, args.rooms, args.rooms_per_user)
+    plan = _plan(args, seed, rooms_members)
     started = now_iso()
     run_id = secrets.token_hex(4)
     log_dir = Path(args.log_dir) / f"chaos-{run_id}"
@@ -168,41 +170,30 @@ def run(args: argparse.Namespace) -> BenchResult:
     direct = load_settings(env=engines_vars)
     engines = EngineControl(script, direct.redis_url)
     engines.up()  # the nemesis needs them all, the Kafka proxy listener included
-    kafka_proxy = int(engines_vars["SHARDCHAT_KAFKA_PROXY_PORT"])
-    kafka_proxied = int(engines_vars["SHARDCHAT_KAFKA_PROXIED_BOOTSTRAP"].rsplit(":", 1)[1])
-    proxy = ProxyProcess(
-        [
-            LinkSpec("pg", urlsplit(direct.postgres_dsn).port or 5432),
-            LinkSpec("redis", urlsplit(direct.redis_url).port or 6379),
-            LinkSpec("kafka", kafka_proxied, listen_port=kafka_proxy),
-        ]
-    )
-    rooms_members = memberships(seed, args.users, args.rooms, args.rooms_per_user)
-    profile = schedule.profile_for(args.duration, args.profile)
-    plan = schedule.plan(
-        seed, args.duration, gateways=args.gateways, rooms=rooms_members, profile=profile
-    )
-    if args.only:
-        try:
-            plan = plan.only(args.only.split(","))
-        except ValueError as exc:
-            raise SystemExit(f"--only: {exc}") from None
-    overrides = {
-        "SHARDCHAT_HEARTBEAT_INTERVAL_MS": str(args.heartbeat_ms),
-        "SHARDCHAT_ACCESS_TOKEN_TTL_S": str(int(args.duration) + 7200),
-        "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(1024 * 1024),  # as shipped (bench runs lift it)
-        "SHARDCHAT_GRAPHQL_MUTATION_BURST": "1000000",
-        "SHARDCHAT_GRAPHQL_MUTATION_PER_S": "1000000",
-    } | settings_overrides(args.set)
-    cluster = Cluster.on_engines(run_id, args.gateways, log_dir, overrides, base=direct)
-    cluster.env |= {  # every service reaches every engine through the proxy
-        "SHARDCHAT_POSTGRES_DSN": _via(cluster.env["SHARDCHAT_POSTGRES_DSN"], proxy.ports["pg"]),
-        "SHARDCHAT_REDIS_URL": _via(direct.redis_url, proxy.ports["redis"]),
-        "SHARDCHAT_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_proxy}",
-    }
+    proxy: ProxyProcess | None = None
+    cluster: Cluster | None = None
     fleet: Fleet | None = None
     nemesis: Nemesis | None = None
     try:
+        kafka_proxy = int(engines_vars["SHARDCHAT_KAFKA_PROXY_PORT"])
+        kafka_proxied = int(engines_vars["SHARDCHAT_KAFKA_PROXIED_BOOTSTRAP"].rsplit(":", 1)[1])
+        proxy = ProxyProcess(
+            [
+                LinkSpec("pg", urlsplit(direct.postgres_dsn).port or 5432),
+                LinkSpec("redis", urlsplit(direct.redis_url).port or 6379),
+                LinkSpec("kafka", kafka_proxied, listen_port=kafka_proxy),
+            ]
+        )
+        cluster = Cluster.on_engines(
+            run_id, args.gateways, log_dir, _service_settings(args), base=direct
+        )
+        cluster.env |= {  # every service reaches every engine through the proxy
+            "SHARDCHAT_POSTGRES_DSN": _via(
+                cluster.env["SHARDCHAT_POSTGRES_DSN"], proxy.ports["pg"]
+            ),
+            "SHARDCHAT_REDIS_URL": _via(direct.redis_url, proxy.ports["redis"]),
+            "SHARDCHAT_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_proxy}",
+        }
         cluster.migrate()
         population = run_async(
             populate_rooms(cluster.settings(), args.users, rooms_members, run_id)
@@ -212,27 +203,9 @@ def run(args: argparse.Namespace) -> BenchResult:
         cluster.start_router()
         cluster.start_edge()
         cluster.start_gateways()
-        assert cluster.edge is not None and cluster.router is not None
-        rooms_of: dict[int, list[int]] = {}
-        for room_id, members in population.rooms:
-            for uid in members:
-                rooms_of.setdefault(uid, []).append(room_id)
-        plans = [
-            ChaosPlan(
-                w,
-                seed,
-                cluster.urls,
-                cluster.edge.http,
-                cluster.router.http,
-                [
-                    MemberSpec(uid, population.tokens[uid], tuple(rooms_of[uid]), i % args.gateways)
-                    for i, uid in enumerate(users)
-                    if i % args.workers == w
-                ],
-            )
-            for w in range(args.workers)
-        ]
-        fleet = Fleet(plans, Progress("chaos", not args.no_progress))
+        fleet = Fleet(
+            _client_plans(args, seed, cluster, population), Progress("chaos", not args.no_progress)
+        )
         fleet.start()
         fleet.wait_ready(120)
         nemesis = Nemesis(plan, cluster, proxy, engines, fleet, users, room_ids)
@@ -293,9 +266,62 @@ def run(args: argparse.Namespace) -> BenchResult:
         if nemesis is not None:  # also after Ctrl-C: the fault in progress is healed first
             nemesis.stop()
             nemesis.heal_all()
-        cluster.stop()
-        proxy.close()
+        if cluster is not None:
+            cluster.stop()
+        if proxy is not None:
+            proxy.close()
         engines.up()
+
+
+def _plan(args: argparse.Namespace, seed: int, rooms_members: list[list[int]]) -> schedule.Plan:
+    profile = schedule.profile_for(args.duration, args.profile)
+    plan = schedule.plan(
+        seed, args.duration, gateways=args.gateways, rooms=rooms_members, profile=profile
+    )
+    if not args.only:
+        return plan
+    try:
+        return plan.only(args.only.split(","))
+    except ValueError as exc:
+        raise SystemExit(f"--only: {exc}") from None
+
+
+def _service_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What the run changes in the services' settings (the benchmark ones aside)."""
+    return {
+        "SHARDCHAT_HEARTBEAT_INTERVAL_MS": str(args.heartbeat_ms),
+        "SHARDCHAT_ACCESS_TOKEN_TTL_S": str(int(args.duration) + 7200),
+        "SHARDCHAT_OUTBOUND_BUFFER_BYTES": str(1024 * 1024),  # as shipped (bench runs lift it)
+        "SHARDCHAT_GRAPHQL_MUTATION_BURST": "1000000",
+        "SHARDCHAT_GRAPHQL_MUTATION_PER_S": "1000000",
+    } | settings_overrides(args.set)
+
+
+def _client_plans(
+    args: argparse.Namespace, seed: int, cluster: Cluster, population: Population
+) -> list[ChaosPlan]:
+    """Members spread over ``--workers`` processes, and over the gateways for their first try."""
+    assert cluster.edge is not None and cluster.router is not None
+    rooms_of: dict[int, list[int]] = {}
+    for room_id, members in population.rooms:
+        for uid in members:
+            rooms_of.setdefault(uid, []).append(room_id)
+    users = list(population.tokens)
+    return [
+        ChaosPlan(
+            w,
+            seed,
+            cluster.urls,
+            cluster.edge.http,
+            cluster.router.http,
+            [
+                MemberSpec(uid, population.tokens[uid], tuple(rooms_of[uid]), i % args.gateways)
+                for i, uid in enumerate(users)
+                if i % args.workers == w
+            ],
+        )
+        for w in range(args.workers)
+    ]
 
 
 def _direct(cluster: Cluster, direct: Settings) -> Settings:
