@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from graphql_edge.ports import Auth
-from shardchat.errors import ChatError
+from shardchat.errors import ChatError, Unauthenticated
 from shardchat.registry import RegistryUnavailable
 from user_core.tokens import Principal
 
@@ -21,25 +21,26 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-async def authenticate(auth: Auth, header: str | None) -> tuple[Principal | None, str | None]:
+async def authenticate(auth: Auth, header: str | None) -> tuple[Principal | None, ChatError | None]:
     """(principal, None) for a good token; (None, why) for a bad one; (None, None) for none.
 
     A bad token does not fail the whole request: login/refresh still work with a stale header,
-    and every field that needs a caller reports UNAUTHENTICATED with the reason. When token
-    revocation can't be checked (the Registry is down) the token is not accepted.
+    and every field that needs a caller raises ``why``: UNAUTHENTICATED with the reason. When
+    token revocation can't be checked (the Registry is down) the token is not accepted either,
+    but ``why`` is then INTERNAL: the client should retry, its credentials are fine.
     """
     if not header:
         return None, None
     token = bearer_token(header)
     if token is None:
-        return None, "Authorization must be 'Bearer <accessToken>'"
+        return None, Unauthenticated("Authorization must be 'Bearer <accessToken>'")
     try:
         return await auth.authenticate(token), None
     except ChatError as exc:
-        return None, exc.message
+        return None, exc
     except RegistryUnavailable:
         log.warning("token revocation check unavailable: token not accepted")
-        return None, "authentication is unavailable; retry shortly"
+        return None, ChatError("authentication is unavailable; retry shortly")
 
 
 #: ``connection_init`` payload keys that carry the token, in the order they are looked at:

@@ -10,7 +10,7 @@ from chat_core.models import ReadState, Upload
 from graphql_edge.loaders import DataLoader
 from graphql_edge.ports import Auth, Chat, Files, Placement, Presence, RoomEventSource
 from graphql_edge.ratelimit import TokenBuckets
-from shardchat.errors import BadInput, RateLimited, Unauthenticated
+from shardchat.errors import BadInput, ChatError, RateLimited, Unauthenticated
 from user_core.models import User
 from user_core.tokens import Principal
 
@@ -35,7 +35,7 @@ class Services:
 class Context:
     services: Services
     principal: Principal | None
-    auth_error: str | None  # why a presented token was refused (None: no token presented)
+    auth_error: ChatError | None  # why a presented token was refused (None: none presented)
     client_ip: str  # the real client address (behind trusted proxies: X-Forwarded-For's)
     client: str | None = None  # what the session list shows of a login (User-Agent)
     users: DataLoader[int, User] = field(init=False)
@@ -59,7 +59,10 @@ class Context:
 
     def require_principal(self) -> Principal:
         if self.principal is None:
-            raise Unauthenticated(self.auth_error or "authentication required")
+            why = self.auth_error
+            if why is None:
+                raise Unauthenticated("authentication required")
+            raise type(why)(why.message, reason=why.reason)  # a fresh one per field
         return self.principal
 
     def require_user(self) -> int:

@@ -45,9 +45,11 @@ def files_endpoint(services: Services) -> Callable[[Request], Awaitable[Response
             return _error("NOT_FOUND", "files are not enabled on this server")
         principal, why = await authenticate(services.auth, request.headers.get("authorization"))
         if principal is None:
+            if why is not None and why.code != "UNAUTHENTICATED":
+                return _error(why.code, why.message)  # the Registry is down: retry
             return _error(
                 "UNAUTHENTICATED",
-                why or "authentication required",
+                why.message if why else "authentication required",
                 {"WWW-Authenticate": "Bearer"},
             )
         try:

@@ -39,7 +39,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -335,12 +335,16 @@ class ClientProcess(ABC, Generic[C]):
         self.done.set()
 
 
-def run_process(
-    worker: Callable[[WorkerPlan, Connection], ClientProcess[Any]],
-    plan: WorkerPlan,
-    pipe: Connection,
-) -> None:
-    """A spawned worker process's body: fd limit lifted, GC tuned, ``worker`` run on uvloop."""
+class Runnable(Protocol):
+    async def main(self) -> None: ...
+
+
+P = TypeVar("P")
+
+
+def run_process(worker: Callable[[P, Connection], Runnable], plan: P, pipe: Connection) -> None:
+    """A spawned worker process's body: fd limit lifted, GC tuned, ``worker`` run on uvloop
+    (this harness's ClientProcess, or any other client process, e.g. loadtest/chaos)."""
     raise_nofile()
     gctune.tune(freeze=False)
     try:

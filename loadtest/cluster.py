@@ -1,10 +1,12 @@
 """Start and stop a cluster of shardchat service processes for one benchmark run.
 
-``shardchat migrate`` first, then M ``shardchat gateway`` processes on ephemeral ports, each
-ready when it printed its listening line and ``/readyz`` answers 200. On the local engines every
-run gets a fresh PostgreSQL database and a fresh Kafka topic (both deleted by ``stop()``), so
-runs never see each other's rooms or offsets; the embedded mode (SQLite + memory adapters) runs
-ONE gateway, since the memory log and registry live inside that process.
+``shardchat migrate`` first, then M ``shardchat gateway`` processes on ephemeral ports (and,
+when a scenario asks, one ``shardchat edge`` and one ``shardchat router``), each ready when it
+printed its listening line and ``/readyz`` answers 200. ``restart`` starts a process again on
+the port it had (clients reconnect to the address they know). On the local engines every run
+gets a fresh PostgreSQL database and a fresh Kafka topic (both deleted by ``stop()``), so runs
+never see each other's rooms or offsets; the embedded mode (SQLite + memory adapters) runs ONE
+gateway, since the memory log and registry live inside that process.
 Stop: SIGTERM (the gateway drains), then SIGKILL after a grace period.
 """
 
@@ -31,15 +33,27 @@ from shardchat.config import Settings, load_settings
 from shardchat.runtime import open_event_log
 
 _PASS_THROUGH = frozenset({"SHARDCHAT_GC_TUNE", "SHARDCHAT_GC_TRACE"})
-_LISTENING = re.compile(r"listening on (ws://\S+)")
+_LISTENING = re.compile(r"listening on ((?:ws|http)://\S+)")
+_PORT_SETTING = {
+    "gateway": "SHARDCHAT_GATEWAY_PORT",
+    "edge": "SHARDCHAT_EDGE_PORT",
+    "router": "SHARDCHAT_ROUTER_PORT",
+}
+EDGE_WORKER_ID = 99  # snowflake worker of the edge; gateways are 100 + index
 
 
 @dataclass
-class GatewayProc:
+class ServiceProc:
+    kind: str  # gateway | edge | router
     index: int
     proc: subprocess.Popen[bytes]
     stdout: Path
-    url: str = ""
+    url: str = ""  # ws://host:port/ws for a gateway, http://host:port for the others
+    starts: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.index}"
 
     @property
     def pid(self) -> int:
@@ -47,7 +61,17 @@ class GatewayProc:
 
     @property
     def http(self) -> str:
-        return self.url.replace("ws://", "http://", 1).rsplit("/", 1)[0]
+        if self.kind == "gateway":
+            return self.url.replace("ws://", "http://", 1).rsplit("/", 1)[0]
+        return self.url.rstrip("/")
+
+    @property
+    def port(self) -> int:
+        return int(self.http.rsplit(":", 1)[1]) if self.url else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
 
 @dataclass
@@ -58,7 +82,9 @@ class Cluster:
     log_dir: Path
     database: str | None = None  # created fresh (PostgreSQL), dropped by stop()
     admin_dsn: str = ""
-    procs: list[GatewayProc] = field(default_factory=list)
+    procs: list[ServiceProc] = field(default_factory=list)  # the gateways
+    edge: ServiceProc | None = None
+    router: ServiceProc | None = None
 
     @classmethod
     def on_engines(
@@ -69,10 +95,12 @@ class Cluster:
         overrides: dict[str, str] | None = None,
         *,
         event_log: str = "kafka",
+        base: Settings | None = None,
     ) -> Cluster:
         """PostgreSQL + Redis + the event log (Kafka, Redis Streams or NATS) of deploy/local
-        (or whatever SHARDCHAT_* env names). The run's log is a fresh topic / set of streams."""
-        base = load_settings()
+        (or whatever SHARDCHAT_* env names, or ``base``). The run's log is a fresh topic / set
+        of streams."""
+        base = base or load_settings()
         database = f"bench_{run_id}"
         dsn = re.sub(r"/[^/?]*(\?|$)", f"/{database}\\1", base.postgres_dsn.split("://", 1)[1])
         env = (
@@ -128,60 +156,91 @@ class Cluster:
             stdout=subprocess.DEVNULL,
         )
 
-    def start_gateways(self, ready_timeout_s: float = 60.0) -> list[GatewayProc]:
+    def start_gateways(self, ready_timeout_s: float = 60.0) -> list[ServiceProc]:
         for i in range(self.gateways):
-            self.procs.append(self._spawn(i))
+            self.procs.append(self._spawn("gateway", i))
         deadline = time.monotonic() + ready_timeout_s
         for gw in self.procs:
             self._wait_ready(gw, deadline)
         return self.procs
 
-    def _spawn(self, i: int) -> GatewayProc:
-        out = self.log_dir / f"gateway{i}.out"
-        env = self.process_env() | {
-            "SHARDCHAT_GATEWAY_ID": f"bench-{self.run_id}-gw{i}",
-            "SHARDCHAT_WORKER_ID": str(100 + i),  # snowflake workers: unique per writer
-        }
-        with out.open("wb") as stdout, (self.log_dir / f"gateway{i}.err").open("wb") as err:
-            proc = subprocess.Popen(
-                self._cmd("gateway"), env=env, stdout=stdout, stderr=err, start_new_session=True
-            )  # our signals only, not the tty's
-        return GatewayProc(i, proc, out)
+    def start_edge(self, ready_timeout_s: float = 60.0) -> ServiceProc:
+        self.edge = self._spawn("edge", 0)
+        self._wait_ready(self.edge, time.monotonic() + ready_timeout_s)
+        return self.edge
 
-    def _wait_ready(self, gw: GatewayProc, deadline: float) -> None:
+    def start_router(self, ready_timeout_s: float = 60.0) -> ServiceProc:
+        self.router = self._spawn("router", 0)
+        self._wait_ready(self.router, time.monotonic() + ready_timeout_s)
+        return self.router
+
+    def restart(self, svc: ServiceProc, ready_timeout_s: float = 60.0) -> None:
+        """Start ``svc`` again (after it was killed) on the port it had, and wait until ready."""
+        if svc.alive:
+            raise RuntimeError(f"{svc.name} is still running")
+        new = self._spawn(svc.kind, svc.index, port=svc.port, starts=svc.starts + 1)
+        svc.proc, svc.stdout, svc.starts = new.proc, new.stdout, new.starts
+        self._wait_ready(svc, time.monotonic() + ready_timeout_s)
+
+    @property
+    def services(self) -> list[ServiceProc]:
+        return [*self.procs, *(s for s in (self.edge, self.router) if s is not None)]
+
+    def _spawn(self, kind: str, i: int, *, port: int = 0, starts: int = 1) -> ServiceProc:
+        stem = f"{kind}{i}" if starts == 1 else f"{kind}{i}.{starts}"
+        out = self.log_dir / f"{stem}.out"
+        env = self.process_env() | {_PORT_SETTING[kind]: str(port)}
+        if kind == "gateway":
+            env["SHARDCHAT_GATEWAY_ID"] = f"bench-{self.run_id}-gw{i}"
+            env["SHARDCHAT_WORKER_ID"] = str(100 + i)  # snowflake workers: unique per writer
+        elif kind == "edge":
+            env["SHARDCHAT_WORKER_ID"] = str(EDGE_WORKER_ID)
+        with out.open("wb") as stdout, (self.log_dir / f"{stem}.err").open("wb") as err:
+            proc = subprocess.Popen(
+                self._cmd(kind), env=env, stdout=stdout, stderr=err, start_new_session=True
+            )  # our signals only, not the tty's
+        return ServiceProc(kind, i, proc, out, starts=starts)
+
+    def _wait_ready(self, svc: ServiceProc, deadline: float) -> None:
+        svc.url = ""
         while time.monotonic() < deadline:
-            if gw.proc.poll() is not None:
+            if svc.proc.poll() is not None:
                 raise RuntimeError(
-                    f"gateway {gw.index} exited with {gw.proc.returncode}; "
-                    f"see {self.log_dir}/gateway{gw.index}.err"
+                    f"{svc.name} exited with {svc.proc.returncode}; "
+                    f"see {svc.stdout.with_suffix('.err')}"
                 )
-            found = _LISTENING.search(gw.stdout.read_text(errors="replace"))
+            found = _LISTENING.search(svc.stdout.read_text(errors="replace"))
             if found:
-                gw.url = found.group(1)
+                svc.url = found.group(1)
                 with (
                     contextlib.suppress(OSError),
-                    urllib.request.urlopen(gw.http + "/readyz", timeout=2) as resp,
+                    urllib.request.urlopen(svc.http + "/readyz", timeout=2) as resp,
                 ):
                     if resp.status == 200:
                         return
             time.sleep(0.1)
-        raise TimeoutError(f"gateway {gw.index} not ready in time")
+        raise TimeoutError(f"{svc.name} not ready in time")
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        self.signal(self.procs[index], sig)
+
+    @staticmethod
+    def signal(svc: ServiceProc, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            self.procs[index].proc.send_signal(sig)
+            svc.proc.send_signal(sig)
 
     def stop(self, grace_s: float = 15.0) -> None:
-        for gw in self.procs:
-            if gw.proc.poll() is None:
-                gw.proc.send_signal(signal.SIGTERM)
+        for svc in self.services:
+            if svc.alive:
+                svc.proc.send_signal(signal.SIGCONT)  # a paused process can't hear SIGTERM
+                svc.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for gw in self.procs:
+        for svc in self.services:
             try:
-                gw.proc.wait(max(0.1, deadline - time.monotonic()))
+                svc.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                gw.proc.kill()
-                gw.proc.wait(5)
+                svc.proc.kill()
+                svc.proc.wait(5)
         if self.database:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 _psql(self.admin_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')

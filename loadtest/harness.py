@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from loadtest.addresses import RoundRobin
 from loadtest.plan import (
@@ -82,42 +82,37 @@ def plan_clients(pop: Population, urls: list[str], opts: HarnessOptions) -> list
     ]
 
 
-class Harness:
-    """One run's client worker processes, driven and merged: ``entry`` is their function
-    (loadtest/worker.py's, or the Socket.IO one of loadtest/peers/worker.py)."""
+P = TypeVar("P")
+
+
+class WorkerPool(Generic[P]):
+    """Client worker processes, one pipe each: spawned with their plan, commanded, pumped.
+
+    A subclass reads the reports in ``_on_report``; ``close`` sends ``CMD_CLOSE`` and waits."""
 
     def __init__(
         self,
-        scenario: str,
-        plans: list[WorkerPlan],
-        opts: HarnessOptions,
-        *,
-        entry: Callable[[WorkerPlan, Connection], None] = worker_main,
-        process_name: str = "loadtest-worker",
+        plans: list[P],
+        entry: Callable[[P, Connection], None],
+        process_name: str,
+        progress: Progress,
     ) -> None:
         self.plans = plans
-        self.opts = opts
         self.entry = entry
         self.process_name = process_name
-        self.progress = Progress(scenario, opts.progress)
+        self.progress = progress
         self.pipes: list[Connection] = []
         self.procs: list[mp.process.BaseProcess] = []
-        self.connected: dict[int, tuple[int, int, bool]] = {}
-        self.live: dict[int, dict[str, int]] = {}
-        self.acked: dict[int, tuple[dict[int, list[int]], dict[str, int]]] = {}
-        self.results: dict[int, WorkerResult] = {}
-        self.total = sum(len(p.clients) for p in plans)
 
-    # --- processes ----------------------------------------------------------------------------
     def start(self) -> None:
         ctx = mp.get_context("spawn")  # no forked copies of the parent's loop, sockets or pools
-        for plan in self.plans:
+        for i, plan in enumerate(self.plans):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=self.entry,
                 args=(plan, child),
                 daemon=True,
-                name=f"{self.process_name}-{plan.index}",
+                name=f"{self.process_name}-{i}",
             )
             proc.start()
             child.close()
@@ -153,6 +148,31 @@ class Harness:
                     self._on_report(w, pipe.recv())
             except EOFError as exc:
                 raise RuntimeError(f"load-test worker {w} died") from exc
+
+    def _on_report(self, w: int, msg: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+
+class Harness(WorkerPool[WorkerPlan]):
+    """One run's client worker processes, driven and merged: ``entry`` is their function
+    (loadtest/worker.py's, or the Socket.IO one of loadtest/peers/worker.py)."""
+
+    def __init__(
+        self,
+        scenario: str,
+        plans: list[WorkerPlan],
+        opts: HarnessOptions,
+        *,
+        entry: Callable[[WorkerPlan, Connection], None] = worker_main,
+        process_name: str = "loadtest-worker",
+    ) -> None:
+        super().__init__(plans, entry, process_name, Progress(scenario, opts.progress))
+        self.opts = opts
+        self.connected: dict[int, tuple[int, int, bool]] = {}
+        self.live: dict[int, dict[str, int]] = {}
+        self.acked: dict[int, tuple[dict[int, list[int]], dict[str, int]]] = {}
+        self.results: dict[int, WorkerResult] = {}
+        self.total = sum(len(p.clients) for p in plans)
 
     def _on_report(self, w: int, msg: tuple[Any, ...]) -> None:
         kind = msg[0]

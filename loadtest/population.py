@@ -30,6 +30,16 @@ async def populate(
     settings: Settings, sizes: list[int], run_id: str, concurrency: int = 8
 ) -> Population:
     """One room per entry of ``sizes``, each with that many fresh members."""
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    rooms = [list(range(start, start + size)) for start, size in zip(starts, sizes, strict=True)]
+    return await populate_rooms(settings, sum(sizes), rooms, run_id, concurrency)
+
+
+async def populate_rooms(
+    settings: Settings, users: int, rooms: list[list[int]], run_id: str, concurrency: int = 8
+) -> Population:
+    """``users`` fresh users and one room per entry of ``rooms``: the indexes of its members
+    (a user may be in several rooms), the first one its creator."""
     core = await Core.open(settings, apply_migrations=False)
     try:
         sem = asyncio.Semaphore(concurrency)
@@ -41,24 +51,20 @@ async def populate(
                 await core.store.create_user(user, "!bench")  # no password logs in
             return user.id
 
-        ids = list(await asyncio.gather(*(make_user(n) for n in range(sum(sizes)))))
+        ids = list(await asyncio.gather(*(make_user(n) for n in range(users))))
 
         async def make_room(k: int, members: list[int]) -> tuple[int, list[int]]:
             async with sem:
                 room = await core.chat.create_room(members[0], f"bench {k}", members[1:])
             return room.id, members
 
-        starts = [sum(sizes[:k]) for k in range(len(sizes))]
-        rooms = list(
+        made = list(
             await asyncio.gather(
-                *(
-                    make_room(k, ids[start : start + size])
-                    for k, (start, size) in enumerate(zip(starts, sizes, strict=True))
-                )
+                *(make_room(k, [ids[i] for i in members]) for k, members in enumerate(rooms))
             )
         )
         tokens = {uid: core.auth.access.issue(uid, "bench") for uid in ids}
         await core.publisher.flush(30)
-        return Population(tokens, rooms)
+        return Population(tokens, made)
     finally:
         await core.close()

@@ -11,6 +11,8 @@
 #   engines.sh down [ENGINE|all]
 #   engines.sh restart ENGINE|all
 #   engines.sh kill nats | kafka3 N | redis-cluster N   kill -9 one process (fault injection)
+#   engines.sh kill pg|redis|kafka     hard stop (fault injection): PostgreSQL immediate
+#                                      shutdown, Redis and Kafka kill -9; `up` brings them back
 #   engines.sh status                  one line per engine, exit 1 if any is down
 #   engines.sh env                     print the SHARDCHAT_* exports for the running engines
 #
@@ -404,11 +406,11 @@ kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PROXIED://127.0.0.1:$KAFKA_PROXIED_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,PROXIED://127.0.0.1:$KAFKA_PROXY_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs=$KAFKA_STATE/data
 num.partitions=32
 default.replication.factor=1
@@ -519,7 +521,9 @@ kafka_up() {
 	kafka_config
 	kafka_format
 	local pid logf="$KAFKA_STATE/logs/server.log" out="$KAFKA_STATE/logs/stdout.log"
+	kafka_restart_if_reconfigured
 	if ! pid="$(kafka_pid)"; then
+		cp "$KAFKA_STATE/server.properties" "$KAFKA_STATE/server.properties.running"
 		if port_open "$KAFKA_PORT"; then
 			die "port $KAFKA_PORT is taken by another process (not this state folder's broker)"
 		fi
@@ -1392,6 +1396,60 @@ s3_status() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Fault injection (loadtest/chaos): hard kills, and a Kafka listener reached through a proxy.
+# The broker also listens on KAFKA_PROXIED_PORT and advertises that listener as
+# KAFKA_PROXY_PORT, where a chaos run's fault proxy listens and forwards to KAFKA_PROXIED_PORT:
+# a client bootstrapped at the proxy is sent back to the proxy by every metadata answer, so all
+# its broker connections cross the proxy. The defaults follow the Kafka port, so engine sets
+# side by side (SHARDCHAT_KAFKA_PORT differs) never ask for the same port.
+# ---------------------------------------------------------------------------------------------
+KAFKA_PROXIED_PORT="${SHARDCHAT_KAFKA_PROXIED_PORT:-$((KAFKA_PORT + 2))}"
+KAFKA_PROXY_PORT="${SHARDCHAT_KAFKA_PROXY_PORT:-$((KAFKA_PORT + 3))}"
+
+# A broker started from another configuration (an older engines.sh, other ports) lacks the
+# listener: restart it once with the current file.
+kafka_restart_if_reconfigured() {
+	kafka_pid >/dev/null || return 0
+	if ! cmp -s "$KAFKA_STATE/server.properties" "$KAFKA_STATE/server.properties.running"; then
+		log "kafka: configuration changed since the broker started: restarting it"
+		kafka_down
+	fi
+}
+
+kafka_kill() {
+	local pid i
+	if pid="$(kafka_pid)"; then
+		kill -KILL "$pid" 2>/dev/null || true
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+	fi
+	rm -f "$KAFKA_STATE/kafka.pid"
+	log "kafka: killed (-9)"
+}
+
+redis_kill() {
+	local pid=""
+	[[ -f "$REDIS_STATE/redis.pid" ]] && pid="$(cat "$REDIS_STATE/redis.pid" 2>/dev/null || true)"
+	if [[ -n "$pid" ]] && redis_ours; then
+		kill -KILL "$pid" 2>/dev/null || true
+		while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+	fi
+	log "redis: killed (-9)"
+}
+
+pg_kill() {
+	local bin data
+	bin="$(pg_bin)" || return 0
+	if pg_running; then
+		data="$(pg_data)"
+		as_pg "$bin/pg_ctl" -D "$data" -m immediate -w -t 60 stop >/dev/null
+	fi
+	log "postgresql: stopped in immediate mode (crash recovery at the next start)"
+}
+
+# ---------------------------------------------------------------------------------------------
 engines_of() {
 	case "${1:-all}" in
 	all) echo "pg redis kafka nats rc haproxy prometheus s3" ;;  # kafka3: started by the tests that use it
@@ -1457,6 +1515,8 @@ main() {
 		echo "export SHARDCHAT_POSTGRES_DSN=postgresql://shardchat@127.0.0.1:$PG_PORT/$PG_DB"
 		echo "export SHARDCHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
 		echo "export SHARDCHAT_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+		echo "export SHARDCHAT_KAFKA_PROXIED_BOOTSTRAP=127.0.0.1:$KAFKA_PROXIED_PORT"
+		echo "export SHARDCHAT_KAFKA_PROXY_PORT=$KAFKA_PROXY_PORT"
 		echo "export SHARDCHAT_NATS_URL=nats://127.0.0.1:$NATS_PORT"
 		echo "export SHARDCHAT_KAFKA3_BOOTSTRAP=$(kafka3_bootstrap)"
 		echo "export SHARDCHAT_REDIS_CLUSTER_URL=redis://127.0.0.1:$REDIS_CLUSTER_PORT/0"
@@ -1468,16 +1528,20 @@ main() {
 		echo "export SHARDCHAT_S3_SECRET_KEY=$S3_SECRET_KEY"
 		;;
 	kill)
-		# kill -9 one process of an engine (fault injection): nats, kafka3 N, redis-cluster N
+		# one process of an engine, hard (fault injection): PostgreSQL immediate shutdown,
+		# the others kill -9 (nats, kafka3 N, redis-cluster N, redis, kafka)
 		case "${1:-}" in
+		pg | postgres | postgresql) pg_kill ;;
+		redis) redis_kill ;;
+		kafka) kafka_kill ;;
 		nats) nats_kill ;;
 		kafka3) kafka3_kill "${2:-}" ;;
 		redis-cluster | rc) rc_kill "${2:-}" ;;
-		*) die "usage: $0 kill nats | kafka3 1..3 | redis-cluster 1..6" ;;
+		*) die "usage: $0 kill pg | redis | kafka | nats | kafka3 1..3 | redis-cluster 1..6" ;;
 		esac
 		;;
 	*)
-		sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 		[[ -z "$cmd" || "$cmd" == -h || "$cmd" == --help || "$cmd" == help ]] || exit 2
 		;;
 	esac

@@ -78,20 +78,25 @@ def add_common(
         action="store_true",
         help="one gateway on SQLite + memory adapters instead of the local engines",
     )
+    add_run_options(p)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--set``, ``--out``, ``--name``, ``--log-dir``, ``--no-progress`` (cluster scenarios)."""
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SHARDCHAT_NAME=VALUE",
-        help="a gateway setting for this run (repeatable), e.g. SHARDCHAT_RING_BUFFER_EVENTS=64",
+        help="a service setting for this run (repeatable), e.g. SHARDCHAT_RING_BUFFER_EVENTS=64",
     )
-    p.add_argument("--out", default="loadtest/results", help="folder for JSON + PNG")
+    p.add_argument("--out", default="loadtest/results", help="folder for the results")
     p.add_argument("--name", default="", help="result file name (default: the scenario)")
-    # Outside the repository: gateway logs of a big run are tens of MB, not results.
+    # Outside the repository: service logs of a big run are tens of MB, not results.
     p.add_argument(
         "--log-dir",
         default=str(Path(tempfile.gettempdir()) / "shardchat-bench"),
-        help="gateway stdout/stderr, one folder per run",
+        help="service stdout/stderr, one folder per run",
     )
     p.add_argument("--no-progress", action="store_true")
 
@@ -156,7 +161,7 @@ def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iter
     try:
         cluster.migrate()
         # Before the gateways start: on SQLite nothing then races the population's writes.
-        population = _run_async(populate(cluster.settings(), sizes, run_id))
+        population = run_async(populate(cluster.settings(), sizes, run_id))
         cluster.start_gateways()
         opts = harness_options(args, sum(sizes))
         harness = Harness(scenario, plan_clients(population, cluster.urls, opts), opts)
@@ -167,7 +172,7 @@ def bench_run(scenario: str, args: argparse.Namespace, sizes: list[int]) -> Iter
         cluster.stop()
 
 
-def _run_async(coro: Any) -> Any:
+def run_async(coro: Any) -> Any:
     try:
         import uvloop
 

@@ -15,6 +15,7 @@ import pyotp
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from shardchat.registry import RegistryUnavailable
 from tests.unit.test_graphql_api import ROOM, SEND, Edge, code, make_edge
 from tests.unit.test_graphql_ws import SUB, Server, closed_with, init, open_ws, recv, send
 from tests.unit.test_graphql_ws import server as server
@@ -147,6 +148,29 @@ async def test_obs4_logout_revokes_the_access_token(edge: Edge) -> None:
     logout = "mutation($r: String!) { logout(refreshToken: $r) }"
     assert (await edge.gql(logout, {"r": refresh}))["data"]["logout"] is True
     assert code(await edge.gql("{ me { id } }", token=token)) == "UNAUTHENTICATED"
+
+
+async def test_a_registry_outage_refuses_tokens_with_a_retryable_error(
+    edge: Edge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revocation can't be checked while the Registry is down, so no token is accepted; but
+    the answer must be INTERNAL (retry), not UNAUTHENTICATED, which tells a client its
+    credentials are bad (the chaos suite's members saw sends refused for good during a Redis
+    restart)."""
+    _, token, _ = await edge.user("patient")
+    room = (await edge.gql(ROOM, {"n": "r"}, token))["data"]["createRoom"]["id"]
+
+    async def down(*_: object) -> list[int]:
+        raise RegistryUnavailable("redis: connection refused")
+
+    monkeypatch.setattr(edge.registry, "tokens_not_before", down)
+    refused = await edge.gql(SEND, {"r": room, "c": "hi", "n": "r1"}, token)
+    assert code(refused) == "INTERNAL"
+    assert "retry" in refused["errors"][0]["message"]
+    monkeypatch.undo()
+    sent = await edge.gql(SEND, {"r": room, "c": "hi", "n": "r1"}, token)
+    assert "errors" not in sent
+    assert code(await edge.gql("{ me { id } }", token="not-a-token")) == "UNAUTHENTICATED"
 
 
 async def test_obs4_graphql_ws_closes_when_the_token_is_revoked(server: Server) -> None:
