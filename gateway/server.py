@@ -139,6 +139,7 @@ class Gateway:
             ring_size=s.ring_buffer_events,
             room_ttl_s=s.gateway_ttl_s,
             stall_s=1.5 * s.heartbeat_interval_ms / 1000,
+            flush_window_s=s.flush_window_us / 1e6,
         )
         self.hub.consumer.start()
         self._server = await serve(

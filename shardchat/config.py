@@ -76,6 +76,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_window_s: float = 300.0
     outbound_buffer_bytes: int = 1024 * 1024
     ring_buffer_events: int = 256
+    # A busy gateway (a flush within this of the previous one) coalesces its socket writes
+    # over this window: fewer writes, at most this much added latency (gateway/outbound.py).
+    flush_window_us: int = 1000
 
     # --- cluster ------------------------------------------------------------------------------
     gateway_id: str = ""  # random if empty
