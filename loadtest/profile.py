@@ -5,13 +5,16 @@ a window (``--nonblocking``: the processes are never paused), in the raw "collap
 format, and from those samples writes:
 
 - ``<name>.svg``: a flame graph of all processes together (``flamegraph_svg``, self-contained);
+- ``<name>.folded``: the merged samples in the collapsed-stack format (``stack count`` lines);
 - ``<name>.json``: samples per stage (``STAGES``) per process and in total, and, when the run's
   CPU seconds and counts are given, a CPU budget: ms per acknowledged send and us per delivery
   for each stage (``budget``).
 
 py-spy samples a thread only while it runs Python (idle waits in epoll are not sampled), so a
 stage's share of samples is its share of the process's busy CPU; the budget spreads the CPU
-seconds measured from /proc over the same window by those shares. Stacks are read leaf-first:
+seconds measured from /proc over the same window by those shares (on a box with more runnable
+threads than cores, a thread waiting for a core counts as active too: the shares then say where
+the processes were runnable, close to where they spent their CPU). Stacks are read leaf-first:
 the stage is the first rule of ``STAGES`` whose marker appears in the stack, so a Store call made
 while serving a SEND counts as "store write", not "gateway SEND". Work done in a transport's
 callback (a reply parsed by asyncpg, redis or aiokafka; a client frame parsed by websockets)
@@ -39,8 +42,8 @@ from typing import Any
 
 from loadtest.peers import cpu
 
-#: (stage, markers): a stack belongs to the first stage one of whose markers occurs in it.
-#: Markers are substrings of py-spy's frame labels ``function (path/file.py:line)``.
+#: (stage, markers): a stack belongs to the stage of its innermost frame that matches one of
+#: these markers (substrings of py-spy's frame labels ``function (path/file.py:line)``)...
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("store write", ("pg_store.py", "sqlite_store.py", "asyncpg", "batcher.py")),
     ("outbox publish", ("outbox.py", "aiokafka/producer", "kafka_log.py:append")),
@@ -49,10 +52,14 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka consume", ("consumer.py", "aiokafka", "kafka_log.py")),
     (
         "session bookkeeping",
-        ("_sweep_loop", "_save", "to_blob", "redis_registry.py", "redis/", "session.py", "gctune"),
+        ("_sweep_loop", "_save", "to_blob", "redis_registry.py", "redis/", "gateway/session.py", "gctune"),
     ),
     ("IDENTIFY / RESUME", ("_identify", "_resume", "_subscribe", "_replay", "tokens.py")),
     ("gateway SEND", ("_send_message", "chat_core/service.py", "send_message")),
+)
+#: ... and only when none of those is on the stack, to the first of these it meets leaf first:
+#: the generic layers every path goes through.
+GENERIC: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("heartbeats and frames in", ("websockets/", "protocol/session.py", "protocol/codec.py")),
     ("metrics and logging", ("prometheus_client", "logging/")),
     ("event loop", ("asyncio/", "uvloop")),
@@ -60,14 +67,18 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 OTHER = "other"
 
 
+def _first(frames: list[str], rules: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    for frame in reversed(frames):
+        for stage, markers in rules:
+            if any(m in frame for m in markers):
+                return stage
+    return None
+
+
 def stage_of(stack: str) -> str:
     """The stage of one collapsed stack (``root;...;leaf``), read leaf-first."""
     frames = stack.split(";")
-    for frame in reversed(frames):
-        for stage, markers in STAGES:
-            if any(m in frame for m in markers):
-                return stage
-    return OTHER
+    return _first(frames, STAGES) or _first(frames, GENERIC) or OTHER
 
 
 def parse_collapsed(text: str) -> Counter[str]:
@@ -143,7 +154,7 @@ def flamegraph_svg(stacks: Counter[str], title: str, width: int = 1200) -> str:
                     f'<g><title>{tip}</title><rect x="{cx:.1f}" y="{y}" width="{w:.1f}" '
                     f'height="{row_h - 1}" fill="hsl({hue},85%,60%)"/>'
                     f'<text x="{cx + 2:.1f}" y="{y + row_h - 4}" font-size="11">'
-                    f"{label[: int(w / 7)]}</text></g>"
+                    f"{html.escape(name[: int(w / 7)])}</text></g>"
                 )
                 walk(kid, cx, level + 1)
             cx += w
@@ -240,6 +251,9 @@ def write_profile(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.svg").write_text(flamegraph_svg(merged, name))
+    # the samples themselves, for another cut by stage or another flame graph tool
+    folded = "".join(f"{stack} {n}\n" for stack, n in merged.most_common())
+    (out / f"{name}.folded").write_text(folded)
     (out / f"{name}.json").write_text(json.dumps(body, indent=2) + "\n")
     return body
 

@@ -59,14 +59,16 @@ def test_parse_and_budget_spread_the_cpu_by_share() -> None:
 
 
 def test_flamegraph_is_valid_svg_with_every_wide_frame(tmp_path: Path) -> None:
+    # a label cut to its box's width must not cut an escaped entity (<, &) in two
     stacks = Counter({"main (a.py:1);work (a.py:2)": 90, "main (a.py:1);<b> & c (a.py:3)": 10})
+    stacks["main (a.py:1);" + "<&" * 200 + " (a.py:9)"] = 3
     svg = flamegraph_svg(stacks, "t")
     root = ET.fromstring(svg)  # well-formed, escaped
     titles = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}title")]
-    assert any(t.startswith("work (a.py:2) (90 samples, 90.0%)") for t in titles)
+    assert any(t.startswith("work (a.py:2) (90 samples, 87.4%)") for t in titles)
     assert any("&" in t and "<b>" in t for t in titles)
     body = write_profile({1: stacks}, tmp_path, "p", cpu_s=1.0, acks=10, deliveries=100)
-    assert (tmp_path / "p.svg").stat().st_size > 0 and body["samples"] == 100
+    assert (tmp_path / "p.svg").stat().st_size > 0 and body["samples"] == 103
     assert (tmp_path / "p.json").read_text().startswith("{")
 
 
