@@ -52,8 +52,15 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka consume", ("consumer.py", "aiokafka", "kafka_log.py")),
     (
         "session bookkeeping",
-        ("_sweep_loop", "_save", "to_blob", "redis_registry.py", "redis/", "gateway/session.py")
-        + ("gctune",),
+        (
+            "_sweep_loop",
+            "_save",
+            "to_blob",
+            "redis_registry.py",
+            "redis/",
+            "gateway/session.py",
+            "gctune",
+        ),
     ),
     ("IDENTIFY / RESUME", ("_identify", "_resume", "_subscribe", "_replay", "tokens.py")),
     ("gateway SEND", ("_send_message", "chat_core/service.py", "send_message")),
