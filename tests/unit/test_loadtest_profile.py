@@ -42,6 +42,15 @@ def test_stage_is_the_innermost_known_frame() -> None:
         "heartbeats and frames in"
     )
     assert stage_of("<module> (x.py:1);f (x.py:2)") == OTHER
+    # a library's own task: by library (aiokafka's producer sender, its fetcher, its connection)
+    sender = f"{LOOP};_send_produce_req (aiokafka/producer/sender.py:1)"
+    assert stage_of(sender + ";send (aiokafka/conn.py:2)") == "outbox publish"
+    fetcher = f"{LOOP};_proc_fetch_request (aiokafka/consumer/fetcher.py:1)"
+    assert stage_of(fetcher + ";send (aiokafka/conn.py:2)") == "Kafka consume"
+    assert stage_of(f"{LOOP};_read (aiokafka/conn.py:3)") == "Kafka client I/O (both ways)"
+    assert stage_of(f"{LOOP};_publish_loop (chat_core/outbox.py:1);send (aiokafka/conn.py:2)") == (
+        "outbox publish"
+    )
 
 
 def test_parse_and_budget_spread_the_cpu_by_share() -> None:
