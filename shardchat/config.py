@@ -32,6 +32,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kafka_topic: str = "room-events"
     kafka_partitions: int = 32  # the partition count of every event log kind
     kafka_replication_factor: int = 1  # 3 on the 3-broker cluster (min.insync.replicas 2)
+    # How long an idle fetch waits at the broker: records are returned as soon as they come
+    # (fetch.min.bytes 1) whatever this is; it only sets how often an idle gateway polls.
+    kafka_fetch_max_wait_ms: int = 100
     nats_url: str = "nats://127.0.0.1:58222"
     redis_streams_url: str = ""  # the Redis of event_log=redis-streams; empty = redis_url
     event_log_max_len: int = 1_000_000  # records kept per partition (redis-streams, nats)
