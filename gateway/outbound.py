@@ -1,9 +1,10 @@
-"""Per-connection outbound buffers, flushed once per event-loop tick with one write each.
+"""Per-connection outbound buffers, flushed once per event-loop tick (or per coalescing window,
+when busy) with one write each.
 
 Why not ``await connection.send()``: that is one task switch, one frame build and one syscall
 per message per recipient. Here complete WebSocket frames (header + payload) are appended to a
-list and a single ``call_soon`` callback writes every dirty connection with one
-``b"".join`` and one ``transport.write``.
+list and a single callback writes every dirty connection with one ``b"".join`` and one
+``transport.write``.
 
 Why writing to the transport directly is safe: the server never negotiates extensions
 (``compression=None``), never fragments, and server frames are unmasked, so a frame is
