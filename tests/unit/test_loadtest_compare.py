@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,9 @@ from loadtest.compare import compare, direction, flatten, main
 RESULTS = Path(__file__).resolve().parents[2] / "loadtest" / "results"
 
 
-def _peers() -> dict:
-    return json.loads((RESULTS / "peers.json").read_text())
+def _peers() -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((RESULTS / "peers.json").read_text())
+    return body
 
 
 def test_direction_by_name() -> None:
