@@ -50,7 +50,10 @@ def test_commands() -> None:
 def test_connection_token_is_a_valid_hs256_jwt() -> None:
     token = centrifugo.connection_token(42, "secret")
     head, claims, sig = token.split(".")
-    pad = lambda s: s + "=" * (-len(s) % 4)  # noqa: E731
+
+    def pad(part: str) -> str:
+        return part + "=" * (-len(part) % 4)
+
     assert json.loads(base64.urlsafe_b64decode(pad(head))) == {"alg": "HS256", "typ": "JWT"}
     assert json.loads(base64.urlsafe_b64decode(pad(claims)))["sub"] == "42"
     want = hmac.new(b"secret", f"{head}.{claims}".encode(), hashlib.sha256).digest()
