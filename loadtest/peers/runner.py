@@ -432,6 +432,7 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
             scenario=f"peers-{SHARDCHAT}",
             around_send=lambda: _cpu_window(groups, cpu_used),
             on_merged=lambda merged: latency.append(merged.latency),
+            profile_to=(args.out, f"{args.name or 'peers'}_profile"),
         )
     extra: dict[str, Any] = {
         "target": SHARDCHAT,

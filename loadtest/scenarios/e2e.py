@@ -58,9 +58,11 @@ def run(
     *,
     around_send: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     on_merged: Callable[[Merged], None] | None = None,
+    profile_to: tuple[str, str] | None = None,
 ) -> BenchResult:
     """``around_send`` wraps the sending phase, ``on_merged`` sees the merged worker results:
-    the hooks the ``peers`` scenario measures CPU and keeps the histogram with."""
+    the hooks the ``peers`` scenario measures CPU and keeps the histogram with; ``profile_to``
+    is the (folder, name) of ``--profile``'s files (default: ``--out``, ``<name>_profile``)."""
     started = now_iso()
     sizes = sizes_of(args)
     with bench_run(scenario, args, sizes) as r:
@@ -73,9 +75,10 @@ def run(
             acked = r.harness.run(args.duration, args.rate)
         merged = r.harness.account(acked, args.account_wait)
         elapsed = time.monotonic() - t0
+        out_dir, name = profile_to or (args.out, f"{args.name or scenario}_profile")
         prof.write(
-            args.out,
-            f"{args.name or scenario}_profile",
+            out_dir,
+            name,
             acks=merged.counters.get("acked", 0),
             deliveries=merged.counters.get("delivered", 0),
             note=f"{args.gateways} gateways, {args.connections} connections, {args.rate}/s",
