@@ -92,8 +92,9 @@ class OutboxPublisher:
     ``submit`` never blocks and never fails: it queues the events per partition. One task appends
     them with ``append_many`` (the batch is whatever accumulated while the previous one was in
     flight, up to ``max_batch``), then hands their keys to a second task that marks them published
-    (so the next append does not wait for the Store). An event stays in ``in_flight_keys()`` from
-    ``submit`` until its mark is committed, which lets a relay of the same process skip it.
+    (so the next append does not wait for the Store), in one statement for all the keys of up to
+    ``mark_delay_s``. An event stays in ``in_flight_keys()`` from ``submit`` until its mark is
+    committed, which lets a relay of the same process skip it.
 
     When more than ``max_queued`` events wait (the log is down for long), further submissions are
     left to the relay rather than held in memory.
@@ -109,8 +110,10 @@ class OutboxPublisher:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         on_published: Callable[[Sequence[EventKey]], None] | None = None,
+        mark_delay_s: float = 0.1,
     ) -> None:
         self._log = event_log
+        self._mark_delay_s = mark_delay_s
         self._store = store
         self._on_published = on_published  # metrics hook: called with keys the log acknowledged
         self._max_batch = max_batch
@@ -252,6 +255,9 @@ class OutboxPublisher:
         backoff = _Backoff(self._backoff_initial_s, self._backoff_max_s)
         while True:
             await self._mark_work.wait()
+            # Marks gather for a moment: one Store commit for many published batches (at a
+            # light load every batch is one event, and each mark would be a commit of its own).
+            await asyncio.sleep(self._mark_delay_s)
             self._mark_work.clear()
             while self._marks:
                 keys, self._marks = self._marks, []

@@ -53,11 +53,12 @@ class Hub:
         ring_size: int,
         room_ttl_s: float,
         stall_s: float = 60.0,
+        flush_window_s: float = 0.0,
     ) -> None:
         self.gateway_id = gateway_id
         self.chat = chat
         self.registry = registry
-        self.flusher = Flusher()
+        self.flusher = Flusher(window_s=flush_window_s)
         self.rooms = RoomTable(
             chat.events_after,
             self._deliver,

@@ -1,9 +1,10 @@
-"""Per-connection outbound buffers, flushed once per event-loop tick with one write each.
+"""Per-connection outbound buffers, flushed once per event-loop tick (or per coalescing window,
+when busy) with one write each.
 
 Why not ``await connection.send()``: that is one task switch, one frame build and one syscall
 per message per recipient. Here complete WebSocket frames (header + payload) are appended to a
-list and a single ``call_soon`` callback writes every dirty connection with one
-``b"".join`` and one ``transport.write``.
+list and a single callback writes every dirty connection with one ``b"".join`` and one
+``transport.write``.
 
 Why writing to the transport directly is safe: the server never negotiates extensions
 (``compression=None``), never fragments, and server frames are unmasked, so a frame is
@@ -13,6 +14,14 @@ writes (close, pong) interleave with ours at frame boundaries only, exactly like
 
 ``fanout.py`` appends to ``parts`` inline (no method call per recipient): the fields it touches
 are public for that reason and their invariants are documented on the class.
+
+Coalescing when busy (``window_s``, ``flush_window_us`` in the settings): a flush asked for
+within ``window_s`` of the end of the previous one waits until that much time has passed since
+it, so a connection due one frame per loop tick from a busy room gets the frames of several
+ticks in one write (a write costs about as much as the Python work of queueing several frames,
+so this is where fan-out at one event per tick gains). A gateway that is not busy (no flush in
+the last ``window_s``) still writes in the same tick; the added latency is at most
+``window_s``. A paced catch-up flushes at once when it waits for the socket (``drained``).
 
 Two kinds of traffic, two rules. Live traffic (fan-out) is what the client must keep up with:
 when the bytes not yet taken by the client pass ``limit`` it is cut (4010). A catch-up the server
@@ -146,7 +155,9 @@ class Outbound:
     async def drained(self) -> None:
         """Return once the frames queued so far are written and the socket has taken all but
         a low-water mark of them (or the connection is going away)."""
-        await asyncio.sleep(0)  # the Flusher, scheduled when the frames were queued, writes them
+        if self.dirty:
+            self.flusher.flush()  # now, not after a coalescing window: the socket paces us
+        await asyncio.sleep(0)
         if self.closed or self.writable is None:
             return
         try:
@@ -190,28 +201,41 @@ class Outbound:
 
 
 class Flusher:
-    """Collects dirty Outbounds and flushes all of them in one callback per loop tick."""
+    """Collects dirty Outbounds and flushes all of them in one callback: at the end of the
+    loop tick, or, when the previous flush ended less than ``window_s`` ago (a busy gateway),
+    ``window_s`` after it (see the module docstring)."""
 
-    __slots__ = ("_dirty", "_latencies", "_loop", "_scheduled")
+    __slots__ = ("_dirty", "_last_end", "_latencies", "_loop", "_scheduled", "window_s")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop | None = None, *, window_s: float = 0.0
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._dirty: list[Outbound] = []
         self._scheduled = False
         self._latencies: list[Sequence[RoomEvent]] = []  # room events fanned out this tick
+        self.window_s = window_s
+        self._last_end = -1e9  # loop time the previous flush ended
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        if self.window_s > 0:
+            due = self._last_end + self.window_s
+            if due > self._loop.time():
+                self._loop.call_at(due, self.flush)
+                return
+        self._loop.call_soon(self.flush)
 
     def mark(self, out: Outbound) -> None:
         self._dirty.append(out)
         if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._schedule()
 
     def note_events(self, events: Sequence[RoomEvent]) -> None:
-        """Observe these events' delivery latency when their frames are written (end of tick)."""
+        """Observe these events' delivery latency when their frames are written."""
         self._latencies.append(events)
         if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+            self._schedule()
 
     def flush(self) -> None:
         self._scheduled = False
@@ -246,6 +270,8 @@ class Flusher:
         if frames:
             metrics.FRAMES_OUT.inc(frames)
             metrics.BYTES_OUT.inc(nbytes)
+            if self.window_s > 0:
+                self._last_end = self._loop.time()
         if self._latencies:
             now_ms = time.time() * 1000.0
             observe = metrics.DELIVERY_LATENCY.observe

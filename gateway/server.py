@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ from websockets.frames import CloseCode as WsCloseCode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from chat_core.batcher import GroupCommitter
 from gateway import gctune, metrics
 from gateway.connection import ClientConnection
 from gateway.consumer import PartitionConsumer
@@ -122,6 +124,11 @@ class Gateway:
         # session id -> (blob, epoch, monotonic deadline).
         self._closed_saves: dict[str, tuple[bytes, int, float]] = {}
         self._closed_flush: asyncio.Task[None] | None = None
+        # Saves of sessions whose rooms just changed (IDENTIFY, SUBSCRIBE...): those made in
+        # the same loop tick, or while a write is in flight, go out in one Registry call.
+        self._saver: GroupCommitter[tuple[str, bytes, int], bool] = GroupCommitter(
+            self._write_saves, max_batch=SAVE_SLICE, max_inflight=2
+        )
         self._opened = 0  # connections handled, for the GC freezer
         self._closed = 0
         self._gc = gctune.GcFreezer()
@@ -141,6 +148,7 @@ class Gateway:
             ring_size=s.ring_buffer_events,
             room_ttl_s=s.gateway_ttl_s,
             stall_s=1.5 * s.heartbeat_interval_ms / 1000,
+            flush_window_s=s.flush_window_us / 1e6,
         )
         self.hub.consumer.start()
         self._server = await serve(
@@ -195,6 +203,8 @@ class Gateway:
         if self._closed_flush is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._closed_flush), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._saver.close(), 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -334,19 +344,24 @@ class Gateway:
     async def _save(self, session: Session) -> None:
         """Save while live (owner = this gateway); never over a newer resume elsewhere.
 
-        One round trip: the Registry compares epochs and writes atomically. A False result means
+        One round trip, shared with the other saves of the same tick (``_saver``): the
+        Registry compares epochs and writes atomically. A False result means
         a higher epoch was saved (the session was resumed elsewhere): the local copy is stale, and
         its connection is kicked instead of overwriting the blob. The TAKE handshake below is
         what normally stops a stale holder first; this catches a holder that missed it.
         """
         if session.taken:
             return
-        window = self.settings.resume_window_s
-        blob = session.to_blob(window, self.gateway_id)
-        if not await self.registry.save_session_if(session.session_id, blob, session.epoch, window):
+        blob = session.to_blob(self.settings.resume_window_s, self.gateway_id)
+        if not await self._saver.submit((session.session_id, blob, session.epoch)):
             self._kick(session)
             return
         self._last_save[session.session_id] = time.monotonic()
+
+    async def _write_saves(self, items: Sequence[tuple[str, bytes, int]]) -> list[bool]:
+        """One Registry call for the saves gathered by ``_saver`` (each conditional on its
+        epoch, as ``save_session_if``)."""
+        return await self.registry.save_sessions_if(items, self.settings.resume_window_s)
 
     def _kick(self, session: Session) -> None:
         """Stop the stale copy now: no more fan-out to it, its socket closed with 4000."""

@@ -168,7 +168,9 @@ class Session:
                 acked[event.room_id] = event.seq
         del tail[:n]
         self.tail_base += n
-        self.dirty = True
+        # Not ``dirty``: a saved state whose tail still lists these entries resumes to the same
+        # positions (each has ``s`` <= any seq the client can RESUME with), so an ack alone
+        # never needs a save; a heartbeat per session per interval would otherwise cost one.
 
     def forget_room(self, room_id: int) -> None:
         self.acked.pop(room_id, None)

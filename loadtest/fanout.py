@@ -42,7 +42,40 @@ def _event(seq: int) -> RoomEvent:
     return RoomEvent(1, seq, "MESSAGE_CREATE", data, int(time.time() * 1000))
 
 
-async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
+class _TimedFlusher(Flusher):
+    """The gateway's Flusher with its coalescing window, flushing on its own schedule (as in
+    the gateway); charges each flush's CPU and records how long each batch waited from its
+    fan-out to its write (the latency the window adds)."""
+
+    __slots__ = ("cpu", "queued", "waits_ms", "writes")
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__(window_s=window_s)
+        self.cpu = 0.0
+        self.queued: list[float] = []  # perf_counter of each batch fanned out, not yet written
+        self.waits_ms: list[float] = []
+        self.writes = 0
+
+    def flush(self) -> None:
+        now = time.perf_counter()
+        self.waits_ms += [(now - t) * 1000 for t in self.queued]
+        self.queued.clear()
+        self.writes += len(self._dirty)
+        t0 = time.process_time()
+        super().flush()
+        self.cpu += time.process_time() - t0
+
+
+def _ms_summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values) or [0.0]
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": at(1.0)}
+
+
+async def _run(members: int, events: int, per_tick: int, window_us: int = 1000) -> dict[str, Any]:
     conns: list[ServerConnection] = []
     got = 0
     done = asyncio.Event()
@@ -113,6 +146,38 @@ async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
                 await asyncio.sleep(0)
             await asyncio.wait_for(done.wait(), 60)
             result[f"{key}_frames_per_cpu_s"] = round(members * events / cpu)
+        # --- the same, flushed as the gateway does: coalescing window on when busy ----------
+        timed = _TimedFlusher(window_us / 1e6)
+        sessions = [
+            Session(
+                str(i),
+                i,
+                Encoding.JSON,
+                Outbound(ws.transport, timed, text=True, limit=1 << 30, on_overflow=lambda: None),
+                s=_distinct_s(i),
+            )
+            for i, ws in enumerate(conns)
+        ]
+        expected, got = members * events, 0
+        done.clear()
+        cpu = 0.0
+        for first in range(1, events + 1, per_tick):
+            batch = [_event(seq) for seq in range(first, min(first + per_tick, events + 1))]
+            before = _collections()
+            t0 = time.process_time()
+            fanout(batch, sessions, timed)
+            cpu += time.process_time() - t0
+            timed.queued.append(time.perf_counter())
+            gc_in_timed += _collections() - before
+            for s in sessions:
+                s.ack(s.s)
+            await asyncio.sleep(0)  # the next batch comes in the next tick
+        await asyncio.wait_for(done.wait(), 60)
+        cpu += timed.cpu
+        result["coalesced_window_us"] = window_us
+        result["gateway_coalesced_frames_per_cpu_s"] = round(members * events / cpu)
+        result["coalesced_frames_per_write"] = round(members * events / max(1, timed.writes), 2)
+        result["coalesced_added_latency_ms"] = _ms_summary(timed.waits_ms)
         result["gc_in_timed"] = gc_in_timed
 
         # --- baseline: websockets broadcast(), one frame build + write per connection -------
@@ -130,6 +195,9 @@ async def _run(members: int, events: int, per_tick: int) -> dict[str, Any]:
         result["broadcast_frames_per_cpu_s"] = round(members * events / cpu)
         result["speedup"] = round(
             result["gateway_frames_per_cpu_s"] / result["broadcast_frames_per_cpu_s"], 2
+        )
+        result["coalesced_speedup"] = round(
+            result["gateway_coalesced_frames_per_cpu_s"] / result["broadcast_frames_per_cpu_s"], 2
         )
         for ws in conns:
             await ws.close()
@@ -271,6 +339,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 _FIGURES = (
     "gateway_frames_per_cpu_s",
     "gateway_distinct_s_frames_per_cpu_s",
+    "gateway_coalesced_frames_per_cpu_s",
     "broadcast_frames_per_cpu_s",
 )
 
@@ -279,7 +348,10 @@ async def _main(args: argparse.Namespace) -> str:
     runs: list[dict[str, Any]] = []
     for per_tick in args.per_tick:
         for members in args.members:
-            samples = [await _run(members, args.events, per_tick) for _ in range(args.repeat)]
+            samples = [
+                await _run(members, args.events, per_tick, args.window_us)
+                for _ in range(args.repeat)
+            ]
             # The run with the median gateway figure: its speedup is a ratio within one run.
             samples.sort(key=lambda r: r["gateway_frames_per_cpu_s"])
             median = dict(samples[len(samples) // 2])
@@ -294,7 +366,10 @@ async def _main(args: argparse.Namespace) -> str:
             "websockets broadcast() per event; event construction (the consumer's decode) is "
             "not timed; clients read on loopback in the same process; the set-up heap is "
             "gc.freeze()d; median run of `repeat` per row, `samples` lists them all. "
-            "gateway_* = every session at the same s; gateway_distinct_s_* = each at its own s."
+            "gateway_* = every session at the same s; gateway_distinct_s_* = each at its own s. "
+            "gateway_coalesced_*: each at its own s, flushed by the gateway's Flusher on its own "
+            "schedule with the coalescing window (flush_window_us) instead of once per tick; "
+            "coalesced_added_latency_ms = fan-out to socket write per batch."
         ),
         "repeat": args.repeat,
         "python": platform.python_version(),
@@ -314,6 +389,12 @@ def main() -> None:
         nargs="+",
         default=[10, 1],
         help="room events fanned out per loop tick (coalesced per write)",
+    )
+    parser.add_argument(
+        "--window-us",
+        type=int,
+        default=1000,
+        help="the coalescing window of the gateway_coalesced rows (flush_window_us)",
     )
     parser.add_argument(
         "--out",

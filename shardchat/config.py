@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kafka_topic: str = "room-events"
     kafka_partitions: int = 32  # the partition count of every event log kind
     kafka_replication_factor: int = 1  # 3 on the 3-broker cluster (min.insync.replicas 2)
+    # How long an idle fetch waits at the broker: records are returned as soon as they come
+    # (fetch.min.bytes 1) whatever this is; it only sets how often an idle gateway polls.
+    kafka_fetch_max_wait_ms: int = 100
     nats_url: str = "nats://127.0.0.1:58222"
     redis_streams_url: str = ""  # the Redis of event_log=redis-streams; empty = redis_url
     event_log_max_len: int = 1_000_000  # records kept per partition (redis-streams, nats)
@@ -105,6 +108,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     resume_window_s: float = 300.0
     outbound_buffer_bytes: int = 1024 * 1024
     ring_buffer_events: int = 256
+    # A busy gateway (a flush within this of the previous one) coalesces its socket writes
+    # over this window: fewer writes, at most this much added latency (gateway/outbound.py).
+    flush_window_us: int = 1000
 
     # --- cluster ------------------------------------------------------------------------------
     gateway_id: str = ""  # random if empty

@@ -42,6 +42,7 @@ def open_event_log(settings: Settings) -> EventLog:
             settings.kafka_topic,
             settings.kafka_partitions,
             replication_factor=settings.kafka_replication_factor,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
     if settings.event_log == "redis-streams":
         from shardchat.adapters.redis_streams_log import RedisStreamsEventLog

@@ -9,7 +9,9 @@
 - ``summary``: one row per target, in run order: target, durable, persistence, server,
   connections identified, sent/acked/delivered/expected/lost/duplicated, delivered_per_s,
   latency_ms (count, mean, p50, p90, p99, p99_9, max), ack_latency_ms, cpu (server / clients /
-  engines CPU seconds and percent of one core over the send phase), for python-socketio
+  engines CPU seconds and percent of one core over the send phase, the engines' idle percent
+  measured before the target started), cost (``cpu_costs``: CPU ms per acknowledged send and
+  us per delivery of the server, the engines and both), for python-socketio
   ``server_gc_pauses`` (its garbage collections of 20 ms or more in the run), or ``error``;
 - ``results``: the full BenchResult of each target (the schema of loadtest/report.py, as the
   e2e scenario writes it), whose ``extra`` carries target, durable, persistence, cpu, and
@@ -26,7 +28,12 @@ import msgspec
 
 from loadtest.report import BenchResult, Latency, save_png
 
-_COLORS = {"shardchat": "tab:blue", "socketio-node": "tab:green", "python-socketio": "tab:orange"}
+_COLORS = {
+    "shardchat": "tab:blue",
+    "centrifugo": "tab:red",
+    "socketio-node": "tab:green",
+    "python-socketio": "tab:orange",
+}
 
 
 class PeersResult(msgspec.Struct, kw_only=True):
@@ -60,7 +67,29 @@ def summary_row(result: BenchResult) -> dict[str, Any]:
         "latency_ms": result.latency_ms,
         "ack_latency_ms": x.get("ack_latency_ms", {}),
         "cpu": x.get("cpu", {}),
+        "cost": cpu_costs(x.get("cpu", {}), c.get("acked", 0), c.get("delivered", 0)),
     } | ({"server_gc_pauses": x["server_gc_pauses"]} if "server_gc_pauses" in x else {})
+
+
+def cpu_costs(cpu: dict[str, Any], acked: int, delivered: int) -> dict[str, float]:
+    """CPU per acknowledged send (ms) and per delivery (us) of the server processes, of the
+    engines and of both (``total``), over the send window; the engines' idle CPU over the same
+    window (from ``engines_idle_cpu_pct``, measured before the target started) beside it."""
+    out: dict[str, float] = {}
+    server = float(cpu.get("server_cpu_s", 0.0))
+    engines = float(cpu.get("engines_cpu_s", 0.0))
+    for name, secs in (("server", server), ("engines", engines), ("total", server + engines)):
+        if name == "engines" and "engines_cpu_s" not in cpu:
+            continue
+        if acked:
+            out[f"{name}_cpu_ms_per_ack"] = round(1000 * secs / acked, 3)
+        if delivered:
+            out[f"{name}_cpu_us_per_delivery"] = round(1e6 * secs / delivered, 1)
+    idle_pct = cpu.get("engines_idle_cpu_pct")
+    if idle_pct is not None and acked:
+        idle_s = float(idle_pct) / 100 * float(cpu.get("window_s", 0.0))
+        out["engines_idle_cpu_ms_per_ack"] = round(1000 * idle_s / acked, 3)
+    return out
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -97,7 +126,7 @@ def write_plot(
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for result, latency in entries:
         target = str(result.extra.get("target", result.scenario))
-        durable = "durable" if result.extra.get("durable") else "in-memory"
+        durable = "durable" if result.extra.get("durable") else "not durable"
         label = f"{target} ({durable})"
         color = _COLORS.get(target)
         pts = [(p, ms) for p, ms in _percentile_points(result, latency) if ms > 0]

@@ -1,7 +1,8 @@
 """Run one target of the peers comparison under the e2e load; one BenchResult per target.
 
-- ``socketio-node`` and ``python-socketio``: start the server process (one each), spawn the
-  Socket.IO client workers (loadtest/peers/worker.py) through loadtest/harness.py's Harness
+- ``socketio-node``, ``python-socketio`` and ``centrifugo``: start the server process (one
+  each), spawn the client workers (loadtest/peers/worker.py for Socket.IO,
+  loadtest/peers/centrifugo_worker.py for Centrifugo) through loadtest/harness.py's Harness
   (same planning: every room's members spread over every worker, senders round robin, same
   source addresses), run the send phase and the accounting exactly as the e2e scenario does.
 - ``shardchat``: loadtest.scenarios.e2e.run itself, on the same arguments (so PostgreSQL +
@@ -14,22 +15,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from loadtest.harness import Harness, plan_clients
-from loadtest.peers import cpu
+from loadtest.peers import centrifugo, cpu
+from loadtest.peers import centrifugo_worker as cf_worker
 from loadtest.peers.node_deps import NODE_DIR, ensure_node_deps, node_binary
 from loadtest.peers.worker import worker_main
+from loadtest.plan import WorkerPlan
 from loadtest.population import Population
 from loadtest.report import BenchResult, Latency, now_iso
 from loadtest.scenarios import e2e
@@ -43,6 +50,7 @@ _GC_LINE = re.compile(r"^gc: generation (\d) ([\d.]+) ms collected \d+ at ([\d.]
 SHARDCHAT = "shardchat"
 SOCKETIO_NODE = "socketio-node"
 PYTHON_SOCKETIO = "python-socketio"
+CENTRIFUGO = "centrifugo"
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,15 @@ def target_info(name: str, args: argparse.Namespace) -> Target:
             False,
             "none: in-memory AsyncServer.emit(room=...)",
         )
+    if name == CENTRIFUGO:
+        return Target(
+            name,
+            f"1 Centrifugo {centrifugo.VERSION} process (Go), Redis engine",
+            False,  # an ack is in Redis memory + its AOF (fsync'd every second), not on disk
+            f"acknowledged once in the channel's Redis history stream ({centrifugo.HISTORY_SIZE}"
+            f" publications, {centrifugo.HISTORY_TTL}; Redis appendfsync everysec); recovery "
+            "and positioning forced",
+        )
     raise ValueError(f"unknown target {name!r}")
 
 
@@ -103,6 +120,8 @@ class ServerProc:
     url: str = ""
     banner: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    #: Ready when this answers 200 (then ``url`` is set already), instead of a banner line.
+    ready_url: str = ""
 
     @property
     def out(self) -> Path:
@@ -131,6 +150,11 @@ class ServerProc:
                     f"{self.name} exited with {self.proc.returncode}; "
                     f"see {self.log_dir}/{self.name}.err"
                 )
+            if self.ready_url:
+                if _answers(self.ready_url):
+                    return self.url
+                time.sleep(0.1)
+                continue
             text = self.out.read_text(errors="replace")
             found = _LISTENING.search(text)
             if found:
@@ -154,6 +178,21 @@ class ServerProc:
         return self.proc.returncode
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status) == 200
+    except OSError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (for servers that can't bind an ephemeral one and report it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def gc_pauses(text: str, t0: float, t1: float) -> dict[str, Any]:
     """The ``gc:`` lines of loadtest/peers/pysio_server.py (collections >= 20 ms, stamped with
     CLOCK_MONOTONIC, the harness's clock) that fell in [t0, t1]: count, max and total ms."""
@@ -165,6 +204,57 @@ def gc_pauses(text: str, t0: float, t1: float) -> dict[str, Any]:
         "max_ms": max((ms for _, ms in pauses), default=0.0),
         "total_ms": round(sum(ms for _, ms in pauses), 1),
     }
+
+
+@dataclass
+class PeerSetup:
+    """What a peer target needs besides its server: the client entry point, extra plan
+    settings, connection tokens per user, and the engines whose CPU counts for it."""
+
+    entry: Callable[[WorkerPlan, Any], None] = worker_main
+    plan_extra: dict[str, str] = field(default_factory=dict)
+    tokens: Callable[[int], str] = lambda uid: ""
+    engines: cpu.Selector | None = None
+
+
+def centrifugo_server(log_dir: Path, run_id: str) -> tuple[ServerProc, PeerSetup]:
+    """Centrifugo on a free port with the config of loadtest/peers/centrifugo.py, on the
+    ``deploy/local`` Redis (keys under ``centrifugo-bench-<run>``)."""
+    binary = centrifugo.ensure_centrifugo()
+    port = free_port()
+    token_key, api_key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+    conf = centrifugo.config(
+        port=port,
+        redis_url=_redis_url(),
+        prefix=f"centrifugo-bench-{run_id}",
+        token_key=token_key,
+        api_key=api_key,
+    )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    conf_path = log_dir / "centrifugo.json"
+    conf_path.write_text(json.dumps(conf, indent=2))
+    server = ServerProc(
+        CENTRIFUGO,
+        [str(binary), "--config", str(conf_path)],
+        log_dir,
+        env={"GOMAXPROCS": str(os.cpu_count() or 1)},
+        url=f"ws://127.0.0.1:{port}/connection/websocket",
+        banner=centrifugo.version_banner(binary),
+        ready_url=f"http://127.0.0.1:{port}/health",
+    )
+    setup = PeerSetup(
+        entry=cf_worker.worker_main,
+        plan_extra={"api_url": f"http://127.0.0.1:{port}", "api_key": api_key},
+        tokens=lambda uid: centrifugo.connection_token(uid, token_key),
+        engines=cpu.pid_files(ENGINE_STATE / "redis" / "redis.pid"),
+    )
+    return server, setup
+
+
+def _redis_url() -> str:
+    from shardchat.config import load_settings
+
+    return load_settings().redis_url
 
 
 def server_for(name: str, log_dir: Path) -> ServerProc:
@@ -185,24 +275,37 @@ def server_for(name: str, log_dir: Path) -> ServerProc:
 
 
 # --- the clients ----------------------------------------------------------------------------------
-def population_of(sizes: list[int]) -> Population:
-    """Rooms 1..R with members 1..N (no accounts: Socket.IO has no identify step)."""
+def population_of(sizes: list[int], token: Callable[[int], str] = lambda uid: "") -> Population:
+    """Rooms 1..R with members 1..N (no accounts: Socket.IO has no identify step; Centrifugo's
+    connection tokens are minted here, as an application backend would)."""
     rooms: list[tuple[int, list[int]]] = []
     uid = 1
     for k, size in enumerate(sizes, start=1):
         rooms.append((k, list(range(uid, uid + size))))
         uid += size
-    return Population({u: "" for u in range(1, uid)}, rooms)
+    return Population({u: token(u) for u in range(1, uid)}, rooms)
 
 
 def load_params(args: argparse.Namespace) -> dict[str, Any]:
     """The shared load's knobs (every target's ``params``): the e2e options."""
-    skip = {"targets", "pause"}
+    skip = {"targets", "pause", "idle_window"}
     return {k: v for k, v in params_of(args).items() if k not in skip}
 
 
 def _me_children(*needles: str) -> cpu.Selector:
     return cpu.children_matching(os.getpid(), *needles)
+
+
+def idle_baseline(engines: cpu.Selector | None, seconds: float, out: dict[str, Any]) -> None:
+    """The engines' CPU over ``seconds`` with nothing of the benchmark running (their idle
+    cost: Kafka's and PostgreSQL's background work, Redis's timers), in ``out``."""
+    if engines is None or seconds <= 0:
+        return
+    before = cpu.snapshot({"engines": engines})
+    time.sleep(seconds)
+    spent = cpu.used(before, cpu.snapshot({"engines": engines}))["engines"]
+    out["engines_idle_cpu_pct"] = round(100 * spent / seconds, 2)
+    out["engines_idle_window_s"] = seconds
 
 
 @contextlib.contextmanager
@@ -223,20 +326,30 @@ def _cpu_window(groups: dict[str, cpu.Selector], out: dict[str, Any]) -> Iterato
 
 
 def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str) -> Outcome:
-    """One Socket.IO server, the Socket.IO client workers, the e2e phases."""
+    """One peer server (Socket.IO or Centrifugo), its client workers, the e2e phases."""
     scenario = f"peers-{name}"
     started = now_iso()
     info = target_info(name, args)
     log_dir = Path(args.log_dir) / f"{scenario}-{run_id}"
-    server = server_for(name, log_dir)
+    if name == CENTRIFUGO:
+        server, setup = centrifugo_server(log_dir, run_id)
+    else:
+        server, setup = server_for(name, log_dir), PeerSetup()
+    idle: dict[str, Any] = {}
+    idle_baseline(setup.engines, args.idle_window, idle)
     load_before = cpu.loadavg()
     server.start()
     groups = {"server": cpu.pids(server.pid), "clients": _me_children("spawn_main")}
+    if setup.engines is not None:
+        groups["engines"] = setup.engines
     try:
         rss_idle = cpu.rss_mib([server.pid])
         opts = harness_options(args, sum(sizes))
-        plans = plan_clients(population_of(sizes), [server.url], opts)
-        harness = Harness(scenario, plans, opts, entry=worker_main, process_name="peers-worker")
+        plans = [
+            replace(p, extra=p.extra | setup.plan_extra)
+            for p in plan_clients(population_of(sizes, setup.tokens), [server.url], opts)
+        ]
+        harness = Harness(scenario, plans, opts, entry=setup.entry, process_name="peers-worker")
         try:
             harness.start()
             identified, failed, connect_s = harness.wait_connected(args.connect_timeout)
@@ -245,6 +358,9 @@ def run_peer(name: str, args: argparse.Namespace, sizes: list[int], run_id: str)
             cpu_used: dict[str, Any] = {}
             with _cpu_window(groups, cpu_used):
                 acked = harness.run(args.duration, args.rate)
+            cpu_used |= idle
+            if setup.engines is not None:
+                cpu_used["engines_note"] = "engines = the deploy/local Redis, whoever else uses it"
             merged = harness.account(acked, args.account_wait)
             elapsed = time.monotonic() - t0
         finally:
@@ -289,20 +405,24 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
         "clients": _me_children("spawn_main"),
     }
     if not args.embedded:
-        groups["engines"] = cpu.pid_files(
-            ENGINE_STATE / "pg" / "data" / "postmaster.pid",
-            ENGINE_STATE / "kafka" / "kafka.pid",
-            ENGINE_STATE / "redis" / "redis.pid",
-            ENGINE_STATE / "nats" / "nats.pid",
-        )
+        engines = {
+            "pg": ENGINE_STATE / "pg" / "data" / "postmaster.pid",
+            "kafka": ENGINE_STATE / "kafka" / "kafka.pid",
+            "redis": ENGINE_STATE / "redis" / "redis.pid",
+            "nats": ENGINE_STATE / "nats" / "nats.pid",
+        }
+        groups["engines"] = cpu.pid_files(*engines.values())
+        # each engine on its own too (engine_pg_cpu_s ...): which one a send costs
+        groups |= {f"engine_{name}": cpu.pid_files(path) for name, path in engines.items()}
     cpu_used: dict[str, Any] = {}
     latency: list[Latency] = []
+    idle_baseline(groups.get("engines"), args.idle_window, cpu_used)
     load_before = cpu.loadavg()
     with tempfile.TemporaryDirectory(prefix="peers-e2e-") as scratch:
         inner = argparse.Namespace(**vars(args))
         inner.out = scratch  # e2e's own JSON/PNG: not results of this scenario
         inner.name = ""
-        for k in ("targets", "pause", "func"):
+        for k in ("targets", "pause", "func", "idle_window"):
             if hasattr(inner, k):
                 delattr(inner, k)
         result = e2e.run(
@@ -310,6 +430,7 @@ def run_shardchat(args: argparse.Namespace) -> Outcome:
             scenario=f"peers-{SHARDCHAT}",
             around_send=lambda: _cpu_window(groups, cpu_used),
             on_merged=lambda merged: latency.append(merged.latency),
+            profile_to=(args.out, f"{args.name or 'peers'}_profile"),
         )
     extra: dict[str, Any] = {
         "target": SHARDCHAT,

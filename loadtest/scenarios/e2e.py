@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from loadtest.harness import Merged
+from loadtest.profile import ProfileWindow
 from loadtest.report import BenchResult, now_iso
 from loadtest.scenarios.common import add_common, bench_run, counters_of, finish
 from loadtest.zipf import room_sizes
@@ -22,6 +23,12 @@ from loadtest.zipf import room_sizes
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p, connections=1000, duration=15, rate=100)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the gateways over the send phase: <name>_profile.svg/.json with a CPU "
+        "budget by stage (loadtest/profile.py)",
+    )
     p.add_argument(
         "--account-wait",
         type=float,
@@ -51,18 +58,31 @@ def run(
     *,
     around_send: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     on_merged: Callable[[Merged], None] | None = None,
+    profile_to: tuple[str, str] | None = None,
 ) -> BenchResult:
     """``around_send`` wraps the sending phase, ``on_merged`` sees the merged worker results:
-    the hooks the ``peers`` scenario measures CPU and keeps the histogram with."""
+    the hooks the ``peers`` scenario measures CPU and keeps the histogram with; ``profile_to``
+    is the (folder, name) of ``--profile``'s files (default: ``--out``, ``<name>_profile``)."""
     started = now_iso()
     sizes = sizes_of(args)
     with bench_run(scenario, args, sizes) as r:
         identified, failed, connect_s = r.start_clients()
         t0 = time.monotonic()
-        with around_send():
+        with (
+            ProfileWindow(r.cluster.pids, getattr(args, "profile", False)) as prof,
+            around_send(),
+        ):
             acked = r.harness.run(args.duration, args.rate)
         merged = r.harness.account(acked, args.account_wait)
         elapsed = time.monotonic() - t0
+        out_dir, name = profile_to or (args.out, f"{args.name or scenario}_profile")
+        prof.write(
+            out_dir,
+            name,
+            acks=merged.counters.get("acked", 0),
+            deliveries=merged.counters.get("delivered", 0),
+            note=f"{args.gateways} gateways, {args.connections} connections, {args.rate}/s",
+        )
     if on_merged is not None:
         on_merged(merged)
     counters = counters_of(merged)

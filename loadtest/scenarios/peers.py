@@ -2,9 +2,11 @@
 
 Targets (``--targets``, run in the order given, identical load and client placement):
 ``shardchat`` (the e2e scenario itself: send -> PostgreSQL -> Kafka -> gateways -> every
-member; durable), ``socketio-node`` (one Node.js socket.io 4 process, loadtest/peers/node) and
-``python-socketio`` (one python-socketio AsyncServer process on uvicorn + uvloop); the two peers
-broadcast in memory and persist nothing. Same measure everywhere: latency = receive time -
+member; durable), ``centrifugo`` (one Centrifugo v6 process on the Redis engine, history and
+recovery on, publishes through its HTTP API: loadtest/peers/centrifugo.py), ``socketio-node``
+(one Node.js socket.io 4 process, loadtest/peers/node) and ``python-socketio`` (one
+python-socketio AsyncServer process on uvicorn + uvloop); the two Socket.IO peers broadcast in
+memory and persist nothing. Same measure everywhere: latency = receive time -
 send time at every member of the room, the sender included; lost/duplicated per receiver
 against every acknowledged message. Writes ``<out>/<name>.json`` (default peers.json: a wrapper
 with one summary row and one BenchResult per target, see loadtest/peers/compare.py) and a PNG
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from loadtest.peers import compare
 from loadtest.peers.runner import (
+    CENTRIFUGO,
     PYTHON_SOCKETIO,
     SHARDCHAT,
     SOCKETIO_NODE,
@@ -33,7 +36,7 @@ from loadtest.report import machine_info, now_iso, write_json
 from loadtest.scenarios import e2e
 from loadtest.scenarios.common import params_of
 
-ALL_TARGETS = (SHARDCHAT, SOCKETIO_NODE, PYTHON_SOCKETIO)
+ALL_TARGETS = (SHARDCHAT, CENTRIFUGO, SOCKETIO_NODE, PYTHON_SOCKETIO)
 
 
 def _targets(text: str) -> list[str]:
@@ -53,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_targets,
         default=list(ALL_TARGETS),
         help="comma-separated, run in this order: " + ",".join(ALL_TARGETS),
+    )
+    p.add_argument(
+        "--idle-window",
+        type=float,
+        default=5.0,
+        help="seconds of the engines' idle CPU measured before each target (0 = skip)",
     )
     p.add_argument(
         "--pause",
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> compare.PeersResult:
         _print_row(rows[-1])
     params = params_of(args) | {"targets": targets}
     params.pop("pause", None)
+    params.pop("idle_window", None)
     result = compare.PeersResult(
         started_at=started,
         params=params,

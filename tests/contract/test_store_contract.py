@@ -191,6 +191,31 @@ async def test_insert_messages_outcomes_in_one_batch(store: Store) -> None:
     assert await store.get_message(first.id) == m1
 
 
+async def test_insert_messages_outcomes_in_one_room(store: Store) -> None:
+    """A batch of one room (PostgreSQL writes it as one statement): created rows numbered in
+    batch order, a stored (author, nonce) and a non-member skipped without a gap."""
+    a, b = await make_users(store, "ivy", "jon")
+    rid = await make_room(store, a)  # seq 1
+    (old,) = await store.insert_messages([msg(rid, a, "k0", "stored before")])  # seq 2
+    assert old.message is not None
+    rows = [
+        msg(rid, a, "k1", "one"),
+        msg(rid, b, "k2", "not a member"),
+        msg(rid, a, "k0", "a retry"),
+        msg(rid, a, "k3", '100% "quoted" \u00e9'),
+        msg(rid, a, "k1", "same nonce later in the batch"),
+    ]
+    out = await store.insert_messages(rows)
+    assert [o.status for o in out] == ["created", "not_member", "duplicate", "created", "duplicate"]
+    assert [o.message.seq for o in out if o.message is not None] == [3, 2, 4, 3]
+    assert out[2].message == old.message and out[4].message == out[0].message
+    events = await store.events_after(rid, 0, 100)
+    assert [e.seq for e in events] == [1, 2, 3, 4]
+    assert events[3].data == out[3].event.data  # type: ignore[union-attr]
+    assert events[3].data["content"] == '100% "quoted" \u00e9' and events[3].data["seq"] == 4
+    assert (await store.get_room(rid)).last_seq == 4  # type: ignore[union-attr]
+
+
 async def test_concurrent_inserts_get_contiguous_seqs(store: Store) -> None:
     users = await make_users(store, *(f"w{i}" for i in range(5)))
     rid = await make_room(store, *users)

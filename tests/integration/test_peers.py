@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from loadtest.cli import main
-from loadtest.peers import node_deps
+from loadtest.peers import centrifugo, node_deps
 from loadtest.peers.compare import PeersResult
 from loadtest.report import Latency
 
@@ -124,3 +124,20 @@ def test_shardchat_target_is_the_durable_e2e_path(
     assert bench.extra["cpu"]["server_cpu_s"] > 0  # the gateways were found and measured
     assert "engines_cpu_s" in bench.extra["cpu"]
     assert list(tmp_path.glob("*.json")) == [tmp_path / "peers.json"]  # e2e's own: elsewhere
+
+
+@pytest.mark.skipif(
+    not centrifugo.installed(),
+    reason="Centrifugo is built by the benchmark set-up only: python -m loadtest.peers.centrifugo",
+)
+def test_centrifugo_peer_delivers_everything_once(tmp_path: Path, redis_url: str) -> None:
+    code, result, _ = _run(tmp_path, "centrifugo", "--idle-window", "1")
+    assert code == 0
+    _check_target(result, 0, "centrifugo", durable=False)
+    bench = result.results[0]
+    assert centrifugo.VERSION.lstrip("v") in bench.extra["server_banner"]
+    cpu = bench.extra["cpu"]
+    assert cpu["server_cpu_s"] > 0 and "engines_cpu_s" in cpu and "engines_idle_cpu_pct" in cpu
+    cost = result.summary[0]["cost"]
+    assert cost["total_cpu_ms_per_ack"] >= cost["server_cpu_ms_per_ack"] > 0
+    assert cost["server_cpu_us_per_delivery"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import msgspec
@@ -196,3 +197,46 @@ async def test_session_attached_after_a_batch_gets_nothing_twice() -> None:
     table.on_events([ev(7, 3)])
     flusher.flush()
     assert [f["d"]["seq"] for f in decoded(transports[0])] == [3]  # type: ignore[index]
+
+
+async def test_idle_flusher_writes_in_the_same_tick_even_with_a_window() -> None:
+    flusher = Flusher(window_s=0.05)
+    sessions, transports = make_sessions(flusher, [0])
+    fanout([ev(7, 1)], sessions, flusher)
+    await asyncio.sleep(0)  # nothing flushed in the last window: written at the end of the tick
+    assert transports[0].writes == 1
+
+
+async def test_busy_flusher_coalesces_ticks_into_one_write_within_the_window() -> None:
+    """After a flush, what is queued within the window waits for it to pass: one write for
+    the frames of several ticks, in order, never later than the window."""
+    loop = asyncio.get_running_loop()
+    window = 0.05
+    flusher = Flusher(window_s=window)
+    sessions, transports = make_sessions(flusher, [0, 0])
+    fanout([ev(7, 1)], sessions, flusher)
+    await asyncio.sleep(0)
+    assert [t.writes for t in transports] == [1, 1]
+    first = loop.time()
+    for seq in range(2, 6):  # four events, one per tick, right after that flush
+        fanout([ev(7, seq)], sessions, flusher)
+        await asyncio.sleep(0)
+    assert [t.writes for t in transports] == [1, 1]  # held: the gateway is busy
+    while transports[0].writes < 2:  # noqa: ASYNC110 - polls a fake transport's counter
+        await asyncio.sleep(0.005)
+    assert loop.time() - first < window + 0.04  # bounded by the window (+ timer slack)
+    assert [t.writes for t in transports] == [2, 2]  # the four ticks in one write each
+    for t in transports:
+        assert [(f["s"], f["d"]["seq"]) for f in decoded(t)] == [  # type: ignore[index]
+            (i, i) for i in range(1, 6)
+        ]
+
+
+async def test_paced_catch_up_flushes_at_once_when_it_waits_for_the_socket() -> None:
+    flusher = Flusher(window_s=10.0)  # a window far longer than the test
+    sessions, transports = make_sessions(flusher, [0])
+    fanout([ev(7, 1)], sessions, flusher)
+    await asyncio.sleep(0)
+    sessions[0].dispatch_catchup(ev(8, 1))  # within the window: would wait 10 s
+    await asyncio.wait_for(sessions[0].out.drained(), 1.0)
+    assert transports[0].writes == 2

@@ -203,6 +203,25 @@ async def test_resume_positions_use_client_s() -> None:
     assert [f["s"] for f in sink.frames] == [1, 2, 3, 4, 5]
 
 
+async def test_an_ack_alone_needs_no_save_the_saved_tail_resumes_the_same() -> None:
+    """A heartbeat's ack folds the tail into ``acked`` without making the session due for a
+    save: the state saved before the ack gives every RESUME seq the same positions."""
+    sess = session("sid", Sink())
+    sess.rooms.update({7, 8})
+    sess.acked = {7: 0, 8: 0}
+    for seq in (1, 2, 3):
+        sess.dispatch_catchup(ev(7, seq))  # s 1..3
+    sess.dispatch_catchup(ev(8, 1))  # s 4
+    saved = load_blob(sess.to_blob(60, "gw-1"))  # the last save, before the ack
+    assert saved is not None and not sess.dirty and sess.saved_s == sess.s
+    sess.ack(3)
+    assert not sess.dirty and sess.s == sess.saved_s  # nothing for the sweep to save
+    after = load_blob(sess.to_blob(60, "gw-1"))
+    assert after is not None and len(after.tail) < len(saved.tail)
+    for client_s in range(3, sess.s + 1):  # the client acked 3: it RESUMEs with s >= 3
+        assert resume_positions(saved, client_s) == resume_positions(after, client_s)
+
+
 async def test_fanout_splices_s_and_writes_once_per_connection_per_tick() -> None:
     flusher = Flusher()
     transports = [FakeTransport() for _ in range(4)]

@@ -816,3 +816,43 @@ async def test_read_state_reaches_the_readers_own_sessions_on_every_gateway(
     assert seen["t"] == "TYPING_START"
     for client in (a, b1, b2):
         await client.ws.close()
+
+
+class _NoTransport:
+    def write(self, data: object) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_saves_made_in_one_tick_share_one_registry_call(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions whose rooms changed together (an IDENTIFY burst) are saved in one Registry call,
+    each still conditional on its epoch and answered on its own."""
+    from gateway.outbound import Outbound
+    from gateway.session import Session
+    from protocol.codec import Encoding
+
+    gw = await cluster.gateway()
+    calls: list[int] = []
+    real = gw.registry.save_sessions_if
+
+    async def counting(items: Sequence[tuple[str, bytes, int]], ttl_s: float) -> list[bool]:
+        calls.append(len(items))
+        return await real(items, ttl_s)
+
+    monkeypatch.setattr(gw.registry, "save_sessions_if", counting)
+    out = Outbound(
+        _NoTransport(), gw.hub.flusher, text=True, limit=1 << 20, on_overflow=lambda: None
+    )
+    sessions = [Session(f"batch-{i}", 100 + i, Encoding.JSON, out) for i in range(5)]
+    await asyncio.gather(*(gw.save_now(s) for s in sessions))
+    assert calls == [5]
+    for s in sessions:
+        raw = await gw.registry.load_session(s.session_id)
+        blob = load_blob(raw) if raw is not None else None
+        assert blob is not None and blob.user_id == s.user_id and blob.owner == gw.gateway_id
