@@ -23,23 +23,35 @@ def _base(room_id: int, seq: int) -> dict[str, Any]:
 
 
 def message_create(msg: Message, seq: int) -> dict[str, Any]:
-    return _base(msg.room_id, seq) | {
+    """An encrypted message (docs/e2e.md) adds ``encrypted``; its ``content`` is ""."""
+    data = _base(msg.room_id, seq) | {
         "id": str(msg.id),
         "author_id": str(msg.author_id),
         "content": msg.content,
         "nonce": msg.nonce,
         "created_at": iso_ms(msg.created_at_ms),
     }
+    if msg.encrypted is not None:
+        data["encrypted"] = msg.encrypted
+    return data
 
 
 def message_update(
-    room_id: int, seq: int, message_id: int, content: str, edited_ms: int
+    room_id: int,
+    seq: int,
+    message_id: int,
+    content: str,
+    edited_ms: int,
+    encrypted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return _base(room_id, seq) | {
+    data = _base(room_id, seq) | {
         "id": str(message_id),
         "content": content,
         "edited_at": iso_ms(edited_ms),
     }
+    if encrypted is not None:
+        data["encrypted"] = encrypted
+    return data
 
 
 def message_delete(room_id: int, seq: int, message_id: int) -> dict[str, Any]:

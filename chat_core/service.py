@@ -20,18 +20,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 
 from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
+from chat_core.e2e import KeyService
 from chat_core.history_cache import CachedHistory
 from chat_core.models import Invitation, Message, Room, RoomEvent
 from shardchat.config import Settings
+from shardchat.e2e import scheme
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
-from shardchat.store import NewMessage, SendOutcome, Store
+from shardchat.keydirectory import KeyDirectory
+from shardchat.store import EpochRefusal, NewMessage, SendOutcome, Store
 from shardchat.tracing import current_trace_headers, start_span
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,21 @@ MAX_INVITES = 100  # users per inviteToRoom
 MAX_PUBLIC_PAGE = 100
 _NO_ROOM = "room not found"
 _NO_MESSAGE = "message not found"
+#: The epoch refusals of encrypted rooms (docs/e2e.md 6.1) as errors: (message, reason).
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "encrypted_room": (
+        "this room is end-to-end encrypted: send an encrypted payload",
+        "ENCRYPTED_ROOM",
+    ),
+    "not_encrypted": ("this room is not end-to-end encrypted: send content", "NOT_ENCRYPTED"),
+    "stale_epoch": ("not the room's current key epoch: fetch the room key", "STALE_EPOCH"),
+    "rotation_due": ("the members changed: rotate the room key first", "ROTATION_DUE"),
+}
+
+
+def _refused(status: EpochRefusal | str) -> BadInput:
+    message, reason = _REFUSALS[status]
+    return BadInput(message, reason=reason)
 
 
 def _no_op(events: Sequence[RoomEvent]) -> None:
@@ -71,6 +90,7 @@ class ChatService:
         max_inflight: int = 4,
         clock_ms: Callable[[], int] = _now_ms,
         history_cache: CachedHistory | None = None,
+        keys: KeyDirectory | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
@@ -81,6 +101,11 @@ class ChatService:
         self._committer: GroupCommitter[NewMessage, SendOutcome] | None = None
         if group_commit:
             self._committer = GroupCommitter(self._write_batch, max_batch, max_inflight)
+        #: end-to-end encrypted rooms: device lists, room keys (``keys`` defaults to the
+        #: KeyDirectory on the Store's database)
+        self.keys = KeyService(
+            store, keys or store.key_directory(), self.settings, self._member_room, clock_ms
+        )
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -118,14 +143,21 @@ class ChatService:
         return ids
 
     async def create_room(
-        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+        self,
+        actor: int,
+        name: str,
+        member_ids: Sequence[int] = (),
+        *,
+        public: bool = False,
+        encrypted: bool = False,
     ) -> Room:
         """The actor (the owner) and ``member_ids`` join at once, each with its own MEMBER_JOIN
-        (actor first). Unknown member ids are BAD_USER_INPUT."""
+        (actor first). Unknown member ids are BAD_USER_INPUT. An ``encrypted`` room starts at
+        key epoch 0 with a rotation due (docs/e2e.md 6.1)."""
         check.room_name(name)
         members = await self._known_users([actor, *member_ids], "member id")
         room, events = await self.store.create_room(
-            self.ids.next_id(), name, self._clock_ms(), members, public=public
+            self.ids.next_id(), name, self._clock_ms(), members, public=public, encrypted=encrypted
         )
         self._published(events)
         return room
@@ -275,14 +307,22 @@ class ChatService:
         return await self.store.shared_with(viewer, user_ids)
 
     # --- messages --------------------------------------------------------------------------------
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message:
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str | None,
+        nonce: str,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
         """Store a message (idempotent by ``(actor, nonce)``: a retry, even concurrent, returns
         the first message and creates nothing). Membership is checked in the storing
-        transaction itself."""
+        transaction itself. Exactly one of ``content`` (plain rooms) and ``encrypted`` (the
+        payload of docs/e2e.md, encrypted rooms, under the current epoch) is given."""
         started = time.perf_counter()
         try:
             with start_span("chat.send_message"):
-                outcome = await self._send(actor, room_id, content, nonce)
+                outcome = await self._send(actor, room_id, content, nonce, encrypted)
         except Exception as exc:
             # CancelledError is no outcome (the caller went away; its row may still commit).
             metrics.count_send_error(exc)
@@ -297,27 +337,40 @@ class ChatService:
         assert outcome.message is not None
         return outcome.message
 
-    async def _send(self, actor: int, room_id: int, content: str, nonce: str) -> SendOutcome:
+    async def _send(
+        self,
+        actor: int,
+        room_id: int,
+        content: str | None,
+        nonce: str,
+        encrypted: dict[str, Any] | None,
+    ) -> SendOutcome:
         """The stored outcome, ``created`` or ``duplicate``; a refusal raises."""
         check.snowflake(room_id, "room id")
-        check.content(content, self.settings.max_content_chars)
+        payload = self._message_body(content, encrypted)
         check.nonce(nonce, self.settings.max_nonce_bytes)
         row = NewMessage(
             self.ids.next_id(),
             room_id,
             actor,
-            content,
+            content or "",
             nonce,
             self._clock_ms(),
             # Taken inside the send span (the caller's span when there is one); {} when off.
             current_trace_headers(),
+            payload,
         )
-        if self._committer is not None:
+        if payload is not None:  # one transaction under the room's lock (epoch rules)
+            outcome = await self.store.insert_encrypted_message(row)
+            self._published([outcome.event] if outcome.event is not None else [])
+        elif self._committer is not None:
             outcome = await self._committer.submit(row)
         else:
             (outcome,) = await self._write_batch([row])
         if outcome.status in ("no_room", "not_member"):
             raise NotFound(_NO_ROOM)
+        if outcome.status not in ("created", "duplicate"):
+            raise _refused(outcome.status)
         assert outcome.message is not None
         if outcome.message.room_id != room_id:
             # The nonce was spent on a message of another room: no answer from that room, and
@@ -326,6 +379,22 @@ class ChatService:
                 raise NotFound(_NO_ROOM)
             raise BadInput("this nonce was already used for a message in another room")
         return outcome
+
+    def _message_body(
+        self, content: str | None, encrypted: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Check the one body a message has: ``content``, or the ``encrypted`` payload (returned
+        in its canonical wire form)."""
+        if encrypted is None:
+            check.content(content if content is not None else "", self.settings.max_content_chars)
+            return None
+        if content:
+            raise BadInput("give content or encrypted, not both")
+        try:
+            envelope = scheme.envelope_from_wire(encrypted, self.settings.e2e_max_ciphertext_bytes)
+        except scheme.SchemeError as exc:
+            raise BadInput(f"encrypted: {exc}") from None
+        return envelope.wire()
 
     async def _write_batch(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         outcomes = await self.store.insert_messages(rows)
@@ -346,14 +415,31 @@ class ChatService:
             raise NotFound(_NO_MESSAGE)
         return msg
 
-    async def edit_message(self, actor: int, message_id: int, content: str) -> Message:
-        """Author only; a deleted message is NOT_FOUND. Emits MESSAGE_UPDATE."""
-        check.content(content, self.settings.max_content_chars)
-        await self._own_message(actor, message_id)
-        result = await self.store.edit_message(message_id, content, self._clock_ms())
+    async def edit_message(
+        self,
+        actor: int,
+        message_id: int,
+        content: str | None,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
+        """Author only; a deleted message is NOT_FOUND. Emits MESSAGE_UPDATE. In an encrypted
+        room the new body is an ``encrypted`` payload under the current epoch."""
+        payload = self._message_body(content, encrypted)
+        own = await self._own_message(actor, message_id)
+        room = await self.store.get_room(own.room_id)
+        if room is not None and room.encrypted != (payload is not None):
+            raise _refused("encrypted_room" if room.encrypted else "not_encrypted")
+        if payload is not None:
+            edited = await self.store.edit_encrypted_message(message_id, payload, self._clock_ms())
+            if edited.status not in ("ok", "no_room"):
+                raise _refused(edited.status)
+            result = None if edited.message is None else (edited.message, edited.event)
+        else:
+            result = await self.store.edit_message(message_id, content or "", self._clock_ms())
         if result is None:  # deleted in between
             raise NotFound(_NO_MESSAGE)
         msg, event = result
+        assert event is not None
         self._published([event])
         reactions = await self.store.reaction_counts([msg.id], actor)
         return msgspec.structs.replace(msg, reactions=reactions.get(msg.id, ()))
