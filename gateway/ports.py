@@ -6,7 +6,7 @@ can pass the real services built on the SQLite store.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from chat_core.models import Message, Room, RoomEvent
 from user_core.models import User
@@ -28,6 +28,15 @@ class ChatPort(Protocol):
 
     async def list_rooms(self, actor: int) -> list[Room]: ...
 
-    async def send_message(self, actor: int, room_id: int, content: str, nonce: str) -> Message: ...
+    async def send_message(
+        self,
+        actor: int,
+        room_id: int,
+        content: str | None,
+        nonce: str,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
+        """Exactly one of ``content`` and ``encrypted`` (docs/e2e.md) is given."""
+        ...
 
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...
