@@ -60,11 +60,15 @@ MAX_RESUME_ROOMS = 400
 class ShardchatError(Exception):
     """An error answer: a GraphQL ``extensions.code`` or a gateway REPLY ``error.code``."""
 
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, code: str, message: str, details: Any = None, reason: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.details = details
+        #: ``extensions.reason`` / REPLY ``error.reason``: a finer stable cause (ROTATION_DUE...)
+        self.reason = reason
 
 
 class TwoFactorRequired(ShardchatError):
@@ -154,7 +158,8 @@ class EdgeClient:
             ext = first.get("extensions") or {}
             code = ext.get("code", "INTERNAL")
             kind = TwoFactorRequired if ext.get("reason") == "TWO_FACTOR_REQUIRED" else None
-            raise (kind or ShardchatError)(code, first.get("message", ""), errors)
+            message = first.get("message", "")
+            raise (kind or ShardchatError)(code, message, errors, ext.get("reason"))
         if resp.status_code != 200 or not isinstance(payload.get("data"), dict):
             raise ShardchatError("INTERNAL", f"HTTP {resp.status_code}")
         data: dict[str, Any] = payload["data"]
@@ -432,11 +437,23 @@ class GatewayClient:
         self.state.wanted.difference_update(ids)
         await self._send_frame({"op": UNSUBSCRIBE, "d": {"rooms": [str(r) for r in ids]}})
 
-    async def send(self, room_id: int, content: str, nonce: str | None = None) -> Any:
+    async def send(
+        self,
+        room_id: int,
+        content: str | None,
+        nonce: str | None = None,
+        *,
+        encrypted: Mapping[str, Any] | None = None,
+    ) -> Any:
         """SEND and return the stored message (REPLY result). Retried with the same nonce
-        across reconnects, so at most one message is ever created."""
+        across reconnects, so at most one message is ever created. An encrypted room takes
+        ``encrypted`` (``shardchat.e2e.E2EClient.encrypt``) and no ``content``."""
         nonce = nonce or secrets.token_hex(8)
-        d = {"room_id": str(room_id), "content": content, "nonce": nonce}
+        d: dict[str, Any] = {"room_id": str(room_id), "nonce": nonce}
+        if content is not None:
+            d["content"] = content
+        if encrypted is not None:
+            d["encrypted"] = dict(encrypted)
         return await self.request(SEND, d)
 
     async def typing(self, room_id: int) -> None:
@@ -616,9 +633,8 @@ class GatewayClient:
                     fut.set_result(d.get("result"))
                 else:
                     err = d.get("error") or {}
-                    fut.set_exception(
-                        ShardchatError(err.get("code", "INTERNAL"), err.get("message", ""))
-                    )
+                    code, message = err.get("code", "INTERNAL"), err.get("message", "")
+                    fut.set_exception(ShardchatError(code, message, reason=err.get("reason")))
         elif op == INVALID_SESSION:
             self.state.session_id = None
             self.state.last_s = None
