@@ -43,6 +43,7 @@ class KeyStatus(msgspec.Struct, frozen=True):
 
     epoch: int
     rotation_due: bool
+    changes: int  # Room.key_changes: what a rotation names
     member_ids: list[int]
     missing: list[tuple[int, bytes, int]]
 
@@ -98,6 +99,9 @@ class KeyService:
                 reason="DEVICE_LIST_CONFLICT",
             )
         await self.keys.drop_proposals(actor, [d.device_id for d in checked.head.devices])
+        # A device came, went or changed its key: each of the actor's encrypted rooms needs a
+        # new epoch, so a removed device reads nothing later and a new one nothing earlier.
+        await self.store.mark_key_changes(actor)
         return version
 
     async def device_lists(self, user_id: int, after_version: int = 0) -> list[DeviceListEntry]:
@@ -166,11 +170,13 @@ class KeyService:
         room_id: int,
         epoch: int,
         member_ids: Sequence[int],
+        changes: int,
         sender_device: bytes,
         keys: Sequence[KeyInput],
     ) -> int:
         """Move the room to ``epoch`` (current + 1) with ``keys`` sealed to exactly the devices
-        of ``member_ids``, which must be the current members (docs/e2e.md 6.1)."""
+        of ``member_ids``, which must be the current members, as of ``changes`` (the
+        ``key_changes`` the caller saw in ``key_status``; docs/e2e.md 6.1)."""
         room = await self._encrypted_room(actor, room_id)
         if epoch != room.key_epoch + 1:
             raise BadInput(f"the room is at epoch {room.key_epoch}", reason="STALE_EPOCH")
@@ -193,12 +199,14 @@ class KeyService:
                 reason="DEVICES_CHANGED",
             )
         status = await self.store.rotate_room_key(
-            room_id, actor, epoch, member_ids, sealed, self._clock_ms()
+            room_id, actor, epoch, member_ids, changes, sealed, self._clock_ms()
         )
         if status == "stale_epoch":
             raise BadInput("someone rotated first: fetch the new key", reason="STALE_EPOCH")
         if status == "members_changed":
-            raise BadInput("the members changed: rotate again", reason="MEMBERS_CHANGED")
+            raise BadInput(
+                "the members or their devices changed: rotate again", reason="MEMBERS_CHANGED"
+            )
         if status != "ok":
             raise NotFound("room not found")
         return epoch
@@ -250,4 +258,4 @@ class KeyService:
                 for d in _devices(heads.get(u))
                 if (u, d.device_id) not in holders
             ]
-        return KeyStatus(room.key_epoch, room.key_rotation_due, members, missing)
+        return KeyStatus(room.key_epoch, room.key_rotation_due, room.key_changes, members, missing)

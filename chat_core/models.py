@@ -46,7 +46,8 @@ class Room(msgspec.Struct, frozen=True):
     direct: bool = False
     encrypted: bool = False  # end-to-end encrypted (docs/e2e.md); fixed at creation
     key_epoch: int = 0  # the current room key epoch (0: none yet)
-    key_rotation_due: bool = False  # a member joined or left since: messages wait for a rotation
+    key_rotation_due: bool = False  # members or their devices changed: messages wait for a rotation
+    key_changes: int = 0  # how many such changes so far (a rotation names the count it saw)
 
 
 #: Room roles, strongest first. The owner (one per group room) and admins invite and remove

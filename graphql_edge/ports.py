@@ -60,6 +60,7 @@ class Keys(Protocol):
         room_id: int,
         epoch: int,
         member_ids: Sequence[int],
+        changes: int,
         sender_device: bytes,
         keys: Sequence[KeyInput],
     ) -> int: ...

@@ -382,6 +382,7 @@ async def q_room_key_status(_: Any, info: GraphQLResolveInfo, roomId: str) -> di
     return {
         "epoch": st.epoch,
         "rotationDue": st.rotation_due,
+        "changes": st.changes,
         "memberIds": [str(u) for u in st.member_ids],
         "missing": [
             {"userId": str(u), "deviceId": b64e(d), "keyVersion": v} for u, d, v in st.missing
@@ -426,6 +427,7 @@ async def m_rotate_room_key(
     roomId: str,
     epoch: int,
     memberIds: list[str],
+    changes: int,
     senderDevice: str,
     keys: list[dict[str, Any]],
 ) -> int:
@@ -435,6 +437,7 @@ async def m_rotate_room_key(
         parse_id(roomId, "roomId"),
         epoch,
         [parse_id(m, "memberIds") for m in memberIds],
+        changes,
         b64_arg(senderDevice, "senderDevice", DEVICE_ID_BYTES),
         _key_inputs(keys),
     )

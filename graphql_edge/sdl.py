@@ -76,8 +76,8 @@ type Mutation {
   removeReaction(messageId: ID!, emoji: String!): Boolean!
   publishDeviceList(body: String!, signature: String!): Int!
   proposeDevice(body: String!, signature: String!): Boolean!
-  rotateRoomKey(roomId: ID!, epoch: Int!, memberIds: [ID!]!, senderDevice: String!,
-                keys: [SealedRoomKeyInput!]!): Int!
+  rotateRoomKey(roomId: ID!, epoch: Int!, memberIds: [ID!]!, changes: Int!,
+                senderDevice: String!, keys: [SealedRoomKeyInput!]!): Int!
   shareRoomKeys(roomId: ID!, epoch: Int!, senderDevice: String!,
                 keys: [SealedRoomKeyInput!]!): Int!
 }
@@ -163,7 +163,13 @@ input SealedRoomKeyInput {
   signature: String!
 }
 type DeviceRef { userId: ID!, deviceId: String!, keyVersion: Int! }
-type RoomKeyStatus { epoch: Int!, rotationDue: Boolean!, memberIds: [ID!]!, missing: [DeviceRef!]! }
+type RoomKeyStatus {
+  epoch: Int!
+  rotationDue: Boolean!
+  changes: Int!
+  memberIds: [ID!]!
+  missing: [DeviceRef!]!
+}
 type Reaction { emoji: String!, count: Int!, me: Boolean! }
 type MessagePage { items: [Message!]!, hasMore: Boolean! }
 type GatewayInfo { url: String!, gatewayId: String! }

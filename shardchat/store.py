@@ -125,14 +125,17 @@ class Store(Protocol):
       it at once from different processes (the pair is a primary key).
     - Encrypted rooms (docs/e2e.md section 6.1): ``create_room(encrypted=True)`` starts at key
       epoch 0 with a rotation due; ``add_member`` and ``remove_member`` set the rotation due in
-      the transaction of their event. ``insert_messages`` stores no row of an encrypted room
+      the transaction of their event (and count it in ``Room.key_changes``);
+      ``mark_key_changes(user)`` does both for every encrypted room of a user whose device list
+      changed. ``insert_messages`` stores no row of an encrypted room
       (``encrypted_room``); ``insert_encrypted_message`` and ``edit_encrypted_message`` store
       only in an encrypted room, under its current epoch, with no rotation due, checked under
       the room's lock so no message of an old epoch can follow a MEMBER_LEAVE.
       ``rotate_room_key`` is a compare-and-set: the epoch moves from ``epoch - 1`` to
-      ``epoch`` only if the members are exactly ``member_ids``; the keys are stored and the due
-      flag cleared in the same transaction. Sealed keys are unique per (room, epoch, user,
-      device): ``add_room_keys`` skips ones held already. ``delete_message`` erases the payload.
+      ``epoch`` only if the members are exactly ``member_ids`` and ``key_changes`` is still
+      ``changes``; the keys are stored and the due flag cleared in the same transaction.
+      Sealed keys are unique per (room, epoch, user, device): ``add_room_keys`` skips ones
+      held already. ``delete_message`` erases the payload.
     - TOTP replay: ``use_totp_step`` is a compare-and-set: of concurrent calls with one step, one
       wins; a step not above the last accepted one is refused. ``use_recovery_code`` likewise
       spends a code at most once.
@@ -354,12 +357,19 @@ class Store(Protocol):
         actor: int,
         epoch: int,
         member_ids: Sequence[int],
+        changes: int,
         keys: Sequence[SealedKey],
         now_ms: int,
     ) -> EpochStatus:
         """``ok`` when the room moved to ``epoch`` with ``keys``; ``stale_epoch`` when its epoch
         is not ``epoch - 1`` (someone rotated first); ``members_changed`` when its members are
-        not ``member_ids``; ``not_member`` when ``actor`` is not one."""
+        not ``member_ids`` or its ``key_changes`` is not ``changes`` (members or their devices
+        changed since the caller looked); ``not_member`` when ``actor`` is not one."""
+        ...
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        """A user's device list changed: every encrypted room they are in gets a rotation due
+        (and ``key_changes`` + 1). Returns how many rooms."""
         ...
 
     async def add_room_keys(self, keys: Sequence[SealedKey], now_ms: int) -> int:
@@ -429,24 +439,26 @@ def epoch_refusal(
 
 
 def rotation_status(
-    room: tuple[bool, int] | None,
+    room: tuple[bool, int, int] | None,
     actor: int,
     members: set[int],
     epoch: int,
     member_ids: Sequence[int],
+    changes: int,
 ) -> EpochStatus:
-    """The outcome of ``rotate_room_key`` for a room (``(encrypted, key_epoch)``, None when
-    missing) whose members are ``members``, read under the room's write lock."""
+    """The outcome of ``rotate_room_key`` for a room (``(encrypted, key_epoch, key_changes)``,
+    None when missing) whose members are ``members``, read under the room's write lock."""
     if room is None:
         return "no_room"
     if actor not in members:
         return "not_member"
-    encrypted, key_epoch = room
+    encrypted, key_epoch, key_changes = room
     if not encrypted:
         return "not_encrypted"
     if key_epoch != epoch - 1:
         return "stale_epoch"
-    return "ok" if set(member_ids) == members else "members_changed"
+    ok = set(member_ids) == members and key_changes == changes
+    return "ok" if ok else "members_changed"
 
 
 _E2E_DECODER = msgspec.json.Decoder(dict[str, Any])

@@ -40,7 +40,7 @@ from user_core.models import SessionInfo, User
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted, e2e"
 _ROOM_COLS = (
     "id, name, last_seq, created_at_ms, is_public, is_direct, encrypted, key_epoch,"
-    " key_rotation_due"
+    " key_rotation_due, key_changes"
 )
 _KEY_COLS = (
     "room_id, epoch, user_id, device_id, key_version, sender_id, sender_device, sealed, signature"
@@ -78,6 +78,7 @@ def _room(r: Any) -> Room:
         r["encrypted"],
         r["key_epoch"],
         r["key_rotation_due"],
+        r["key_changes"],
     )
 
 
@@ -398,7 +399,12 @@ class PgStore:
     ) -> RoomEvent:
         """Take the room's next seq (row lock until commit) and store the event.
         ``membership``: a MEMBER_JOIN/LEAVE, which makes an encrypted room's rotation due."""
-        due = ", key_rotation_due = (key_rotation_due OR encrypted)" if membership else ""
+        due = (
+            ", key_rotation_due = (key_rotation_due OR encrypted),"
+            " key_changes = key_changes + (CASE WHEN encrypted THEN 1 ELSE 0 END)"
+            if membership
+            else ""
+        )
         seq = await conn.fetchval(
             f"UPDATE rooms SET last_seq = last_seq + 1{due} WHERE id = $1 RETURNING last_seq",
             room_id,
@@ -1085,13 +1091,15 @@ class PgStore:
         actor: int,
         epoch: int,
         member_ids: Sequence[int],
+        changes: int,
         keys: Sequence[SealedKey],
         now_ms: int,
     ) -> EpochStatus:
         async with self.pool.acquire() as conn, conn.transaction():
             # The room's lock orders us against sends, joins and leaves of the room.
             room = await conn.fetchrow(
-                "SELECT encrypted, key_epoch FROM rooms WHERE id = $1 FOR UPDATE", room_id
+                "SELECT encrypted, key_epoch, key_changes FROM rooms WHERE id = $1 FOR UPDATE",
+                room_id,
             )
             members = {
                 r["user_id"]
@@ -1100,11 +1108,14 @@ class PgStore:
                 )
             }
             status = rotation_status(
-                None if room is None else (room["encrypted"], room["key_epoch"]),
+                None
+                if room is None
+                else (room["encrypted"], room["key_epoch"], room["key_changes"]),
                 actor,
                 members,
                 epoch,
                 member_ids,
+                changes,
             )
             if status != "ok":
                 return status
@@ -1132,6 +1143,14 @@ class PgStore:
     async def add_room_keys(self, keys: Sequence[SealedKey], now_ms: int) -> int:
         async with self.pool.acquire() as conn:
             return await self._insert_keys(conn, keys, now_ms)
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        result: str = await self.pool.execute(
+            "UPDATE rooms SET key_rotation_due = true, key_changes = key_changes + 1"
+            " WHERE encrypted AND id IN (SELECT room_id FROM room_members WHERE user_id = $1)",
+            user_id,
+        )
+        return int(result.split()[-1])
 
     async def room_keys(
         self, room_id: int, user_id: int, device_id: bytes, after_epoch: int, limit: int

@@ -42,7 +42,7 @@ from user_core.models import SessionInfo, User
 _MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted, e2e"
 _ROOM_COLS = (
     "id, name, last_seq, created_at_ms, is_public, is_direct, encrypted, key_epoch,"
-    " key_rotation_due"
+    " key_rotation_due, key_changes"
 )
 _KEY_COLS = (
     "room_id, epoch, user_id, device_id, key_version, sender_id, sender_device, sealed, signature"
@@ -72,9 +72,18 @@ def _message(row: Iterable[Any]) -> Message:
 
 
 def _room(row: Iterable[Any]) -> Room:
-    rid, name, last_seq, created, public, direct, encrypted, epoch, due = row
+    rid, name, last_seq, created, public, direct, encrypted, epoch, due, changes = row
     return Room(
-        rid, name, last_seq, created, bool(public), bool(direct), bool(encrypted), epoch, bool(due)
+        rid,
+        name,
+        last_seq,
+        created,
+        bool(public),
+        bool(direct),
+        bool(encrypted),
+        epoch,
+        bool(due),
+        changes,
     )
 
 
@@ -389,7 +398,12 @@ class SqliteStore:
         """Take the room's next seq and store the event: call inside a write transaction.
         ``trace``: the W3C trace context to keep with it (stored NULL when empty).
         ``membership``: a MEMBER_JOIN/LEAVE, which makes an encrypted room's rotation due."""
-        due = ", key_rotation_due = (key_rotation_due OR encrypted)" if membership else ""
+        due = (
+            ", key_rotation_due = (key_rotation_due OR encrypted),"
+            " key_changes = key_changes + encrypted"
+            if membership
+            else ""
+        )
         async with db.execute(
             f"UPDATE rooms SET last_seq = last_seq + 1{due} WHERE id = ? RETURNING last_seq",
             (room_id,),
@@ -904,12 +918,13 @@ class SqliteStore:
         actor: int,
         epoch: int,
         member_ids: Sequence[int],
+        changes: int,
         keys: Sequence[SealedKey],
         now_ms: int,
     ) -> EpochStatus:
         async with self._tx() as db:
             async with db.execute(
-                "SELECT encrypted, key_epoch FROM rooms WHERE id = ?", (room_id,)
+                "SELECT encrypted, key_epoch, key_changes FROM rooms WHERE id = ?", (room_id,)
             ) as cur:
                 row = await cur.fetchone()
             async with db.execute(
@@ -917,11 +932,12 @@ class SqliteStore:
             ) as cur:
                 members = {int(r[0]) for r in await cur.fetchall()}
             status = rotation_status(
-                None if row is None else (bool(row[0]), int(row[1])),
+                None if row is None else (bool(row[0]), int(row[1]), int(row[2])),
                 actor,
                 members,
                 epoch,
                 member_ids,
+                changes,
             )
             if status != "ok":
                 return status
@@ -947,6 +963,13 @@ class SqliteStore:
                 )
                 added += cur.rowcount
         return added
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        return await self._write(
+            "UPDATE rooms SET key_rotation_due = 1, key_changes = key_changes + 1"
+            " WHERE encrypted = 1 AND id IN (SELECT room_id FROM room_members WHERE user_id = ?)",
+            (user_id,),
+        )
 
     async def room_keys(
         self, room_id: int, user_id: int, device_id: bytes, after_epoch: int, limit: int

@@ -277,7 +277,7 @@ class E2EClient:
 
     async def key_status(self, room_id: int) -> dict[str, Any]:
         q = (
-            "query($r: ID!) { roomKeyStatus(roomId: $r) { epoch rotationDue memberIds"
+            "query($r: ID!) { roomKeyStatus(roomId: $r) { epoch rotationDue changes memberIds"
             " missing { userId deviceId keyVersion } } }"
         )
         return dict((await self.edge.graphql(q, {"r": str(room_id)}))["roomKeyStatus"])
@@ -314,13 +314,15 @@ class E2EClient:
             for device in (await self.devices(uid, refresh=True)).chain.head.devices:
                 keys.append(self._seal(room_id, epoch, key, uid, device))
         q = (
-            "mutation($r: ID!, $e: Int!, $m: [ID!]!, $d: String!, $k: [SealedRoomKeyInput!]!)"
-            " { rotateRoomKey(roomId: $r, epoch: $e, memberIds: $m, senderDevice: $d, keys: $k) }"
+            "mutation($r: ID!, $e: Int!, $m: [ID!]!, $c: Int!, $d: String!,"
+            " $k: [SealedRoomKeyInput!]!) { rotateRoomKey(roomId: $r, epoch: $e, memberIds: $m,"
+            " changes: $c, senderDevice: $d, keys: $k) }"
         )
         variables = {
             "r": str(room_id),
             "e": epoch,
             "m": [str(m) for m in members],
+            "c": int(status["changes"]),
             "d": scheme.b64e(self.device_id),
             "k": keys,
         }
@@ -357,20 +359,21 @@ class E2EClient:
         return epoch
 
     async def share_history(self, device_id: bytes) -> int:
-        """Seal every epoch key this device holds to another device of the same user (a new
-        device then reads old messages too). Returns how many keys were stored."""
+        """Seal every epoch key this device can open, in every encrypted room it is in, to
+        another device of the same user (which then reads old messages too). Returns how many
+        keys were stored."""
         device = (await self.devices(self.user_id, refresh=True)).chain.head.device(device_id)
         if device is None:
             raise E2EError("that device is not in your device list")
-        assert self.state is not None
+        rooms = (await self.edge.graphql("{ rooms { id encrypted } }"))["rooms"]
         shared = 0
-        for room_id, keys in self.state.room_keys.items():
-            for epoch, key in sorted(keys.items()):
+        for room in rooms:
+            if not room["encrypted"]:
+                continue
+            room_id = int(room["id"])
+            for epoch, key in sorted((await self._fetch_keys(room_id, 0)).items()):
                 sealed = self._seal(room_id, epoch, key, self.user_id, device)
-                try:
-                    shared += await self._share(room_id, epoch, key, [sealed])
-                except ShardchatError:
-                    continue  # no longer a member of that room: nothing to share there
+                shared += await self._share(room_id, epoch, key, [sealed])
         return shared
 
     async def room_key(self, room_id: int, epoch: int) -> bytes | None:
@@ -380,23 +383,31 @@ class E2EClient:
         held = self.state.room_keys.get(room_id, {}).get(epoch)
         if held is not None:
             return held
+        return (await self._fetch_keys(room_id, epoch - 1)).get(epoch)
+
+    async def _fetch_keys(self, room_id: int, after_epoch: int) -> dict[int, bytes]:
+        """Open (and keep) this device's sealed keys of the room after ``after_epoch``; all the
+        keys held for the room afterwards."""
+        assert self.state is not None
         q = (
             "query($r: ID!, $d: String!, $a: Int) { roomKeys(roomId: $r, deviceId: $d,"
             " afterEpoch: $a) { epoch userId deviceId keyVersion senderId senderDevice sealed"
             " signature } }"
         )
-        variables = {"r": str(room_id), "d": scheme.b64e(self.device_id), "a": epoch - 1}
+        variables = {"r": str(room_id), "d": scheme.b64e(self.device_id), "a": after_epoch}
         try:
             rows = (await self.edge.graphql(q, variables))["roomKeys"]
         except ShardchatError:
-            return None  # not a member (any more): no key from the server
+            rows = []  # not a member (any more): no key from the server
+        held = self.state.room_keys.setdefault(room_id, {})
         for row in rows:
-            if int(row["epoch"]) == epoch:
+            epoch = int(row["epoch"])
+            if epoch not in held:
                 key = await self._open(room_id, row)
                 if key is not None:
-                    self._keep_key(room_id, epoch, key)
-                    return key
-        return None
+                    held[epoch] = key
+        self._save()
+        return dict(held)
 
     async def _open(self, room_id: int, row: Mapping[str, Any]) -> bytes | None:
         sender_id = int(row["senderId"])

@@ -2,9 +2,12 @@
 -- is nullable: SQLite adds them without a rewrite too.
 
 -- An encrypted room's key epoch (0 until the first rotation) and whether a rotation is due (set
--- by every MEMBER_JOIN and MEMBER_LEAVE in their transaction; messages are refused until then).
+-- by every MEMBER_JOIN and MEMBER_LEAVE in their transaction, and by every change of a member's
+-- device list; messages are refused until then). key_changes counts those changes: a rotation
+-- names the count it saw (a compare-and-set), so it cannot clear a due flag set after it looked.
 ALTER TABLE rooms ADD COLUMN encrypted integer NOT NULL DEFAULT 0;
 ALTER TABLE rooms ADD COLUMN key_epoch integer NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN key_changes integer NOT NULL DEFAULT 0;
 ALTER TABLE rooms ADD COLUMN key_rotation_due integer NOT NULL DEFAULT 0;
 
 -- The encrypted payload of a message in an encrypted room (JSON text of the wire object
