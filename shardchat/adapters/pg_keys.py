@@ -33,9 +33,9 @@ class PgKeyDirectory:
         self, user_id: int, version: int, body: bytes, signature: bytes, now_ms: int
     ) -> bool:
         r = await self._store.pool.fetchval(
-            f"INSERT INTO device_lists ({_LIST_COLS}) SELECT $1, $2, $3, $4, $5"
+            f"INSERT INTO device_lists ({_LIST_COLS}) SELECT $1, $2::bigint, $3, $4, $5"
             " WHERE (SELECT coalesce(max(version), 0) FROM device_lists WHERE user_id = $1)"
-            " = $2 - 1 ON CONFLICT DO NOTHING RETURNING 1",
+            " = $2::bigint - 1 ON CONFLICT DO NOTHING RETURNING 1",
             user_id,
             version,
             body,
