@@ -86,8 +86,8 @@ def sealed(room: int, epoch: int, user: int, device: bytes = b"d" * 16) -> Seale
 async def test_epochs_due_flags_and_encrypted_sends(store: Store) -> None:
     alice, bob, carol = await make_users(store, "alice", "bob", "carol")
     room_id = nid()
-    room, _ = await store.create_room(room_id, "e2e", T0, [alice, bob], encrypted=True)
-    assert (room.encrypted, room.key_epoch, room.key_rotation_due) == (True, 0, True)
+    created, _ = await store.create_room(room_id, "e2e", T0, [alice, bob], encrypted=True)
+    assert (created.encrypted, created.key_epoch, created.key_rotation_due) == (True, 0, True)
 
     def row(author: int, nonce: str, epoch: int | None) -> NewMessage:
         return NewMessage(

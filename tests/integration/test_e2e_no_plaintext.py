@@ -95,7 +95,7 @@ async def _pg_values(dsn: str) -> list[tuple[str, Any]]:
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
             )
         ]
-        out = []
+        out: list[tuple[str, Any]] = []
         for t in tables:
             for row in await conn.fetch(f'SELECT * FROM "{t}"'):
                 out.extend((f"postgres {t}.{k}", v) for k, v in row.items())
