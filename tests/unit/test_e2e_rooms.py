@@ -132,9 +132,7 @@ async def test_conversation_edit_reaction_delete_and_server_refusals(
         "mutation($m: ID!) { deleteMessage(id: $m) }", {"m": sent["id"]}
     )
     store: Any = edge.chat.store
-    row = await store.fetch_one(
-        "SELECT e2e FROM messages WHERE id = ?", (int(sent["id"]),)
-    )
+    row = await store.fetch_one("SELECT e2e FROM messages WHERE id = ?", (int(sent["id"]),))
     assert row[0] is None  # the ciphertext goes with the tombstone
     assert texts(await bob.history(rid)) == [("ok", "bring the map")]
 
@@ -364,3 +362,52 @@ async def test_rotation_must_cover_exactly_the_member_devices(edge: Edge, tmp_pa
     with pytest.raises(ShardchatError) as stranger:
         await carol.key_status(rid)
     assert stranger.value.code == "NOT_FOUND"
+
+
+async def test_encrypted_messages_keep_their_payload_through_the_history_cache(
+    tmp_path: Path,
+) -> None:
+    """The cache rebuilds its page from committed events: it must carry ``encrypted`` through
+    creates and edits and drop it on deletes, exactly as the Store does."""
+    from chat_core.history_cache import CachedHistory
+    from chat_core.service import ChatService
+    from shardchat.adapters.memory_history_cache import MemoryHistoryCache
+    from shardchat.adapters.sqlite_store import SqliteStore
+    from shardchat.migrate import migrate
+    from user_core.models import User
+
+    store = SqliteStore(str(tmp_path / "cache.sqlite3"))
+    await store.start()
+    await migrate(store)
+    cached = ChatService(store, history_cache=CachedHistory(MemoryHistoryCache(300.0), 20))
+    plain = ChatService(store)
+    try:
+        for uid in (1, 2):
+            assert await store.create_user(User(uid, f"u{uid}", 0), "x")
+        room = await cached.create_room(1, "r", [2], encrypted=True)
+        changes = (await store.get_room(room.id)).key_changes
+        assert await store.rotate_room_key(room.id, 1, 1, [1, 2], changes, [], 0) == "ok"
+
+        def payload(tag: int) -> dict[str, Any]:
+            return {
+                "ciphertext": scheme.b64e(bytes([tag]) * 40),
+                "nonce": scheme.b64e(bytes(24)),
+                "epoch": 1,
+                "sender_device": scheme.b64e(bytes(16)),
+                "signature": scheme.b64e(bytes(64)),
+            }
+
+        await cached.history(1, room.id, None, None, 20)  # the page is cached from here on
+        ids = [
+            (await cached.send_message(1, room.id, None, f"n{i}", payload(i))).id for i in range(3)
+        ]
+        await cached.edit_message(1, ids[0], None, payload(9))
+        await cached.delete_message(1, ids[1])
+        got, _ = await cached.history(1, room.id, None, None, 20)
+        want, _ = await plain.history(1, room.id, None, None, 20)
+        assert got == want
+        assert [m.encrypted for m in got] == [payload(2), None, payload(9)]
+    finally:
+        await cached.close()
+        await plain.close()
+        await store.close()
