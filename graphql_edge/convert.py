@@ -93,28 +93,12 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
 def encrypted_object(wire: dict[str, Any] | None) -> dict[str, Any] | None:
     """The gateway/stored form ``{ciphertext, nonce, epoch, sender_device, signature}`` as the
     GraphQL ``EncryptedPayload`` (camelCase)."""
-    if wire is None:
-        return None
-    return {
-        "ciphertext": wire["ciphertext"],
-        "nonce": wire["nonce"],
-        "epoch": wire["epoch"],
-        "senderDevice": wire["sender_device"],
-        "signature": wire["signature"],
-    }
+    return None if wire is None else scheme.wire_to_graphql(wire)
 
 
 def encrypted_input(arg: dict[str, Any] | None) -> dict[str, Any] | None:
     """``EncryptedPayloadInput`` -> the gateway/stored form (checked by chat_core)."""
-    if arg is None:
-        return None
-    return {
-        "ciphertext": arg["ciphertext"],
-        "nonce": arg["nonce"],
-        "epoch": arg["epoch"],
-        "sender_device": arg["senderDevice"],
-        "signature": arg["signature"],
-    }
+    return None if arg is None else scheme.graphql_to_wire(arg)
 
 
 def b64_arg(value: str, what: str, size: int | None = None) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -448,52 +448,54 @@ class E2EClient:
         env = scheme.encrypt_message(ctx, scheme.encode_plaintext(text), key, self.device, nonce)
         return env.wire()
 
-    @staticmethod
-    def _as_input(wire: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "ciphertext": wire["ciphertext"],
-            "nonce": wire["nonce"],
-            "epoch": wire["epoch"],
-            "senderDevice": wire["sender_device"],
-            "signature": wire["signature"],
-        }
+    async def _store(
+        self,
+        room_id: int,
+        ctx: Callable[[int], scheme.MessageContext],
+        text: str,
+        op: str,
+        variables: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Encrypt under the room's current epoch and run ``op`` (a mutation taking ``$e``);
+        when the server answers an epoch reason (someone rotated, a member or device changed
+        meanwhile), check the key again and retry."""
+        for attempt in range(_SEND_ATTEMPTS):
+            wire = await self._seal_message(room_id, ctx(await self.ensure_key(room_id)), text)
+            try:
+                payload = {"e": scheme.wire_to_graphql(wire)}
+                data = await self.edge.graphql(op, variables | payload)
+                return dict(next(iter(data.values())))
+            except ShardchatError as exc:
+                if exc.reason not in _RETRY_REASONS or attempt == _SEND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def send(self, room_id: int, text: str, nonce: str | None = None) -> dict[str, Any]:
         """Encrypt and send over GraphQL; rotates or shares the room key first when needed."""
         nonce = nonce or secrets.token_hex(8)
-        q = (
+        op = (
             "mutation($r: ID!, $n: String!, $e: EncryptedPayloadInput) { sendMessage(roomId: $r,"
             " nonce: $n, encrypted: $e) { id roomId seq authorId content nonce createdAt"
             " editedAt deleted encrypted { ciphertext nonce epoch senderDevice signature } } }"
         )
-        for attempt in range(_SEND_ATTEMPTS):
-            wire = await self.encrypt(room_id, text, nonce)
-            variables = {"r": str(room_id), "n": nonce, "e": self._as_input(wire)}
-            try:
-                return dict((await self.edge.graphql(q, variables))["sendMessage"])
-            except ShardchatError as exc:
-                if exc.reason not in _RETRY_REASONS or attempt == _SEND_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+
+        def ctx(epoch: int) -> scheme.MessageContext:
+            return scheme.MessageContext.create(room_id, epoch, self.user_id, self.device_id, nonce)
+
+        return await self._store(room_id, ctx, text, op, {"r": str(room_id), "n": nonce})
 
     async def edit(self, room_id: int, message_id: int, text: str) -> dict[str, Any]:
-        q = (
+        op = (
             "mutation($i: ID!, $e: EncryptedPayloadInput) { editMessage(id: $i, encrypted: $e)"
             " { id editedAt encrypted { ciphertext nonce epoch senderDevice signature } } }"
         )
-        for attempt in range(_SEND_ATTEMPTS):
-            epoch = await self.ensure_key(room_id)
-            ctx = scheme.MessageContext.edit(
+
+        def ctx(epoch: int) -> scheme.MessageContext:
+            return scheme.MessageContext.edit(
                 room_id, epoch, self.user_id, self.device_id, message_id
             )
-            wire = await self._seal_message(room_id, ctx, text)
-            variables = {"i": str(message_id), "e": self._as_input(wire)}
-            try:
-                return dict((await self.edge.graphql(q, variables))["editMessage"])
-            except ShardchatError as exc:
-                if exc.reason not in _RETRY_REASONS or attempt == _SEND_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+
+        return await self._store(room_id, ctx, text, op, {"i": str(message_id)})
 
     async def decrypt(
         self, message: Mapping[str, Any], *, author_id: int | None = None, edited: bool = False

@@ -12,8 +12,8 @@ import base64
 import hashlib
 import itertools
 import struct
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 import nacl.bindings as sodium
@@ -396,7 +396,27 @@ class Envelope(msgspec.Struct, frozen=True):
         }
 
 
-def envelope_from_wire(d: dict[str, object], max_ciphertext: int) -> Envelope:
+#: The payload's field names on the gateway (snake_case) and in GraphQL (camelCase).
+_GRAPHQL_NAMES = {
+    "ciphertext": "ciphertext",
+    "nonce": "nonce",
+    "epoch": "epoch",
+    "sender_device": "senderDevice",
+    "signature": "signature",
+}
+
+
+def wire_to_graphql(wire: Mapping[str, Any]) -> dict[str, Any]:
+    """``{ciphertext, nonce, epoch, sender_device, signature}`` -> the GraphQL form."""
+    return {camel: wire[snake] for snake, camel in _GRAPHQL_NAMES.items()}
+
+
+def graphql_to_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The GraphQL ``EncryptedPayload(Input)`` -> the gateway/stored form."""
+    return {snake: payload[camel] for snake, camel in _GRAPHQL_NAMES.items()}
+
+
+def envelope_from_wire(d: Mapping[str, object], max_ciphertext: int) -> Envelope:
     """Decode and size-check a wire envelope (the server's and the client's parsing)."""
     epoch = d.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= _U32_MAX:

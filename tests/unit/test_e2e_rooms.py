@@ -116,7 +116,7 @@ async def test_conversation_edit_reaction_delete_and_server_refusals(
         await alice.edge.graphql(RAW_SEND, {"r": str(rid), "n": "p1", "c": "leak"})
     assert plain.value.reason == "ENCRYPTED_ROOM"
     plain_room = await alice.edge.create_room("plain")
-    payload = alice._as_input(await alice.encrypt(rid, "x", "p2"))
+    payload = scheme.wire_to_graphql(await alice.encrypt(rid, "x", "p2"))
     with pytest.raises(ShardchatError) as enc:
         await alice.edge.graphql(RAW_SEND, {"r": plain_room["id"], "n": "p2", "e": payload})
     assert enc.value.reason == "NOT_ENCRYPTED"
@@ -151,7 +151,7 @@ async def test_a_removed_member_cannot_read_what_is_sent_after(edge: Edge, tmp_p
     status = await alice.key_status(rid)
     assert status["rotationDue"] is True and str(carol.user_id) not in status["memberIds"]
     # a message under the old epoch is refused once the rotation is due
-    stale = alice._as_input(await alice.encrypt(rid, "old key", "s1", epoch=1))
+    stale = scheme.wire_to_graphql(await alice.encrypt(rid, "old key", "s1", epoch=1))
     with pytest.raises(ShardchatError) as due:
         await alice.edge.graphql(RAW_SEND, {"r": str(rid), "n": "s1", "e": stale})
     assert due.value.reason == "ROTATION_DUE"
