@@ -26,15 +26,15 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gateway.server import Gateway
-from shardchat.client import EdgeClient, GatewayClient
+from shardchat.client import EdgeClient, GatewayClient, ShardchatError
 from shardchat.config import Settings
 from shardchat.e2e.client import E2EClient
 from shardchat.runtime import Core
 from shardchat.services import build_edge_app
-from tests.conftest import DEFAULT_REDIS_URL
+from tests.conftest import DEFAULT_REDIS_URL, DEFAULT_TOPIC_PARTITIONS
 from tests.gateway_client import JWT_KEYS
 
-PARTITIONS = 4
+PARTITIONS = DEFAULT_TOPIC_PARTITIONS  # as many as the fresh topic has
 #: Redis database of this test alone (flushed before and after).
 REDIS_URL = urlunsplit(
     urlsplit(os.environ.get("SHARDCHAT_REDIS_URL", DEFAULT_REDIS_URL))._replace(path="/9")
@@ -222,6 +222,13 @@ async def test_an_encrypted_conversation_leaves_no_plaintext_in_postgres_kafka_o
             assert stored["content"] == "" and stored["encrypted"]["epoch"] == 1
             got = await _wait_for(bob_gw, "MESSAGE_CREATE", stored["id"])
             assert (await bob.decrypt(got)).text == secret[0]
+            # the gateway's REPLY names why a send is refused
+            with pytest.raises(ShardchatError) as stale:
+                await alice_gw.send(rid, None, f"s-{run}", encrypted=dict(wire, epoch=9))
+            assert (stale.value.code, stale.value.reason) == ("BAD_USER_INPUT", "STALE_EPOCH")
+            with pytest.raises(ShardchatError) as plain_text:
+                await alice_gw.send(rid, secret[5], f"p-{run}")
+            assert plain_text.value.reason == "ENCRYPTED_ROOM"
             # 2. over GraphQL, an edit (MESSAGE_UPDATE decrypted with the author) and a reaction
             first = await carol.send(rid, secret[1])
             got = await _wait_for(bob_gw, "MESSAGE_CREATE", first["id"])
