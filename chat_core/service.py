@@ -54,7 +54,10 @@ _REFUSALS: dict[str, tuple[str, str]] = {
     ),
     "not_encrypted": ("this room is not end-to-end encrypted: send content", "NOT_ENCRYPTED"),
     "stale_epoch": ("not the room's current key epoch: fetch the room key", "STALE_EPOCH"),
-    "rotation_due": ("the members changed: rotate the room key first", "ROTATION_DUE"),
+    "rotation_due": (
+        "the members or their devices changed: rotate the room key first",
+        "ROTATION_DUE",
+    ),
 }
 
 
