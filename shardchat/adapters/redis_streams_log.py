@@ -234,7 +234,9 @@ class RedisStreamsLogReader:
                 return out
         return []
 
-    def _take(self, reply: list[Any], wanted: dict[int, int], max_records: int) -> list[LogRecord]:
+    def _take(
+        self, reply: list[Any], wanted: dict[int, int], max_records: int
+    ) -> list[LogRecord]:
         out: list[LogRecord] = []
         for stream, entries in reply:
             p = int(stream.rsplit(b":", 1)[1])

@@ -29,10 +29,8 @@ def log_target(request: pytest.FixtureRequest) -> tuple[str, str, str]:
     if kind == "memory":
         return kind, "", "contract"
     if kind == "kafka":
-        return (
-            kind,
-            request.getfixturevalue("kafka_bootstrap"),
-            request.getfixturevalue("fresh_topic"),
+        return kind, request.getfixturevalue("kafka_bootstrap"), request.getfixturevalue(
+            "fresh_topic"
         )
     topic = f"contract-{uuid.uuid4().hex[:12]}"
     if kind == "redis-streams":

@@ -47,7 +47,9 @@ class Env:
 
 async def _delete_prefixed(url: str, prefix: str, cluster: bool) -> None:
     """Best effort: every key the registry writes expires on its own anyway."""
-    raw: Any = aioredis.RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
+    raw: Any = (
+        aioredis.RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
+    )
     with contextlib.suppress(aioredis.RedisError):
         keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
         if keys:
