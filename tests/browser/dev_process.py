@@ -102,6 +102,15 @@ _ENGINE_VARS = {
     "SHARDCHAT_REDIS_PORT",
     "SHARDCHAT_KAFKA_PORT",
     "SHARDCHAT_KAFKA_CONTROLLER_PORT",
+    # the engines `engines.sh up all` also starts: without these a `dev --cluster` under test
+    # would start (or find another engineer's) engines on the default ports
+    "SHARDCHAT_NATS_PORT",
+    "SHARDCHAT_NATS_MONITOR_PORT",
+    "SHARDCHAT_KAFKA3_PORT",
+    "SHARDCHAT_KAFKA3_CONTROLLER_PORT",
+    "SHARDCHAT_REDIS_CLUSTER_PORT",
+    "SHARDCHAT_REDIS_CLUSTER_BUS_PORT",
+    "SHARDCHAT_HAPROXY_PORT",
 }
 
 
