@@ -40,8 +40,8 @@ def attachment(a: Attachment) -> dict[str, Any]:
 
 
 def message_create(msg: Message, seq: int) -> dict[str, Any]:
-    """``attachments`` is present only when the message has some: every other MESSAGE_CREATE
-    keeps the exact shape (and bytes) of PROTOCOL.md section 3."""
+    """``attachments`` is present only when the message has some; an encrypted message
+    (docs/e2e.md) adds ``encrypted`` (its ``content`` is ""). Others keep the base shape."""
     data = _base(msg.room_id, seq) | {
         "id": str(msg.id),
         "author_id": str(msg.author_id),
@@ -52,17 +52,27 @@ def message_create(msg: Message, seq: int) -> dict[str, Any]:
     }
     if msg.attachments:
         data["attachments"] = [attachment(a) for a in msg.attachments]
+    if msg.encrypted is not None:
+        data["encrypted"] = msg.encrypted
     return data
 
 
 def message_update(
-    room_id: int, seq: int, message_id: int, content: str, edited_ms: int
+    room_id: int,
+    seq: int,
+    message_id: int,
+    content: str,
+    edited_ms: int,
+    encrypted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return _base(room_id, seq) | {
+    data = _base(room_id, seq) | {
         "id": str(message_id),
         "content": content,
         "edited_at": iso_ms(edited_ms),
     }
+    if encrypted is not None:
+        data["encrypted"] = encrypted
+    return data
 
 
 def message_delete(room_id: int, seq: int, message_id: int) -> dict[str, Any]:

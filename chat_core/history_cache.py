@@ -94,6 +94,7 @@ def apply_events(entry: CachedRoom, events: Sequence[RoomEvent], size: int) -> C
                     d["content"],
                     d.get("nonce"),
                     _ms(d["created_at"]),
+                    encrypted=d.get("encrypted"),
                 ),
             )
             if len(messages) > size:
@@ -105,10 +106,13 @@ def apply_events(entry: CachedRoom, events: Sequence[RoomEvent], size: int) -> C
                 if msg.id == target:
                     if event.type == "MESSAGE_UPDATE":
                         msg = msgspec.structs.replace(
-                            msg, content=d["content"], edited_at_ms=_ms(d["edited_at"])
+                            msg,
+                            content=d["content"],
+                            edited_at_ms=_ms(d["edited_at"]),
+                            encrypted=d.get("encrypted"),
                         )
                     else:
-                        msg = msgspec.structs.replace(msg, content="", deleted=True)
+                        msg = msgspec.structs.replace(msg, content="", deleted=True, encrypted=None)
                     messages[i] = msg
                     break
         # Reactions and membership change no cached field (reactions are read per viewer).

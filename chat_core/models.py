@@ -44,6 +44,10 @@ class Room(msgspec.Struct, frozen=True):
     created_at_ms: int
     public: bool = False
     direct: bool = False
+    encrypted: bool = False  # end-to-end encrypted (docs/e2e.md); fixed at creation
+    key_epoch: int = 0  # the current room key epoch (0: none yet)
+    key_rotation_due: bool = False  # members or their devices changed: messages wait for a rotation
+    key_changes: int = 0  # how many such changes so far (a rotation names the count it saw)
 
 
 #: Room roles, strongest first. The owner (one per group room) and admins invite and remove
@@ -130,6 +134,9 @@ class Message(msgspec.Struct, frozen=True):
     reactions: tuple[ReactionCount, ...] = ()
     mentions: tuple[int, ...] = ()  # members @mentioned when it was sent (ascending ids)
     attachments: tuple[Attachment, ...] = ()
+    #: the wire ``encrypted`` object ``{ciphertext, nonce, epoch, sender_device, signature}`` of
+    #: a message in an encrypted room (``content`` is then ""); None in plain rooms
+    encrypted: dict[str, Any] | None = None
 
 
 class ReadState(msgspec.Struct, frozen=True):
@@ -145,6 +152,21 @@ class ReadState(msgspec.Struct, frozen=True):
     unread_count: int
     mention_count: int
     muted: bool
+
+
+class SealedKey(msgspec.Struct, frozen=True):
+    """A room key of one epoch sealed to one device, signed by the sealing device
+    (docs/e2e.md section 5). Binary fields are raw bytes here, base64url on the wire."""
+
+    room_id: int
+    epoch: int
+    user_id: int  # the recipient
+    device_id: bytes
+    key_version: int  # which encryption key of the device it was sealed to
+    sender_id: int
+    sender_device: bytes
+    sealed: bytes
+    signature: bytes
 
 
 def encode_event(event: RoomEvent) -> bytes:

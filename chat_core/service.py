@@ -28,20 +28,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from chat_core import metrics
 from chat_core import validation as check
 from chat_core.batcher import GroupCommitter
+from chat_core.e2e import KeyService
 from chat_core.history_cache import CachedHistory
 from chat_core.mentions import mention_names
 from chat_core.models import Attachment, Invitation, Message, ReadState, Room, RoomEvent
 from shardchat.config import Settings
+from shardchat.e2e import scheme
 from shardchat.errors import BadInput, Forbidden, NotFound
 from shardchat.ids import IdGenerator
-from shardchat.store import AttachConflict, NewMessage, SendOutcome, Store
+from shardchat.keydirectory import KeyDirectory
+from shardchat.store import AttachConflict, EpochRefusal, NewMessage, SendOutcome, Store
 from shardchat.tracing import current_trace_headers, start_span
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,26 @@ class AttachmentSource(Protocol):
     ) -> tuple[Attachment, ...]:
         """The verified attachments, in order, or a ChatError; attaches nothing itself."""
         ...
+
+
+#: The epoch refusals of encrypted rooms (docs/e2e.md 6.1) as errors: (message, reason).
+_REFUSALS: dict[str, tuple[str, str]] = {
+    "encrypted_room": (
+        "this room is end-to-end encrypted: send an encrypted payload",
+        "ENCRYPTED_ROOM",
+    ),
+    "not_encrypted": ("this room is not end-to-end encrypted: send content", "NOT_ENCRYPTED"),
+    "stale_epoch": ("not the room's current key epoch: fetch the room key", "STALE_EPOCH"),
+    "rotation_due": (
+        "the members or their devices changed: rotate the room key first",
+        "ROTATION_DUE",
+    ),
+}
+
+
+def _refused(status: EpochRefusal | str) -> BadInput:
+    message, reason = _REFUSALS[status]
+    return BadInput(message, reason=reason)
 
 
 def _no_op(events: Sequence[RoomEvent]) -> None:
@@ -98,6 +121,7 @@ class ChatService:
         max_inflight: int = 4,
         clock_ms: Callable[[], int] = _now_ms,
         history_cache: CachedHistory | None = None,
+        keys: KeyDirectory | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or Settings()
@@ -110,6 +134,11 @@ class ChatService:
         self._committer: GroupCommitter[NewMessage, SendOutcome] | None = None
         if group_commit:
             self._committer = GroupCommitter(self._write_batch, max_batch, max_inflight)
+        #: end-to-end encrypted rooms: device lists, room keys (``keys`` defaults to the
+        #: KeyDirectory on the Store's database)
+        self.keys = KeyService(
+            store, keys or store.key_directory(), self.settings, self._member_room, clock_ms
+        )
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -147,14 +176,21 @@ class ChatService:
         return ids
 
     async def create_room(
-        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+        self,
+        actor: int,
+        name: str,
+        member_ids: Sequence[int] = (),
+        *,
+        public: bool = False,
+        encrypted: bool = False,
     ) -> Room:
         """The actor (the owner) and ``member_ids`` join at once, each with its own MEMBER_JOIN
-        (actor first). Unknown member ids are BAD_USER_INPUT."""
+        (actor first). Unknown member ids are BAD_USER_INPUT. An ``encrypted`` room starts at
+        key epoch 0 with a rotation due (docs/e2e.md 6.1)."""
         check.room_name(name)
         members = await self._known_users([actor, *member_ids], "member id")
         room, events = await self.store.create_room(
-            self.ids.next_id(), name, self._clock_ms(), members, public=public
+            self.ids.next_id(), name, self._clock_ms(), members, public=public, encrypted=encrypted
         )
         self._published(events)
         return room
@@ -308,18 +344,23 @@ class ChatService:
         self,
         actor: int,
         room_id: int,
-        content: str,
+        content: str | None,
         nonce: str,
         attachment_ids: Sequence[int] = (),
+        encrypted: dict[str, Any] | None = None,
     ) -> Message:
         """Store a message (idempotent by ``(actor, nonce)``: a retry, even concurrent, returns
         the first message and creates nothing). Membership is checked in the storing
-        transaction itself. ``attachment_ids``: uploads of the actor for this room, attached in
-        that transaction; then the content may be empty."""
+        transaction itself. Exactly one of ``content`` (plain rooms) and ``encrypted`` (the
+        payload of docs/e2e.md, encrypted rooms, under the current epoch) is given.
+        ``attachment_ids``: uploads of the actor for this room (plain rooms), attached in that
+        transaction; then the content may be empty."""
         started = time.perf_counter()
         try:
             with start_span("chat.send_message"):
-                outcome = await self._send(actor, room_id, content, nonce, attachment_ids)
+                outcome = await self._send(
+                    actor, room_id, content, nonce, attachment_ids, encrypted
+                )
         except Exception as exc:
             # CancelledError is no outcome (the caller went away; its row may still commit).
             metrics.count_send_error(exc)
@@ -335,12 +376,56 @@ class ChatService:
         return outcome.message
 
     async def _send(
-        self, actor: int, room_id: int, content: str, nonce: str, attachment_ids: Sequence[int]
+        self,
+        actor: int,
+        room_id: int,
+        content: str | None,
+        nonce: str,
+        attachment_ids: Sequence[int],
+        encrypted: dict[str, Any] | None,
     ) -> SendOutcome:
         """The stored outcome, ``created`` or ``duplicate``; a refusal raises."""
         check.snowflake(room_id, "room id")
-        check.content(content, self.settings.max_content_chars, allow_empty=bool(attachment_ids))
+        payload = self._message_body(content, encrypted, allow_empty=bool(attachment_ids))
         check.nonce(nonce, self.settings.max_nonce_bytes)
+        if payload is not None:
+            if attachment_ids:
+                raise BadInput("attachments are not supported in end-to-end encrypted rooms yet")
+            row = NewMessage(
+                self.ids.next_id(),
+                room_id,
+                actor,
+                "",
+                nonce,
+                self._clock_ms(),
+                current_trace_headers(),
+                encrypted=payload,
+            )
+            # One transaction under the room's lock (epoch rules). No mentions: the server
+            # can't read the content.
+            outcome = await self.store.insert_encrypted_message(row)
+            self._published([outcome.event] if outcome.event is not None else [])
+        else:
+            outcome = await self._store_plain(actor, room_id, content or "", nonce, attachment_ids)
+        if outcome.status in ("no_room", "not_member"):
+            raise NotFound(_NO_ROOM)
+        if outcome.status not in ("created", "duplicate"):
+            raise _refused(outcome.status)
+        assert outcome.message is not None
+        if outcome.message.room_id != room_id:
+            # The nonce was spent on a message of another room: no answer from that room, and
+            # only a member of this one learns more than NOT_FOUND.
+            if not await self.store.is_member(room_id, actor):
+                raise NotFound(_NO_ROOM)
+            raise BadInput("this nonce was already used for a message in another room")
+        if outcome.status == "duplicate":  # the first message, with its files
+            return SendOutcome("duplicate", await self._with_attachments(outcome.message))
+        return outcome
+
+    async def _store_plain(
+        self, actor: int, room_id: int, content: str, nonce: str, attachment_ids: Sequence[int]
+    ) -> SendOutcome:
+        """A plain room's send: its files verified first, its mentions resolved, then stored."""
         outcome: SendOutcome | None = None
         attachments: tuple[Attachment, ...] = ()
         if attachment_ids:
@@ -381,22 +466,32 @@ class ChatService:
                     "an attachment was taken by another message or expired meanwhile; nothing"
                     " was sent"
                 ) from None
-        if outcome.status in ("no_room", "not_member"):
-            raise NotFound(_NO_ROOM)
-        assert outcome.message is not None
-        if outcome.message.room_id != room_id:
-            # The nonce was spent on a message of another room: no answer from that room, and
-            # only a member of this one learns more than NOT_FOUND.
-            if not await self.store.is_member(room_id, actor):
-                raise NotFound(_NO_ROOM)
-            raise BadInput("this nonce was already used for a message in another room")
-        if outcome.status == "duplicate":  # the first message, with its files
-            return SendOutcome("duplicate", await self._with_attachments(outcome.message))
+        assert outcome is not None
         return outcome
 
     async def _with_attachments(self, msg: Message) -> Message:
         found = await self.store.attachments_of([msg.id])
         return msgspec.structs.replace(msg, attachments=found.get(msg.id, ()))
+
+    def _message_body(
+        self, content: str | None, encrypted: dict[str, Any] | None, *, allow_empty: bool = False
+    ) -> dict[str, Any] | None:
+        """Check the one body a message has: ``content``, or the ``encrypted`` payload (returned
+        in its canonical wire form)."""
+        if encrypted is None:
+            check.content(
+                content if content is not None else "",
+                self.settings.max_content_chars,
+                allow_empty=allow_empty,
+            )
+            return None
+        if content:
+            raise BadInput("give content or encrypted, not both")
+        try:
+            envelope = scheme.envelope_from_wire(encrypted, self.settings.e2e_max_ciphertext_bytes)
+        except scheme.SchemeError as exc:
+            raise BadInput(f"encrypted: {exc}") from None
+        return envelope.wire()
 
     async def _write_batch(self, rows: Sequence[NewMessage]) -> list[SendOutcome]:
         outcomes = await self.store.insert_messages(rows)
@@ -417,14 +512,31 @@ class ChatService:
             raise NotFound(_NO_MESSAGE)
         return msg
 
-    async def edit_message(self, actor: int, message_id: int, content: str) -> Message:
-        """Author only; a deleted message is NOT_FOUND. Emits MESSAGE_UPDATE."""
-        check.content(content, self.settings.max_content_chars)
-        await self._own_message(actor, message_id)
-        result = await self.store.edit_message(message_id, content, self._clock_ms())
+    async def edit_message(
+        self,
+        actor: int,
+        message_id: int,
+        content: str | None,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
+        """Author only; a deleted message is NOT_FOUND. Emits MESSAGE_UPDATE. In an encrypted
+        room the new body is an ``encrypted`` payload under the current epoch."""
+        payload = self._message_body(content, encrypted)
+        own = await self._own_message(actor, message_id)
+        room = await self.store.get_room(own.room_id)
+        if room is not None and room.encrypted != (payload is not None):
+            raise _refused("encrypted_room" if room.encrypted else "not_encrypted")
+        if payload is not None:
+            edited = await self.store.edit_encrypted_message(message_id, payload, self._clock_ms())
+            if edited.status not in ("ok", "no_room"):
+                raise _refused(edited.status)
+            result = None if edited.message is None else (edited.message, edited.event)
+        else:
+            result = await self.store.edit_message(message_id, content or "", self._clock_ms())
         if result is None:  # deleted in between
             raise NotFound(_NO_MESSAGE)
         msg, event = result
+        assert event is not None
         self._published([event])
         (msg,) = await self._decorate([msg], actor)
         return msg

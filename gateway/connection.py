@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -427,15 +428,18 @@ class ClientConnection:
         session = self.session
         assert session is not None
         try:
+            encrypted = action.encrypted
             msg = await self.gw.chat.send_message(
                 session.user_id,
                 int(action.room_id),
                 action.content,
                 action.nonce,
                 [int(a) for a in action.attachment_ids],
+                None if encrypted is None else msgspec.structs.asdict(encrypted),
             )
         except ChatError as exc:
-            self.send(self.proto.reply_error(action.request_id, exc.code, exc.message))
+            reply = self.proto.reply_error(action.request_id, exc.code, exc.message, exc.reason)
+            self.send(reply)
             return
         except Exception:
             log.exception("send_message failed")

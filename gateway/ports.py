@@ -7,7 +7,7 @@ can pass the real services built on the SQLite store.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from chat_core.models import Message, Room, RoomEvent
 from user_core.models import User
@@ -33,9 +33,12 @@ class ChatPort(Protocol):
         self,
         actor: int,
         room_id: int,
-        content: str,
+        content: str | None,
         nonce: str,
         attachment_ids: Sequence[int] = (),
-    ) -> Message: ...
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
+        """Exactly one of ``content`` and ``encrypted`` (docs/e2e.md) is given."""
+        ...
 
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...

@@ -9,9 +9,18 @@ from typing import Any
 
 from chat_core.events import iso_ms
 from chat_core.models import Attachment, Message, RoomEvent
+from shardchat.e2e import scheme
 from shardchat.errors import BadInput
 
-__all__ = ["event_object", "event_typename", "iso_ms", "parse_id"]
+__all__ = [
+    "b64_arg",
+    "encrypted_input",
+    "encrypted_object",
+    "event_object",
+    "event_typename",
+    "iso_ms",
+    "parse_id",
+]
 
 _MAX_ID = 2**63 - 1
 
@@ -68,6 +77,7 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
                 )
                 for a in d.get("attachments", ())
             ),
+            encrypted=d.get("encrypted"),
         )
     typename = _EVENT_TYPENAMES.get(event.type)
     if typename is None:
@@ -88,7 +98,27 @@ def event_object(event: RoomEvent) -> Message | dict[str, Any]:
         obj["content"] = d["content"]
     if event.type == "MESSAGE_UPDATE":
         obj["editedAt"] = _time(d.get("edited_at"), event.created_at_ms)
+        obj["encrypted"] = encrypted_object(d.get("encrypted"))
     return obj
+
+
+def encrypted_object(wire: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The gateway/stored form ``{ciphertext, nonce, epoch, sender_device, signature}`` as the
+    GraphQL ``EncryptedPayload`` (camelCase)."""
+    return None if wire is None else scheme.wire_to_graphql(wire)
+
+
+def encrypted_input(arg: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``EncryptedPayloadInput`` -> the gateway/stored form (checked by chat_core)."""
+    return None if arg is None else scheme.graphql_to_wire(arg)
+
+
+def b64_arg(value: str, what: str, size: int | None = None) -> bytes:
+    """A base64url (no padding) argument as bytes; BAD_USER_INPUT when it is not one."""
+    try:
+        return scheme.b64d(value, size, what)
+    except scheme.SchemeError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def event_typename(value: Any) -> str:

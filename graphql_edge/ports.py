@@ -8,8 +8,9 @@ counting wrapper) without inheritance. They mirror docs/architecture.md, "Servic
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from chat_core.e2e import KeyInput, KeyStatus
 from chat_core.models import (
     Attachment,
     Invitation,
@@ -17,9 +18,11 @@ from chat_core.models import (
     ReadState,
     Room,
     RoomEvent,
+    SealedKey,
     ThumbState,
     Upload,
 )
+from shardchat.keydirectory import DeviceListEntry, DeviceProposal
 from shardchat.objectstore import PresignedPut
 from shardchat.registry import GatewayRecord
 from user_core.models import AuthTokens, SessionInfo, User
@@ -56,9 +59,48 @@ class Auth(Protocol):
     async def search_users(self, prefix: str, limit: int = 10) -> list[User]: ...
 
 
+class Keys(Protocol):
+    """End-to-end encryption: ``chat_core.e2e.KeyService`` (docs/e2e.md)."""
+
+    async def publish_device_list(self, actor: int, body: bytes, signature: bytes) -> int: ...
+    async def device_lists(self, user_id: int, after_version: int = 0) -> list[DeviceListEntry]: ...
+    async def propose_device(self, actor: int, body: bytes, signature: bytes) -> None: ...
+    async def proposals(self, actor: int) -> list[DeviceProposal]: ...
+    async def rotate_room_key(
+        self,
+        actor: int,
+        room_id: int,
+        epoch: int,
+        member_ids: Sequence[int],
+        changes: int,
+        sender_device: bytes,
+        keys: Sequence[KeyInput],
+    ) -> int: ...
+    async def share_room_keys(
+        self,
+        actor: int,
+        room_id: int,
+        epoch: int,
+        sender_device: bytes,
+        keys: Sequence[KeyInput],
+    ) -> int: ...
+    async def room_keys(
+        self, actor: int, room_id: int, device_id: bytes, after_epoch: int = 0
+    ) -> list[SealedKey]: ...
+    async def key_status(self, actor: int, room_id: int) -> KeyStatus: ...
+
+
 class Chat(Protocol):
+    @property
+    def keys(self) -> Keys: ...
     async def create_room(
-        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+        self,
+        actor: int,
+        name: str,
+        member_ids: Sequence[int] = (),
+        *,
+        public: bool = False,
+        encrypted: bool = False,
     ) -> Room: ...
     async def open_direct_room(self, actor: int, other: int) -> Room: ...
     async def join_room(self, actor: int, room_id: int) -> Room: ...
@@ -80,11 +122,18 @@ class Chat(Protocol):
         self,
         actor: int,
         room_id: int,
-        content: str,
+        content: str | None,
         nonce: str,
         attachment_ids: Sequence[int] = (),
+        encrypted: dict[str, Any] | None = None,
     ) -> Message: ...
-    async def edit_message(self, actor: int, message_id: int, content: str) -> Message: ...
+    async def edit_message(
+        self,
+        actor: int,
+        message_id: int,
+        content: str | None,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message: ...
     async def delete_message(self, actor: int, message_id: int) -> bool: ...
     async def add_reaction(self, actor: int, message_id: int, emoji: str) -> bool: ...
     async def remove_reaction(self, actor: int, message_id: int, emoji: str) -> bool: ...

@@ -12,12 +12,31 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo
 
+from chat_core.e2e import KeyInput
 from chat_core.events import attachment_url
 from chat_core.files.service import ThumbnailPending
-from chat_core.models import Attachment, Invitation, Message, ReadState, Room, RoomEvent, Upload
+from chat_core.models import (
+    Attachment,
+    Invitation,
+    Message,
+    ReadState,
+    Room,
+    RoomEvent,
+    SealedKey,
+    Upload,
+)
 from graphql_edge.context import Context
-from graphql_edge.convert import event_object, iso_ms, parse_id
+from graphql_edge.convert import (
+    b64_arg,
+    encrypted_input,
+    encrypted_object,
+    event_object,
+    iso_ms,
+    parse_id,
+)
+from shardchat.e2e.scheme import DEVICE_ID_BYTES, SIGNATURE_BYTES, b64e
 from shardchat.errors import BadInput, NotFound
+from shardchat.keydirectory import DeviceListEntry, DeviceProposal
 from shardchat.objectstore import PresignedPut
 from shardchat.registry import GatewayRecord
 from shardchat.tracing import start_span
@@ -228,11 +247,14 @@ async def m_create_room(
     name: str,
     memberIds: list[str] | None = None,
     public: bool | None = False,
+    encrypted: bool | None = False,
 ) -> Room:
     ctx = ctx_of(info)
     actor = ctx.require_user()
     members = [parse_id(m, "memberIds") for m in memberIds or ()]
-    return await ctx.services.chat.create_room(actor, name, members, public=bool(public))
+    return await ctx.services.chat.create_room(
+        actor, name, members, public=bool(public), encrypted=bool(encrypted)
+    )
 
 
 @mutation
@@ -298,9 +320,10 @@ async def m_send(
     _: Any,
     info: GraphQLResolveInfo,
     roomId: str,
-    content: str,
     nonce: str,
+    content: str | None = None,
     attachmentIds: list[str] | None = None,
+    encrypted: dict[str, Any] | None = None,
 ) -> Message:
     # The root of a message's trace when tracing is on (a shared no-op when off): ChatService
     # stores its context with the event and the gateways continue it at delivery.
@@ -309,7 +332,9 @@ async def m_send(
         actor = ctx.require_user()
         room_id = parse_id(roomId, "roomId")
         files = [parse_id(a, "attachmentIds") for a in attachmentIds or ()]
-        return await ctx.services.chat.send_message(actor, room_id, content, nonce, files)
+        return await ctx.services.chat.send_message(
+            actor, room_id, content, nonce, files, encrypted_input(encrypted)
+        )
 
 
 @mutation
@@ -331,9 +356,17 @@ async def m_create_upload(
 
 
 @mutation
-async def m_edit(_: Any, info: GraphQLResolveInfo, id: str, content: str) -> Message:
+async def m_edit(
+    _: Any,
+    info: GraphQLResolveInfo,
+    id: str,
+    content: str | None = None,
+    encrypted: dict[str, Any] | None = None,
+) -> Message:
     ctx = ctx_of(info)
-    return await ctx.services.chat.edit_message(ctx.require_user(), parse_id(id), content)
+    return await ctx.services.chat.edit_message(
+        ctx.require_user(), parse_id(id), content, encrypted_input(encrypted)
+    )
 
 
 @mutation
@@ -367,6 +400,124 @@ async def m_set_room_muted(_: Any, info: GraphQLResolveInfo, roomId: str, muted:
     ctx = ctx_of(info)
     room_id = parse_id(roomId, "roomId")
     return await ctx.services.chat.set_room_muted(ctx.require_user(), room_id, muted)
+
+
+# --- end-to-end encryption: key directory and sealed room keys (docs/e2e.md) -------------------
+
+
+async def q_device_list(
+    _: Any, info: GraphQLResolveInfo, userId: str, afterVersion: int = 0
+) -> list[DeviceListEntry]:
+    ctx = ctx_of(info)
+    ctx.require_user()
+    return await ctx.services.chat.keys.device_lists(parse_id(userId, "userId"), afterVersion)
+
+
+async def q_device_proposals(_: Any, info: GraphQLResolveInfo) -> list[DeviceProposal]:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.keys.proposals(ctx.require_user())
+
+
+async def q_room_keys(
+    _: Any, info: GraphQLResolveInfo, roomId: str, deviceId: str, afterEpoch: int = 0
+) -> list[SealedKey]:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.keys.room_keys(
+        ctx.require_user(),
+        parse_id(roomId, "roomId"),
+        b64_arg(deviceId, "deviceId", DEVICE_ID_BYTES),
+        afterEpoch,
+    )
+
+
+async def q_room_key_status(_: Any, info: GraphQLResolveInfo, roomId: str) -> dict[str, Any]:
+    ctx = ctx_of(info)
+    st = await ctx.services.chat.keys.key_status(ctx.require_user(), parse_id(roomId, "roomId"))
+    return {
+        "epoch": st.epoch,
+        "rotationDue": st.rotation_due,
+        "changes": st.changes,
+        "memberIds": [str(u) for u in st.member_ids],
+        "missing": [
+            {"userId": str(u), "deviceId": b64e(d), "keyVersion": v} for u, d, v in st.missing
+        ],
+    }
+
+
+@mutation
+async def m_publish_device_list(_: Any, info: GraphQLResolveInfo, body: str, signature: str) -> int:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.keys.publish_device_list(
+        ctx.require_user(), b64_arg(body, "body"), b64_arg(signature, "signature", SIGNATURE_BYTES)
+    )
+
+
+@mutation
+async def m_propose_device(_: Any, info: GraphQLResolveInfo, body: str, signature: str) -> bool:
+    ctx = ctx_of(info)
+    await ctx.services.chat.keys.propose_device(
+        ctx.require_user(), b64_arg(body, "body"), b64_arg(signature, "signature", SIGNATURE_BYTES)
+    )
+    return True
+
+
+def _key_inputs(keys: list[dict[str, Any]]) -> list[KeyInput]:
+    return [
+        KeyInput(
+            parse_id(k["userId"], "userId"),
+            b64_arg(k["deviceId"], "deviceId", DEVICE_ID_BYTES),
+            k["keyVersion"],
+            b64_arg(k["sealed"], "sealed"),
+            b64_arg(k["signature"], "signature", SIGNATURE_BYTES),
+        )
+        for k in keys
+    ]
+
+
+@mutation
+async def m_rotate_room_key(
+    _: Any,
+    info: GraphQLResolveInfo,
+    roomId: str,
+    epoch: int,
+    memberIds: list[str],
+    changes: int,
+    senderDevice: str,
+    keys: list[dict[str, Any]],
+) -> int:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.keys.rotate_room_key(
+        ctx.require_user(),
+        parse_id(roomId, "roomId"),
+        epoch,
+        [parse_id(m, "memberIds") for m in memberIds],
+        changes,
+        b64_arg(senderDevice, "senderDevice", DEVICE_ID_BYTES),
+        _key_inputs(keys),
+    )
+
+
+@mutation
+async def m_share_room_keys(
+    _: Any,
+    info: GraphQLResolveInfo,
+    roomId: str,
+    epoch: int,
+    senderDevice: str,
+    keys: list[dict[str, Any]],
+) -> int:
+    ctx = ctx_of(info)
+    return await ctx.services.chat.keys.share_room_keys(
+        ctx.require_user(),
+        parse_id(roomId, "roomId"),
+        epoch,
+        b64_arg(senderDevice, "senderDevice", DEVICE_ID_BYTES),
+        _key_inputs(keys),
+    )
+
+
+def _b64_attr(name: str) -> Resolver:
+    return _attr(name, b64e)
 
 
 # --- Subscription -----------------------------------------------------------------------------
@@ -520,6 +671,10 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "invitations": q_invitations,
         "sessions": q_sessions,
         "twoFactor": q_two_factor,
+        "deviceList": q_device_list,
+        "deviceProposals": q_device_proposals,
+        "roomKeys": q_room_keys,
+        "roomKeyStatus": q_room_key_status,
         "messages": q_messages,
         "gateway": q_gateway,
         "searchUsers": q_search_users,
@@ -551,6 +706,10 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "removeReaction": m_remove_reaction,
         "markRead": m_mark_read,
         "setRoomMuted": m_set_room_muted,
+        "publishDeviceList": m_publish_device_list,
+        "proposeDevice": m_propose_device,
+        "rotateRoomKey": m_rotate_room_key,
+        "shareRoomKeys": m_share_room_keys,
     },
     "AuthPayload": {
         "accessToken": _attr("access_token"),
@@ -569,6 +728,8 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "unreadCount": room_read_state("unread_count"),
         "mentionCount": room_read_state("mention_count"),
         "muted": room_read_state("muted"),
+        "keyEpoch": _attr("key_epoch"),
+        "keyRotationDue": _attr("key_rotation_due"),
     },
     "Invitation": {
         "roomId": _attr("room_id", str),
@@ -592,6 +753,7 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
         "reactions": _attr("reactions", list),
         "mentions": _attr("mentions", _ids),
         "attachments": _attr("attachments", list),
+        "encrypted": _attr("encrypted", encrypted_object),
     },
     "Attachment": {
         "id": _attr("id", str),
@@ -608,6 +770,28 @@ RESOLVERS: dict[str, dict[str, Resolver]] = {
             lambda _, put: [{"name": k, "value": v} for k, v in put.headers.items()]
         ),
         "expiresAt": _upload_field(lambda _, put: iso_ms(put.expires_at_ms)),
+    },
+    "SignedDeviceList": {
+        "userId": _attr("user_id", str),
+        "body": _b64_attr("body"),
+        "signature": _b64_attr("signature"),
+        "createdAt": _attr("created_at_ms", iso_ms),
+    },
+    "DeviceProposal": {
+        "deviceId": _b64_attr("device_id"),
+        "body": _b64_attr("body"),
+        "signature": _b64_attr("signature"),
+        "createdAt": _attr("created_at_ms", iso_ms),
+    },
+    "SealedRoomKey": {
+        "roomId": _attr("room_id", str),
+        "userId": _attr("user_id", str),
+        "deviceId": _b64_attr("device_id"),
+        "keyVersion": _attr("key_version"),
+        "senderId": _attr("sender_id", str),
+        "senderDevice": _b64_attr("sender_device"),
+        "sealed": _b64_attr("sealed"),
+        "signature": _b64_attr("signature"),
     },
     "GatewayInfo": {"gatewayId": _attr("gateway_id")},
 }

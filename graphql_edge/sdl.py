@@ -21,6 +21,13 @@ Access and accounts (issue 11; docs/protocol.md section 9 and docs/security.md):
 - ``User.status`` is the live presence only for the caller and users sharing a room with them,
   "offline" for everyone else.
 
+End-to-end encrypted rooms (issue 13; docs/e2e.md): ``createRoom(encrypted: true)``,
+``Room.encrypted/keyEpoch/keyRotationDue``, ``Message.encrypted`` and ``MessageUpdated.encrypted``
+(``content`` is "" then), ``sendMessage``/``editMessage`` take ``encrypted`` instead of
+``content``; the key directory (``deviceList``, ``publishDeviceList``, ``proposeDevice``,
+``deviceProposals``) and the sealed room keys (``rotateRoomKey``, ``shareRoomKeys``,
+``roomKeys``, ``roomKeyStatus``). Binary values are base64url strings without padding.
+
 ``messages`` returns ChatService.history's order: newest first when paging back (no cursor, or
 ``before``), oldest first with ``after``; ``before`` and ``after`` together are BAD_USER_INPUT.
 """
@@ -39,6 +46,10 @@ type Query {
   sessions: [AuthSession!]!
   twoFactor: TwoFactorStatus!
   searchUsers(prefix: String!, limit: Int = 10): [User!]!
+  deviceList(userId: ID!, afterVersion: Int = 0): [SignedDeviceList!]!
+  deviceProposals: [DeviceProposal!]!
+  roomKeys(roomId: ID!, deviceId: String!, afterEpoch: Int = 0): [SealedRoomKey!]!
+  roomKeyStatus(roomId: ID!): RoomKeyStatus!
 }
 
 type Mutation {
@@ -51,7 +62,8 @@ type Mutation {
   beginTwoFactorSetup(password: String!): TwoFactorSetup!
   confirmTwoFactor(code: String!): [String!]!
   disableTwoFactor(code: String!): Boolean!
-  createRoom(name: String!, memberIds: [ID!], public: Boolean = false): Room!
+  createRoom(name: String!, memberIds: [ID!], public: Boolean = false,
+             encrypted: Boolean = false): Room!
   openDirectRoom(userId: ID!): Room!
   joinRoom(roomId: ID!): Room!
   leaveRoom(roomId: ID!): Boolean!
@@ -60,7 +72,8 @@ type Mutation {
   declineInvitation(roomId: ID!): Boolean!
   removeMember(roomId: ID!, userId: ID!): Boolean!
   setMemberRole(roomId: ID!, userId: ID!, role: RoomRole!): Boolean!
-  sendMessage(roomId: ID!, content: String!, nonce: String!, attachmentIds: [ID!]): Message!
+  sendMessage(roomId: ID!, content: String, nonce: String!, attachmentIds: [ID!],
+              encrypted: EncryptedPayloadInput): Message!
   createUpload(
     roomId: ID!
     filename: String!
@@ -68,12 +81,18 @@ type Mutation {
     size: Int!
     sha256: String!
   ): Upload!
-  editMessage(id: ID!, content: String!): Message!
+  editMessage(id: ID!, content: String, encrypted: EncryptedPayloadInput): Message!
   deleteMessage(id: ID!): Boolean!
   addReaction(messageId: ID!, emoji: String!): Boolean!
   removeReaction(messageId: ID!, emoji: String!): Boolean!
   markRead(roomId: ID!, seq: Int!): ReadState!
   setRoomMuted(roomId: ID!, muted: Boolean!): ReadState!
+  publishDeviceList(body: String!, signature: String!): Int!
+  proposeDevice(body: String!, signature: String!): Boolean!
+  rotateRoomKey(roomId: ID!, epoch: Int!, memberIds: [ID!]!, changes: Int!,
+                senderDevice: String!, keys: [SealedRoomKeyInput!]!): Int!
+  shareRoomKeys(roomId: ID!, epoch: Int!, senderDevice: String!,
+                keys: [SealedRoomKeyInput!]!): Int!
 }
 
 type Subscription {
@@ -95,6 +114,9 @@ type Room {
   unreadCount: Int!
   mentionCount: Int!
   muted: Boolean!
+  encrypted: Boolean!
+  keyEpoch: Int!
+  keyRotationDue: Boolean!
 }
 enum RoomRole { OWNER ADMIN MEMBER }
 type RoomMember { user: User!, role: RoomRole! }
@@ -129,6 +151,50 @@ type Message {
   reactions: [Reaction!]!
   mentions: [ID!]!
   attachments: [Attachment!]!
+  encrypted: EncryptedPayload
+}
+type EncryptedPayload {
+  ciphertext: String!
+  nonce: String!
+  epoch: Int!
+  senderDevice: String!
+  signature: String!
+}
+input EncryptedPayloadInput {
+  ciphertext: String!
+  nonce: String!
+  epoch: Int!
+  senderDevice: String!
+  signature: String!
+}
+type SignedDeviceList { userId: ID!, version: Int!, body: String!, signature: String!,
+                        createdAt: String! }
+type DeviceProposal { deviceId: String!, body: String!, signature: String!, createdAt: String! }
+type SealedRoomKey {
+  roomId: ID!
+  epoch: Int!
+  userId: ID!
+  deviceId: String!
+  keyVersion: Int!
+  senderId: ID!
+  senderDevice: String!
+  sealed: String!
+  signature: String!
+}
+input SealedRoomKeyInput {
+  userId: ID!
+  deviceId: String!
+  keyVersion: Int!
+  sealed: String!
+  signature: String!
+}
+type DeviceRef { userId: ID!, deviceId: String!, keyVersion: Int! }
+type RoomKeyStatus {
+  epoch: Int!
+  rotationDue: Boolean!
+  changes: Int!
+  memberIds: [ID!]!
+  missing: [DeviceRef!]!
 }
 type Attachment {
   id: ID!
@@ -147,7 +213,8 @@ type Reaction { emoji: String!, count: Int!, me: Boolean! }
 type MessagePage { items: [Message!]!, hasMore: Boolean! }
 type GatewayInfo { url: String!, gatewayId: String! }
 
-type MessageUpdated { roomId: ID!, seq: Int!, id: ID!, content: String!, editedAt: String! }
+type MessageUpdated { roomId: ID!, seq: Int!, id: ID!, content: String!, editedAt: String!,
+                      encrypted: EncryptedPayload }
 type MessageDeleted { roomId: ID!, seq: Int!, id: ID! }
 type ReactionAdded { roomId: ID!, seq: Int!, messageId: ID!, userId: ID!, emoji: String! }
 type ReactionRemoved { roomId: ID!, seq: Int!, messageId: ID!, userId: ID!, emoji: String! }

@@ -81,6 +81,7 @@ from graphql_edge.context import Context, Services
 from graphql_edge.convert import event_typename
 from graphql_edge.outcome import result_body
 from graphql_edge.pipeline import Pipeline
+from graphql_edge.ports import Keys
 from graphql_edge.ratelimit import TokenBuckets
 from graphql_edge.schema import build
 from graphql_edge.sdl import SDL
@@ -216,20 +217,25 @@ class MemoryChat:
             for i in range(3)
         ]
 
+    @property
+    def keys(self) -> Keys:
+        raise _unused("keys")
+
     async def send_message(
         self,
         actor: int,
         room_id: int,
-        content: str,
+        content: str | None,
         nonce: str,
         attachment_ids: Sequence[int] = (),
+        encrypted: dict[str, Any] | None = None,
     ) -> Message:
         return Message(
             id=901_001,
             room_id=room_id,
             seq=1001,
             author_id=actor,
-            content=content,
+            content=content or "",
             nonce=nonce,
             created_at_ms=1_700_000_001_001,
         )
@@ -243,7 +249,13 @@ class MemoryChat:
         return self.rooms
 
     async def create_room(
-        self, actor: int, name: str, member_ids: Sequence[int] = (), *, public: bool = False
+        self,
+        actor: int,
+        name: str,
+        member_ids: Sequence[int] = (),
+        *,
+        public: bool = False,
+        encrypted: bool = False,
     ) -> Room:
         raise _unused("create_room")
 
@@ -259,7 +271,13 @@ class MemoryChat:
     async def room_members(self, actor: int, room_id: int) -> list[int]:
         raise _unused("room_members")
 
-    async def edit_message(self, actor: int, message_id: int, content: str) -> Message:
+    async def edit_message(
+        self,
+        actor: int,
+        message_id: int,
+        content: str | None,
+        encrypted: dict[str, Any] | None = None,
+    ) -> Message:
         raise _unused("edit_message")
 
     async def delete_message(self, actor: int, message_id: int) -> bool:

@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from protocol.close_codes import CloseCode
-from protocol.frames import ClientInfo, PresenceStatus, RoomSubscription
+from protocol.frames import ClientInfo, Encrypted, PresenceStatus, RoomSubscription
 from protocol.snowflake import Snowflake
 
 
@@ -64,9 +64,10 @@ class DoSend(msgspec.Struct, frozen=True):
 
     request_id: int | None
     room_id: Snowflake
-    content: str
+    content: str | None
     nonce: str
     attachment_ids: tuple[Snowflake, ...] = ()
+    encrypted: Encrypted | None = None
 
 
 class DoTyping(msgspec.Struct, frozen=True):

@@ -109,13 +109,26 @@ class Resume(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     rooms: dict[Snowflake, Seq] | None = None
 
 
-class Send(msgspec.Struct, frozen=True, kw_only=True):
+class Encrypted(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of a message in an end-to-end encrypted room (docs/e2e.md): base64url
+    strings and the key epoch. Sizes and encodings are chat_core rules, not checked here."""
+
+    ciphertext: str
+    nonce: str
+    epoch: int
+    sender_device: str
+    signature: str
+
+
+class Send(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """op 8; answered with REPLY. Content/nonce limits are chat_core rules, not checked here.
+    An encrypted room takes ``encrypted`` instead of ``content`` (docs/e2e.md);
     ``attachment_ids`` (ext.): uploads to attach, as ``sendMessage``'s ``attachmentIds``."""
 
     room_id: Snowflake
-    content: str
     nonce: str
+    content: str | None = None
+    encrypted: Encrypted | None = None
     attachment_ids: tuple[Snowflake, ...] = ()
 
 
@@ -181,9 +194,10 @@ class ReplyOk(msgspec.Struct, frozen=True, kw_only=True):
     result: Any = None
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     code: str  # shardchat.errors.ErrorCode: UNAUTHENTICATED, FORBIDDEN, ...
     message: str
+    reason: str | None = None  # a finer, stable cause (docs/e2e.md: ROTATION_DUE, ...)
 
 
 class ReplyError(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,7 +248,7 @@ class RoomSubscribed(msgspec.Struct, frozen=True, kw_only=True):
     recovered: bool
 
 
-class MessageCreate(msgspec.Struct, frozen=True, kw_only=True):
+class MessageCreate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     room_id: Snowflake
     seq: int
     id: Snowflake
@@ -242,14 +256,16 @@ class MessageCreate(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     nonce: str | None
     created_at: str
+    encrypted: Encrypted | None = None  # encrypted rooms; ``content`` is "" then
 
 
-class MessageUpdate(msgspec.Struct, frozen=True, kw_only=True):
+class MessageUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     room_id: Snowflake
     seq: int
     id: Snowflake
     content: str
     edited_at: str
+    encrypted: Encrypted | None = None
 
 
 class MessageDelete(msgspec.Struct, frozen=True, kw_only=True):

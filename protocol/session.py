@@ -158,7 +158,7 @@ class Session:
         if state is not SessionState.READY:
             return [self.close(CloseCode.NOT_IDENTIFIED)]
         if isinstance(d, Send):
-            return [DoSend(frame.id, d.room_id, d.content, d.nonce, d.attachment_ids)]
+            return [DoSend(frame.id, d.room_id, d.content, d.nonce, d.attachment_ids, d.encrypted)]
         if isinstance(d, Typing):
             return [DoTyping(d.room_id)]
         if isinstance(d, Subscribe):
@@ -247,9 +247,12 @@ class Session:
     def reply_ok(self, request_id: int | None, result: Any = None) -> SendFrame:
         return self._send(Op.REPLY, ReplyOk(result=result), id=request_id)
 
-    def reply_error(self, request_id: int | None, code: str, message: str) -> SendFrame:
-        """``code`` is a ``shardchat.errors.ErrorCode`` (``FORBIDDEN``, ...)."""
-        error = ReplyError(error=ErrorInfo(code=code, message=message))
+    def reply_error(
+        self, request_id: int | None, code: str, message: str, reason: str | None = None
+    ) -> SendFrame:
+        """``code`` is a ``shardchat.errors.ErrorCode`` (``FORBIDDEN``, ...); ``reason`` a finer
+        stable cause when there is one (omitted otherwise)."""
+        error = ReplyError(error=ErrorInfo(code=code, message=message, reason=reason))
         return self._send(Op.REPLY, error, id=request_id)
 
     def reconnect(self, url: str | None = None) -> SendFrame:

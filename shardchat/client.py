@@ -66,11 +66,15 @@ MAX_RESUME_ROOMS = 400
 class ShardchatError(Exception):
     """An error answer: a GraphQL ``extensions.code`` or a gateway REPLY ``error.code``."""
 
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, code: str, message: str, details: Any = None, reason: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.details = details
+        #: ``extensions.reason`` / REPLY ``error.reason``: a finer stable cause (ROTATION_DUE...)
+        self.reason = reason
 
 
 class TwoFactorRequired(ShardchatError):
@@ -176,7 +180,8 @@ class EdgeClient:
             ext = first.get("extensions") or {}
             code = ext.get("code", "INTERNAL")
             kind = TwoFactorRequired if ext.get("reason") == "TWO_FACTOR_REQUIRED" else None
-            raise (kind or ShardchatError)(code, first.get("message", ""), errors)
+            message = first.get("message", "")
+            raise (kind or ShardchatError)(code, message, errors, ext.get("reason"))
         if not 200 <= resp.status_code < 300 or not isinstance(payload.get("data"), dict):
             raise ShardchatError("INTERNAL", f"HTTP {resp.status_code}")
         data: dict[str, Any] = payload["data"]
@@ -540,15 +545,22 @@ class GatewayClient:
     async def send(
         self,
         room_id: int,
-        content: str,
+        content: str | None,
         nonce: str | None = None,
         attachment_ids: Iterable[int | str] = (),
+        *,
+        encrypted: Mapping[str, Any] | None = None,
     ) -> Any:
         """SEND and return the stored message (REPLY result). Retried with the same nonce
         across reconnects, so at most one message is ever created. ``attachment_ids``: from
-        ``EdgeClient.upload``."""
+        ``EdgeClient.upload``. An encrypted room takes ``encrypted``
+        (``shardchat.e2e.E2EClient.encrypt``) and no ``content``."""
         nonce = nonce or secrets.token_hex(8)
-        d: dict[str, Any] = {"room_id": str(room_id), "content": content, "nonce": nonce}
+        d: dict[str, Any] = {"room_id": str(room_id), "nonce": nonce}
+        if content is not None:
+            d["content"] = content
+        if encrypted is not None:
+            d["encrypted"] = dict(encrypted)
         files = [str(a) for a in attachment_ids]
         if files:
             d["attachment_ids"] = files
@@ -731,9 +743,8 @@ class GatewayClient:
                     fut.set_result(d.get("result"))
                 else:
                     err = d.get("error") or {}
-                    fut.set_exception(
-                        ShardchatError(err.get("code", "INTERNAL"), err.get("message", ""))
-                    )
+                    code, message = err.get("code", "INTERNAL"), err.get("message", "")
+                    fut.set_exception(ShardchatError(code, message, reason=err.get("reason")))
         elif op == INVALID_SESSION:
             self.state.session_id = None
             self.state.last_s = None

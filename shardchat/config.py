@@ -99,6 +99,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_frame_bytes: int = 16 * 1024
     max_content_chars: int = 4000
     max_nonce_bytes: int = 32
+    e2e_max_ciphertext_bytes: int = 8192  # encrypted message payload (decoded), docs/e2e.md
+    e2e_max_sealed_keys: int = 200  # sealed room keys per rotateRoomKey/shareRoomKeys
     ops_per_window: int = 120
     ops_window_s: float = 60.0
     ops_burst: int = 20

@@ -21,10 +21,12 @@ from chat_core.models import (
     ReadState,
     Room,
     RoomEvent,
+    SealedKey,
     ThumbState,
     Upload,
 )
 from shardchat.config import Settings
+from shardchat.keydirectory import KeyDirectory
 from user_core.models import SessionInfo, User
 
 Dialect = Literal["sqlite", "postgres"]
@@ -53,6 +55,9 @@ class NewMessage(msgspec.Struct, frozen=True):
     trace: dict[str, str] = {}
     mentions: tuple[int, ...] = ()
     attachments: tuple[Attachment, ...] = ()
+    #: the wire payload of an end-to-end encrypted message (``content`` is then ""): stored by
+    #: ``insert_encrypted_message`` only, under the room's current epoch
+    encrypted: dict[str, Any] | None = None
 
 
 class AttachConflict(Exception):
@@ -61,7 +66,14 @@ class AttachConflict(Exception):
     the sweeper is removing it). The whole batch was rolled back: nothing was stored."""
 
 
-SendStatus = Literal["created", "duplicate", "not_member", "no_room"]
+#: Why a message may not be stored in a room now (docs/e2e.md section 6.1).
+EpochRefusal = Literal[
+    "encrypted_room",  # plaintext sent to an encrypted room
+    "not_encrypted",  # an encrypted payload sent to a plain room
+    "stale_epoch",  # not the room's current key epoch
+    "rotation_due",  # a member joined or left: no message until the key rotates
+]
+SendStatus = Literal["created", "duplicate", "not_member", "no_room"] | EpochRefusal
 
 
 class SendOutcome(msgspec.Struct, frozen=True):
@@ -73,6 +85,21 @@ class SendOutcome(msgspec.Struct, frozen=True):
     """
 
     status: SendStatus
+    message: Message | None = None
+    event: RoomEvent | None = None
+
+
+#: The outcome of ``rotate_room_key``.
+EpochStatus = Literal[
+    "ok", "no_room", "not_member", "not_encrypted", "stale_epoch", "members_changed"
+]
+
+
+class EncryptedEdit(msgspec.Struct, frozen=True):
+    """Result of ``edit_encrypted_message``: ``ok`` with the message and its MESSAGE_UPDATE;
+    ``no_room`` when the message is missing or deleted; else the epoch refusal."""
+
+    status: Literal["ok", "no_room"] | EpochRefusal
     message: Message | None = None
     event: RoomEvent | None = None
 
@@ -117,6 +144,19 @@ class Store(Protocol):
       invitation to that room in its transaction.
     - Direct rooms: ``open_direct_room`` stores at most one room per pair, even when both open
       it at once from different processes (the pair is a primary key).
+    - Encrypted rooms (docs/e2e.md section 6.1): ``create_room(encrypted=True)`` starts at key
+      epoch 0 with a rotation due; ``add_member`` and ``remove_member`` set the rotation due in
+      the transaction of their event (and count it in ``Room.key_changes``);
+      ``mark_key_changes(user)`` does both for every encrypted room of a user whose device list
+      changed. ``insert_messages`` stores no row of an encrypted room
+      (``encrypted_room``); ``insert_encrypted_message`` and ``edit_encrypted_message`` store
+      only in an encrypted room, under its current epoch, with no rotation due, checked under
+      the room's lock so no message of an old epoch can follow a MEMBER_LEAVE.
+      ``rotate_room_key`` is a compare-and-set: the epoch moves from ``epoch - 1`` to
+      ``epoch`` only if the members are exactly ``member_ids`` and ``key_changes`` is still
+      ``changes``; the keys are stored and the due flag cleared in the same transaction.
+      Sealed keys are unique per (room, epoch, user, device): ``add_room_keys`` skips ones
+      held already. ``delete_message`` erases the payload.
     - TOTP replay: ``use_totp_step`` is a compare-and-set: of concurrent calls with one step, one
       wins; a step not above the last accepted one is refused. ``use_recovery_code`` likewise
       spends a code at most once.
@@ -232,6 +272,7 @@ class Store(Protocol):
         member_ids: Sequence[int],
         *,
         public: bool = False,
+        encrypted: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
         """Create the room with the members (in order, no duplicates), one MEMBER_JOIN each;
         the first member owns it."""
@@ -324,6 +365,15 @@ class Store(Protocol):
         author is a member of the room (at commit) are stored."""
         ...
 
+    async def insert_encrypted_message(self, row: NewMessage) -> SendOutcome:
+        """Store one message with ``row.encrypted`` (its ``epoch`` checked as above) in its own
+        transaction; idempotent by ``(author_id, nonce)`` like ``insert_messages``."""
+        ...
+
+    async def edit_encrypted_message(
+        self, message_id: int, encrypted: dict[str, Any], edited_at_ms: int
+    ) -> EncryptedEdit: ...
+
     async def get_message(self, message_id: int) -> Message | None: ...
 
     async def edit_message(
@@ -414,6 +464,46 @@ class Store(Protocol):
         ...
 
     async def mark_staging_swept(self, upload_ids: Sequence[int]) -> None: ...
+    # --- sealed room keys (docs/e2e.md section 5) -------------------------------------------------
+    async def rotate_room_key(
+        self,
+        room_id: int,
+        actor: int,
+        epoch: int,
+        member_ids: Sequence[int],
+        changes: int,
+        keys: Sequence[SealedKey],
+        now_ms: int,
+    ) -> EpochStatus:
+        """``ok`` when the room moved to ``epoch`` with ``keys``; ``stale_epoch`` when its epoch
+        is not ``epoch - 1`` (someone rotated first); ``members_changed`` when its members are
+        not ``member_ids`` or its ``key_changes`` is not ``changes`` (members or their devices
+        changed since the caller looked); ``not_member`` when ``actor`` is not one."""
+        ...
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        """A user's device list changed: every encrypted room they are in gets a rotation due
+        (and ``key_changes`` + 1). Returns how many rooms."""
+        ...
+
+    async def add_room_keys(self, keys: Sequence[SealedKey], now_ms: int) -> int:
+        """Store sealed keys, skipping any (room, epoch, user, device) held already; how many
+        were new."""
+        ...
+
+    async def room_keys(
+        self, room_id: int, user_id: int, device_id: bytes, after_epoch: int, limit: int
+    ) -> list[SealedKey]:
+        """The device's sealed keys of the room with epoch > ``after_epoch``, by epoch."""
+        ...
+
+    async def room_key_holders(self, room_id: int, epoch: int) -> set[tuple[int, bytes]]:
+        """``(user_id, device_id)`` of every device holding a key of that epoch."""
+        ...
+
+    def key_directory(self) -> KeyDirectory:
+        """The KeyDirectory adapter on this Store's database (shares its connection or pool)."""
+        ...
 
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]: ...
@@ -452,6 +542,57 @@ def trace_from_column(text: str | None) -> dict[str, str]:
         return _TRACE_DECODER.decode(text)
     except msgspec.DecodeError:
         return {}
+
+
+# --- encrypted rooms: the rules both adapters apply inside their transactions --------------------
+
+
+def epoch_refusal(
+    encrypted: bool, key_epoch: int, rotation_due: bool, payload: dict[str, Any] | None
+) -> EpochRefusal | None:
+    """Why a message (``payload``: its encrypted object, None for plaintext) may not be stored
+    in a room in this state (docs/e2e.md section 6.1), or None when it may."""
+    if payload is None:
+        return "encrypted_room" if encrypted else None
+    if not encrypted:
+        return "not_encrypted"
+    if rotation_due:
+        return "rotation_due"
+    return None if payload.get("epoch") == key_epoch else "stale_epoch"
+
+
+def rotation_status(
+    room: tuple[bool, int, int] | None,
+    actor: int,
+    members: set[int],
+    epoch: int,
+    member_ids: Sequence[int],
+    changes: int,
+) -> EpochStatus:
+    """The outcome of ``rotate_room_key`` for a room (``(encrypted, key_epoch, key_changes)``,
+    None when missing) whose members are ``members``, read under the room's write lock."""
+    if room is None:
+        return "no_room"
+    if actor not in members:
+        return "not_member"
+    encrypted, key_epoch, key_changes = room
+    if not encrypted:
+        return "not_encrypted"
+    if key_epoch != epoch - 1:
+        return "stale_epoch"
+    ok = set(member_ids) == members and key_changes == changes
+    return "ok" if ok else "members_changed"
+
+
+_E2E_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+def e2e_to_column(payload: dict[str, Any] | None) -> str | None:
+    return None if payload is None else msgspec.json.encode(payload).decode()
+
+
+def e2e_from_column(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else _E2E_DECODER.decode(text)
 
 
 def open_store(settings: Settings) -> Store:

@@ -28,25 +28,39 @@ from chat_core.models import (
     ReadState,
     Room,
     RoomEvent,
+    SealedKey,
     ThumbState,
     Upload,
 )
+from shardchat.adapters.pg_keys import PgKeyDirectory
 from shardchat.store import (
     UPLOAD_COLUMNS,
     AttachConflict,
     Dialect,
+    EncryptedEdit,
+    EpochStatus,
     NewMessage,
     RefreshOutcome,
     SendOutcome,
     UserRecord,
+    e2e_from_column,
+    e2e_to_column,
+    epoch_refusal,
+    rotation_status,
     trace_from_column,
     trace_to_column,
     upload_values,
 )
 from user_core.models import SessionInfo, User
 
-_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
-_ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
+_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted, e2e"
+_ROOM_COLS = (
+    "id, name, last_seq, created_at_ms, is_public, is_direct, encrypted, key_epoch,"
+    " key_rotation_due, key_changes"
+)
+_KEY_COLS = (
+    "room_id, epoch, user_id, device_id, key_version, sender_id, sender_device, sealed, signature"
+)
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 _ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
 # The database's clock for leases: every process agrees on it.
@@ -66,6 +80,7 @@ def _message(r: Any) -> Message:
         r["created_at_ms"],
         r["edited_at_ms"],
         r["deleted"],
+        encrypted=e2e_from_column(r["e2e"]),
     )
 
 
@@ -75,8 +90,29 @@ def _upload(r: Any) -> Upload:
 
 def _room(r: Any) -> Room:
     return Room(
-        r["id"], r["name"], r["last_seq"], r["created_at_ms"], r["is_public"], r["is_direct"]
+        r["id"],
+        r["name"],
+        r["last_seq"],
+        r["created_at_ms"],
+        r["is_public"],
+        r["is_direct"],
+        r["encrypted"],
+        r["key_epoch"],
+        r["key_rotation_due"],
+        r["key_changes"],
     )
+
+
+def _sealed_key(r: Any) -> SealedKey:
+    return SealedKey(
+        r["room_id"], r["epoch"], r["user_id"], bytes(r["device_id"]), r["key_version"],
+        r["sender_id"], bytes(r["sender_device"]), bytes(r["sealed"]), bytes(r["signature"]),
+    )  # fmt: skip
+
+
+def _key_columns(keys: Sequence[SealedKey]) -> list[list[Any]]:
+    """The keys as one array per column of ``_KEY_COLS`` (for ``unnest``)."""
+    return [list(col) for col in zip(*(msgspec.structs.astuple(k) for k in keys), strict=True)]
 
 
 def _user_record(r: Any) -> UserRecord:
@@ -121,6 +157,7 @@ WITH i AS (
 ), ok AS (
   SELECT i.* FROM i
   WHERE EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = $1 AND m.user_id = i.author_id)
+    AND NOT EXISTS (SELECT 1 FROM rooms e WHERE e.id = $1 AND e.encrypted)
     AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.author_id = i.author_id
                     AND x.nonce = i.nonce)
 ), bump AS (
@@ -179,6 +216,9 @@ class PgStore:
         if self._pool is None:
             raise RuntimeError("PgStore not started")
         return self._pool
+
+    def key_directory(self) -> PgKeyDirectory:
+        return PgKeyDirectory(self)
 
     # --- migrations ------------------------------------------------------------------------------
     async def apply_migrations(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
@@ -435,25 +475,42 @@ class PgStore:
 
     # --- rooms and members -----------------------------------------------------------------------
     async def _append(
-        self, conn: Any, room_id: int, type_: str, build: Any, now_ms: int
+        self,
+        conn: Any,
+        room_id: int,
+        type_: str,
+        build: Any,
+        now_ms: int,
+        trace: dict[str, str] | None = None,
+        *,
+        membership: bool = False,
     ) -> RoomEvent:
-        """Take the room's next seq (row lock until commit) and store the event."""
+        """Take the room's next seq (row lock until commit) and store the event.
+        ``membership``: a MEMBER_JOIN/LEAVE, which makes an encrypted room's rotation due."""
+        due = (
+            ", key_rotation_due = (key_rotation_due OR encrypted),"
+            " key_changes = key_changes + (CASE WHEN encrypted THEN 1 ELSE 0 END)"
+            if membership
+            else ""
+        )
         seq = await conn.fetchval(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq", room_id
+            f"UPDATE rooms SET last_seq = last_seq + 1{due} WHERE id = $1 RETURNING last_seq",
+            room_id,
         )
         if seq is None:
             raise LookupError(f"room {room_id} vanished")
         data: dict[str, Any] = build(seq)
         await conn.execute(
-            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO room_events (room_id, seq, type, data, created_at_ms, trace)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
             room_id,
             seq,
             type_,
             _json(data),
             now_ms,
+            trace_to_column(trace),
         )
-        return RoomEvent(room_id, seq, type_, data, now_ms)
+        return RoomEvent(room_id, seq, type_, data, now_ms, trace or {})
 
     async def create_room(
         self,
@@ -463,10 +520,18 @@ class PgStore:
         member_ids: Sequence[int],
         *,
         public: bool = False,
+        encrypted: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
         async with self.pool.acquire() as conn, conn.transaction():
             return await self._create_room(
-                conn, room_id, name, created_at_ms, member_ids, public=public, direct=False
+                conn,
+                room_id,
+                name,
+                created_at_ms,
+                member_ids,
+                public=public,
+                direct=False,
+                encrypted=encrypted,
             )
 
     async def _create_room(
@@ -479,6 +544,7 @@ class PgStore:
         *,
         public: bool,
         direct: bool,
+        encrypted: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
         members = list(dict.fromkeys(member_ids))
         n = len(members)
@@ -488,14 +554,15 @@ class PgStore:
         ]
         # A new room: nobody else can write to it yet, so its seqs are simply 1..n.
         await conn.execute(
-            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct,"
+            " encrypted, key_rotation_due) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
             room_id,
             name,
             n,
             created_at_ms,
             public,
             direct,
+            encrypted,
         )
         # A group room's first member owns it; the two of a direct room are equals.
         await conn.execute(
@@ -508,7 +575,9 @@ class PgStore:
             direct,
         )
         await self._insert_events(conn, events)
-        return Room(room_id, name, n, created_at_ms, public, direct), events
+        return Room(
+            room_id, name, n, created_at_ms, public, direct, encrypted, 0, encrypted
+        ), events
 
     async def open_direct_room(
         self, room_id: int, user_a: int, user_b: int, name: str, now_ms: int
@@ -577,7 +646,12 @@ class PgStore:
             event = None
             if inserted is not None:
                 event = await self._append(
-                    conn, room_id, "MEMBER_JOIN", lambda s: ev.member(room_id, s, user_id), now_ms
+                    conn,
+                    room_id,
+                    "MEMBER_JOIN",
+                    lambda s: ev.member(room_id, s, user_id),
+                    now_ms,
+                    membership=True,
                 )
             r = await conn.fetchrow(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = $1", room_id)
         return None if r is None else (_room(r), event)
@@ -606,6 +680,7 @@ class PgStore:
                 "MEMBER_LEAVE",
                 lambda s: ev.member(room_id, s, user_id, removed_by),
                 now_ms,
+                membership=True,
             )
 
     async def member_role(self, room_id: int, user_id: int) -> str | None:
@@ -695,9 +770,8 @@ class PgStore:
 
     async def rooms_of(self, user_id: int) -> list[Room]:
         rows = await self.pool.fetch(
-            "SELECT r.id, r.name, r.last_seq, r.created_at_ms, r.is_public, r.is_direct"
-            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_id = $1"
-            " ORDER BY r.id",
+            f"SELECT {_ROOM_COLS} FROM rooms WHERE id IN"
+            " (SELECT room_id FROM room_members WHERE user_id = $1) ORDER BY id",
             user_id,
         )
         return [_room(r) for r in rows]
@@ -881,6 +955,8 @@ class PgStore:
                 " created_at_ms, ord)"
                 " WHERE EXISTS (SELECT 1 FROM room_members m"
                 " WHERE m.room_id = i.room_id AND m.user_id = i.author_id)"
+                # encryption is fixed at creation: no lock is needed to read it
+                " AND NOT EXISTS (SELECT 1 FROM rooms e WHERE e.id = i.room_id AND e.encrypted)"
                 " ORDER BY i.ord"
                 " ON CONFLICT (author_id, nonce) DO NOTHING RETURNING id",
                 [r.id for r in unique],
@@ -1017,7 +1093,8 @@ class PgStore:
     async def _explain_missing(
         self, conn: Any, missing: Sequence[NewMessage], by_id: dict[int, SendOutcome]
     ) -> None:
-        """Rows not inserted: an existing (author, nonce), else not a member, else no room."""
+        """Rows not inserted: an existing (author, nonce), else no room, else not a member,
+        else an encrypted room."""
         found = await conn.fetch(
             f"SELECT {_MSG_COLS} FROM messages WHERE (author_id, nonce) IN"
             " (SELECT * FROM unnest($1::bigint[], $2::text[]))",
@@ -1026,20 +1103,132 @@ class PgStore:
         )
         existing = {(f["author_id"], f["nonce"]): _message(f) for f in found}
         rooms = {
-            rec["id"]
+            (rec["room_id"], rec["author_id"]): rec["member"]
             for rec in await conn.fetch(
-                "SELECT id FROM rooms WHERE id = ANY($1::bigint[])",
-                list({r.room_id for r in missing}),
+                "SELECT i.room_id, i.author_id, EXISTS (SELECT 1 FROM room_members m"
+                " WHERE m.room_id = i.room_id AND m.user_id = i.author_id) AS member"
+                " FROM unnest($1::bigint[], $2::bigint[]) AS i(room_id, author_id)"
+                " JOIN rooms r ON r.id = i.room_id",
+                [r.room_id for r in missing],
+                [r.author_id for r in missing],
             )
         }
         for r in missing:
             msg = existing.get((r.author_id, r.nonce))
+            member = rooms.get((r.room_id, r.author_id))
             if msg is not None:
                 by_id[r.id] = SendOutcome("duplicate", msg)
-            elif r.room_id in rooms:
+            elif member is None:
+                by_id[r.id] = SendOutcome("no_room")
+            elif not member:
                 by_id[r.id] = SendOutcome("not_member")
             else:
-                by_id[r.id] = SendOutcome("no_room")
+                by_id[r.id] = SendOutcome("encrypted_room")
+
+    async def insert_encrypted_message(self, row: NewMessage) -> SendOutcome:
+        """The room row is locked first: its epoch, due flag and membership are read as of the
+        lock, so a MEMBER_LEAVE committed before is seen and one after comes after us."""
+        if row.encrypted is None:
+            raise ValueError("insert_encrypted_message needs row.encrypted")
+        async with self.pool.acquire() as conn, conn.transaction():
+            room = await conn.fetchrow(
+                "SELECT encrypted, key_epoch, key_rotation_due,"
+                " EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)"
+                " AS member FROM rooms WHERE id = $1 FOR UPDATE",
+                row.room_id,
+                row.author_id,
+            )
+            existing = await self._by_nonce(conn, row.author_id, row.nonce)
+            if existing is not None:
+                return SendOutcome("duplicate", existing)
+            if room is None:
+                return SendOutcome("no_room")
+            if not room["member"]:
+                return SendOutcome("not_member")
+            refused = epoch_refusal(
+                room["encrypted"], room["key_epoch"], room["key_rotation_due"], row.encrypted
+            )
+            if refused is not None:
+                return SendOutcome(refused)
+            inserted = await conn.fetchval(
+                "INSERT INTO messages (id, room_id, seq, author_id, content, nonce,"
+                " created_at_ms, e2e) VALUES ($1, $2, 0, $3, '', $4, $5, $6)"
+                " ON CONFLICT (author_id, nonce) DO NOTHING RETURNING id",
+                row.id,
+                row.room_id,
+                row.author_id,
+                row.nonce,
+                row.created_at_ms,
+                e2e_to_column(row.encrypted),
+            )
+            if inserted is None:  # a concurrent send of the same nonce committed first
+                first = await self._by_nonce(conn, row.author_id, row.nonce)
+                return SendOutcome("duplicate", first)
+            msg = Message(
+                row.id,
+                row.room_id,
+                0,
+                row.author_id,
+                "",
+                row.nonce,
+                row.created_at_ms,
+                encrypted=row.encrypted,
+            )
+            event = await self._append(
+                conn,
+                row.room_id,
+                "MESSAGE_CREATE",
+                lambda s: ev.message_create(msg, s),
+                row.created_at_ms,
+                row.trace,
+            )
+            await conn.execute("UPDATE messages SET seq = $2 WHERE id = $1", row.id, event.seq)
+        return SendOutcome("created", msgspec.structs.replace(msg, seq=event.seq), event)
+
+    async def _by_nonce(self, conn: Any, author_id: int, nonce: str) -> Message | None:
+        r = await conn.fetchrow(
+            f"SELECT {_MSG_COLS} FROM messages WHERE author_id = $1 AND nonce = $2",
+            author_id,
+            nonce,
+        )
+        return None if r is None else _message(r)
+
+    async def edit_encrypted_message(
+        self, message_id: int, encrypted: dict[str, Any], edited_at_ms: int
+    ) -> EncryptedEdit:
+        async with self.pool.acquire() as conn, conn.transaction():
+            room = await conn.fetchrow(
+                "SELECT encrypted, key_epoch, key_rotation_due FROM rooms WHERE id ="
+                " (SELECT room_id FROM messages WHERE id = $1 AND NOT deleted) FOR UPDATE",
+                message_id,
+            )
+            if room is None:
+                return EncryptedEdit("no_room")
+            refused = epoch_refusal(
+                room["encrypted"], room["key_epoch"], room["key_rotation_due"], encrypted
+            )
+            if refused is not None:
+                return EncryptedEdit(refused)
+            r = await conn.fetchrow(
+                "UPDATE messages SET e2e = $2, edited_at_ms = $3 WHERE id = $1 AND NOT deleted"
+                f" RETURNING {_MSG_COLS}",
+                message_id,
+                e2e_to_column(encrypted),
+                edited_at_ms,
+            )
+            if r is None:
+                return EncryptedEdit("no_room")
+            msg = _message(r)
+            event = await self._append(
+                conn,
+                msg.room_id,
+                "MESSAGE_UPDATE",
+                lambda s: ev.message_update(
+                    msg.room_id, s, message_id, "", edited_at_ms, encrypted
+                ),
+                edited_at_ms,
+            )
+        return EncryptedEdit("ok", msg, event)
 
     async def get_message(self, message_id: int) -> Message | None:
         r = await self.pool.fetchrow(f"SELECT {_MSG_COLS} FROM messages WHERE id = $1", message_id)
@@ -1071,7 +1260,8 @@ class PgStore:
     async def delete_message(self, message_id: int, now_ms: int) -> RoomEvent | None:
         async with self.pool.acquire() as conn, conn.transaction():
             room_id = await conn.fetchval(
-                "UPDATE messages SET content = '', deleted = true WHERE id = $1 AND NOT deleted"
+                "UPDATE messages SET content = '', e2e = NULL, deleted = true"
+                " WHERE id = $1 AND NOT deleted"
                 " RETURNING room_id",
                 message_id,
             )
@@ -1300,6 +1490,96 @@ class PgStore:
                 "UPDATE uploads SET staging_swept = true WHERE id = ANY($1::bigint[])",
                 list(upload_ids),
             )
+
+    # --- sealed room keys -----------------------------------------------------------------------
+    async def rotate_room_key(
+        self,
+        room_id: int,
+        actor: int,
+        epoch: int,
+        member_ids: Sequence[int],
+        changes: int,
+        keys: Sequence[SealedKey],
+        now_ms: int,
+    ) -> EpochStatus:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The room's lock orders us against sends, joins and leaves of the room.
+            room = await conn.fetchrow(
+                "SELECT encrypted, key_epoch, key_changes FROM rooms WHERE id = $1 FOR UPDATE",
+                room_id,
+            )
+            members = {
+                r["user_id"]
+                for r in await conn.fetch(
+                    "SELECT user_id FROM room_members WHERE room_id = $1", room_id
+                )
+            }
+            status = rotation_status(
+                None
+                if room is None
+                else (room["encrypted"], room["key_epoch"], room["key_changes"]),
+                actor,
+                members,
+                epoch,
+                member_ids,
+                changes,
+            )
+            if status != "ok":
+                return status
+            await self._insert_keys(conn, keys, now_ms)
+            await conn.execute(
+                "UPDATE rooms SET key_epoch = $2, key_rotation_due = false WHERE id = $1",
+                room_id,
+                epoch,
+            )
+        return "ok"
+
+    async def _insert_keys(self, conn: Any, keys: Sequence[SealedKey], now_ms: int) -> int:
+        if not keys:
+            return 0
+        rows = await conn.fetch(
+            f"INSERT INTO room_keys ({_KEY_COLS}, created_at_ms) SELECT *, $10::bigint FROM"
+            " unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],"
+            " $6::bigint[], $7::bytea[], $8::bytea[], $9::bytea[])"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            *_key_columns(keys),
+            now_ms,
+        )
+        return len(rows)
+
+    async def add_room_keys(self, keys: Sequence[SealedKey], now_ms: int) -> int:
+        async with self.pool.acquire() as conn:
+            return await self._insert_keys(conn, keys, now_ms)
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        result: str = await self.pool.execute(
+            "UPDATE rooms SET key_rotation_due = true, key_changes = key_changes + 1"
+            " WHERE encrypted AND id IN (SELECT room_id FROM room_members WHERE user_id = $1)",
+            user_id,
+        )
+        return int(result.split()[-1])
+
+    async def room_keys(
+        self, room_id: int, user_id: int, device_id: bytes, after_epoch: int, limit: int
+    ) -> list[SealedKey]:
+        rows = await self.pool.fetch(
+            f"SELECT {_KEY_COLS} FROM room_keys WHERE room_id = $1 AND user_id = $2"
+            " AND device_id = $3 AND epoch > $4 ORDER BY epoch LIMIT $5",
+            room_id,
+            user_id,
+            device_id,
+            after_epoch,
+            limit,
+        )
+        return [_sealed_key(r) for r in rows]
+
+    async def room_key_holders(self, room_id: int, epoch: int) -> set[tuple[int, bytes]]:
+        rows = await self.pool.fetch(
+            "SELECT user_id, device_id FROM room_keys WHERE room_id = $1 AND epoch = $2",
+            room_id,
+            epoch,
+        )
+        return {(r["user_id"], bytes(r["device_id"])) for r in rows}
 
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:

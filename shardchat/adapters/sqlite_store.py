@@ -28,25 +28,39 @@ from chat_core.models import (
     ReadState,
     Room,
     RoomEvent,
+    SealedKey,
     ThumbState,
     Upload,
 )
+from shardchat.adapters.sqlite_keys import SqliteKeyDirectory
 from shardchat.store import (
     UPLOAD_COLUMNS,
     AttachConflict,
     Dialect,
+    EncryptedEdit,
+    EpochStatus,
     NewMessage,
     RefreshOutcome,
     SendOutcome,
     UserRecord,
+    e2e_from_column,
+    e2e_to_column,
+    epoch_refusal,
+    rotation_status,
     trace_from_column,
     trace_to_column,
     upload_values,
 )
 from user_core.models import SessionInfo, User
 
-_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted"
-_ROOM_COLS = "id, name, last_seq, created_at_ms, is_public, is_direct"
+_MSG_COLS = "id, room_id, seq, author_id, content, nonce, created_at_ms, edited_at_ms, deleted, e2e"
+_ROOM_COLS = (
+    "id, name, last_seq, created_at_ms, is_public, is_direct, encrypted, key_epoch,"
+    " key_rotation_due, key_changes"
+)
+_KEY_COLS = (
+    "room_id, epoch, user_id, device_id, key_version, sender_id, sender_device, sealed, signature"
+)
 _USER_RECORD_COLS = "id, username, created_at_ms, password_hash, totp_secret, totp_enabled"
 _EVENT_COLS = "room_id, seq, type, data, created_at_ms, trace"
 _ATTACHMENT_COLS = "id, filename, content_type, size, width, height"
@@ -57,8 +71,19 @@ def _now_ms() -> int:
 
 
 def _message(row: Iterable[Any]) -> Message:
-    mid, room_id, seq, author, content, nonce, created, edited, deleted = row
-    return Message(mid, room_id, seq, author, content, nonce, created, edited, bool(deleted))
+    mid, room_id, seq, author, content, nonce, created, edited, deleted, e2e = row
+    return Message(
+        mid,
+        room_id,
+        seq,
+        author,
+        content,
+        nonce,
+        created,
+        edited,
+        bool(deleted),
+        encrypted=e2e_from_column(e2e),
+    )
 
 
 def _upload(row: Sequence[Any]) -> Upload:
@@ -72,8 +97,27 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 def _room(row: Iterable[Any]) -> Room:
-    rid, name, last_seq, created, public, direct = row
-    return Room(rid, name, last_seq, created, bool(public), bool(direct))
+    rid, name, last_seq, created, public, direct, encrypted, epoch, due, changes = row
+    return Room(
+        rid,
+        name,
+        last_seq,
+        created,
+        bool(public),
+        bool(direct),
+        bool(encrypted),
+        epoch,
+        bool(due),
+        changes,
+    )
+
+
+def _sealed_key(row: Sequence[Any]) -> SealedKey:
+    room_id, epoch, user_id, device, version, sender, sender_device, sealed, sig = row
+    return SealedKey(
+        room_id, epoch, user_id, bytes(device), version, sender, bytes(sender_device),
+        bytes(sealed), bytes(sig),
+    )  # fmt: skip
 
 
 def _user_record(row: Sequence[Any]) -> UserRecord:
@@ -124,6 +168,8 @@ class SqliteStore:
                 raise
             await db.execute("COMMIT")
 
+    transaction = _tx  # for the KeyDirectory adapter on this connection
+
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
@@ -136,6 +182,12 @@ class SqliteStore:
     async def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         async with self._read() as db, db.execute(sql, params) as cur:
             return list(await cur.fetchall())
+
+    fetch_one = _one
+    fetch_all = _all
+
+    def key_directory(self) -> SqliteKeyDirectory:
+        return SqliteKeyDirectory(self)
 
     # --- migrations ------------------------------------------------------------------------------
     async def apply_migrations(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
@@ -386,11 +438,21 @@ class SqliteStore:
         build: Any,
         now_ms: int,
         trace: dict[str, str] | None = None,
+        *,
+        membership: bool = False,
     ) -> RoomEvent:
         """Take the room's next seq and store the event: call inside a write transaction.
-        ``trace``: the W3C trace context to keep with it (stored NULL when empty)."""
+        ``trace``: the W3C trace context to keep with it (stored NULL when empty).
+        ``membership``: a MEMBER_JOIN/LEAVE, which makes an encrypted room's rotation due."""
+        due = (
+            ", key_rotation_due = (key_rotation_due OR encrypted),"
+            " key_changes = key_changes + encrypted"
+            if membership
+            else ""
+        )
         async with db.execute(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (room_id,)
+            f"UPDATE rooms SET last_seq = last_seq + 1{due} WHERE id = ? RETURNING last_seq",
+            (room_id,),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
@@ -419,10 +481,18 @@ class SqliteStore:
         member_ids: Sequence[int],
         *,
         public: bool = False,
+        encrypted: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
         async with self._tx() as db:
             return await self._create_room(
-                db, room_id, name, created_at_ms, member_ids, public=public, direct=False
+                db,
+                room_id,
+                name,
+                created_at_ms,
+                member_ids,
+                public=public,
+                direct=False,
+                encrypted=encrypted,
             )
 
     async def _create_room(
@@ -435,12 +505,21 @@ class SqliteStore:
         *,
         public: bool,
         direct: bool,
+        encrypted: bool = False,
     ) -> tuple[Room, list[RoomEvent]]:
         out: list[RoomEvent] = []
         await db.execute(
-            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct)"
-            " VALUES (?, ?, 0, ?, ?, ?)",
-            (room_id, name, created_at_ms, int(public), int(direct)),
+            "INSERT INTO rooms (id, name, last_seq, created_at_ms, is_public, is_direct,"
+            " encrypted, key_rotation_due) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+            (
+                room_id,
+                name,
+                created_at_ms,
+                int(public),
+                int(direct),
+                int(encrypted),
+                int(encrypted),
+            ),
         )
         for i, uid in enumerate(dict.fromkeys(member_ids)):
             # A group room's first member owns it; the two of a direct room are equals.
@@ -459,7 +538,8 @@ class SqliteStore:
                     created_at_ms,
                 )
             )
-        return Room(room_id, name, len(out), created_at_ms, public, direct), out
+        room = Room(room_id, name, len(out), created_at_ms, public, direct, encrypted, 0, encrypted)
+        return room, out
 
     async def open_direct_room(
         self, room_id: int, user_a: int, user_b: int, name: str, now_ms: int
@@ -500,7 +580,12 @@ class SqliteStore:
             event = None
             if cur.rowcount > 0:
                 event = await self._append(
-                    db, room_id, "MEMBER_JOIN", lambda s: ev.member(room_id, s, user_id), now_ms
+                    db,
+                    room_id,
+                    "MEMBER_JOIN",
+                    lambda s: ev.member(room_id, s, user_id),
+                    now_ms,
+                    membership=True,
                 )
             async with db.execute(f"SELECT {_ROOM_COLS} FROM rooms WHERE id = ?", (room_id,)) as c2:
                 row = await c2.fetchone()
@@ -530,6 +615,7 @@ class SqliteStore:
                 "MEMBER_LEAVE",
                 lambda s: ev.member(room_id, s, user_id, removed_by),
                 now_ms,
+                membership=True,
             )
 
     async def member_role(self, room_id: int, user_id: int) -> str | None:
@@ -616,9 +702,8 @@ class SqliteStore:
 
     async def rooms_of(self, user_id: int) -> list[Room]:
         rows = await self._all(
-            "SELECT r.id, r.name, r.last_seq, r.created_at_ms, r.is_public, r.is_direct"
-            " FROM room_members m JOIN rooms r ON r.id = m.room_id WHERE m.user_id = ?"
-            " ORDER BY r.id",
+            f"SELECT {_ROOM_COLS} FROM rooms WHERE id IN"
+            " (SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
             (user_id,),
         )
         return [_room(r) for r in rows]
@@ -719,16 +804,22 @@ class SqliteStore:
         if row is not None:
             return SendOutcome("duplicate", _message(row))
         async with db.execute(
-            "SELECT (SELECT 1 FROM rooms WHERE id = ?),"
+            "SELECT (SELECT encrypted FROM rooms WHERE id = ?),"
+            " (SELECT key_epoch FROM rooms WHERE id = ?),"
+            " (SELECT key_rotation_due FROM rooms WHERE id = ?),"
             " (SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?)",
-            (new.room_id, new.room_id, new.author_id),
+            (new.room_id, new.room_id, new.room_id, new.room_id, new.author_id),
         ) as cur:
             check = await cur.fetchone()
         assert check is not None
-        if check[0] is None:
+        encrypted, epoch, due, member = check
+        if encrypted is None:
             return SendOutcome("no_room")
-        if check[1] is None:
+        if member is None:
             return SendOutcome("not_member")
+        refused = epoch_refusal(bool(encrypted), epoch, bool(due), new.encrypted)
+        if refused is not None:
+            return SendOutcome(refused)
         mentions = await self._members_among(db, new.room_id, new.mentions)
         msg = Message(
             new.id,
@@ -740,6 +831,7 @@ class SqliteStore:
             new.created_at_ms,
             mentions=mentions,
             attachments=new.attachments,
+            encrypted=new.encrypted,
         )
         event = await self._append(
             db,
@@ -751,7 +843,7 @@ class SqliteStore:
         )
         msg = msgspec.structs.replace(msg, seq=event.seq)
         await db.execute(
-            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 0, ?)",
             (
                 msg.id,
                 msg.room_id,
@@ -760,6 +852,7 @@ class SqliteStore:
                 msg.content,
                 msg.nonce,
                 msg.created_at_ms,
+                e2e_to_column(msg.encrypted),
             ),
         )
         if mentions:
@@ -793,6 +886,45 @@ class SqliteStore:
         ) as cur:
             return tuple(int(r[0]) for r in await cur.fetchall())
 
+    async def insert_encrypted_message(self, row: NewMessage) -> SendOutcome:
+        if row.encrypted is None:
+            raise ValueError("insert_encrypted_message needs row.encrypted")
+        async with self._tx() as db:
+            return await self._insert_one(db, row)
+
+    async def edit_encrypted_message(
+        self, message_id: int, encrypted: dict[str, Any], edited_at_ms: int
+    ) -> EncryptedEdit:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT r.encrypted, r.key_epoch, r.key_rotation_due FROM messages m"
+                " JOIN rooms r ON r.id = m.room_id WHERE m.id = ? AND m.deleted = 0",
+                (message_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return EncryptedEdit("no_room")
+            refused = epoch_refusal(bool(row[0]), row[1], bool(row[2]), encrypted)
+            if refused is not None:
+                return EncryptedEdit(refused)
+            async with db.execute(
+                f"UPDATE messages SET e2e = ?, edited_at_ms = ? WHERE id = ? RETURNING {_MSG_COLS}",
+                (e2e_to_column(encrypted), edited_at_ms, message_id),
+            ) as cur:
+                updated = await cur.fetchone()
+            assert updated is not None
+            msg = _message(updated)
+            event = await self._append(
+                db,
+                msg.room_id,
+                "MESSAGE_UPDATE",
+                lambda s: ev.message_update(
+                    msg.room_id, s, message_id, "", edited_at_ms, encrypted
+                ),
+                edited_at_ms,
+            )
+        return EncryptedEdit("ok", msg, event)
+
     async def get_message(self, message_id: int) -> Message | None:
         row = await self._one(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (message_id,))
         return None if row is None else _message(row)
@@ -822,7 +954,8 @@ class SqliteStore:
     async def delete_message(self, message_id: int, now_ms: int) -> RoomEvent | None:
         async with self._tx() as db:
             async with db.execute(
-                "UPDATE messages SET content = '', deleted = 1 WHERE id = ? AND deleted = 0"
+                "UPDATE messages SET content = '', e2e = NULL, deleted = 1"
+                " WHERE id = ? AND deleted = 0"
                 " RETURNING room_id",
                 (message_id,),
             ) as cur:
@@ -1051,6 +1184,83 @@ class SqliteStore:
                 f"UPDATE uploads SET staging_swept = 1 WHERE id IN ({_marks(ids)})", ids
             )
 
+    # --- sealed room keys -----------------------------------------------------------------------
+    async def rotate_room_key(
+        self,
+        room_id: int,
+        actor: int,
+        epoch: int,
+        member_ids: Sequence[int],
+        changes: int,
+        keys: Sequence[SealedKey],
+        now_ms: int,
+    ) -> EpochStatus:
+        async with self._tx() as db:
+            async with db.execute(
+                "SELECT encrypted, key_epoch, key_changes FROM rooms WHERE id = ?", (room_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            async with db.execute(
+                "SELECT user_id FROM room_members WHERE room_id = ?", (room_id,)
+            ) as cur:
+                members = {int(r[0]) for r in await cur.fetchall()}
+            status = rotation_status(
+                None if row is None else (bool(row[0]), int(row[1]), int(row[2])),
+                actor,
+                members,
+                epoch,
+                member_ids,
+                changes,
+            )
+            if status != "ok":
+                return status
+            await db.executemany(
+                f"INSERT INTO room_keys ({_KEY_COLS}, created_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_key_row(k), now_ms) for k in keys],
+            )
+            await db.execute(
+                "UPDATE rooms SET key_epoch = ?, key_rotation_due = 0 WHERE id = ?",
+                (epoch, room_id),
+            )
+        return "ok"
+
+    async def add_room_keys(self, keys: Sequence[SealedKey], now_ms: int) -> int:
+        added = 0
+        async with self._tx() as db:
+            for k in keys:
+                cur = await db.execute(
+                    f"INSERT INTO room_keys ({_KEY_COLS}, created_at_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (*_key_row(k), now_ms),
+                )
+                added += cur.rowcount
+        return added
+
+    async def mark_key_changes(self, user_id: int) -> int:
+        return await self._write(
+            "UPDATE rooms SET key_rotation_due = 1, key_changes = key_changes + 1"
+            " WHERE encrypted = 1 AND id IN (SELECT room_id FROM room_members WHERE user_id = ?)",
+            (user_id,),
+        )
+
+    async def room_keys(
+        self, room_id: int, user_id: int, device_id: bytes, after_epoch: int, limit: int
+    ) -> list[SealedKey]:
+        rows = await self._all(
+            f"SELECT {_KEY_COLS} FROM room_keys WHERE room_id = ? AND user_id = ?"
+            " AND device_id = ? AND epoch > ? ORDER BY epoch LIMIT ?",
+            (room_id, user_id, device_id, after_epoch, limit),
+        )
+        return [_sealed_key(r) for r in rows]
+
+    async def room_key_holders(self, room_id: int, epoch: int) -> set[tuple[int, bytes]]:
+        rows = await self._all(
+            "SELECT user_id, device_id FROM room_keys WHERE room_id = ? AND epoch = ?",
+            (room_id, epoch),
+        )
+        return {(int(r[0]), bytes(r[1])) for r in rows}
+
     # --- room events and the outbox --------------------------------------------------------------
     async def events_after(self, room_id: int, after_seq: int, limit: int) -> list[RoomEvent]:
         rows = await self._all(
@@ -1101,6 +1311,13 @@ def _event(row: Iterable[Any]) -> RoomEvent:
     return RoomEvent(
         room_id, seq, type_, msgspec.json.decode(data), created, trace_from_column(trace)
     )
+
+
+def _key_row(k: SealedKey) -> tuple[Any, ...]:
+    return (
+        k.room_id, k.epoch, k.user_id, k.device_id, k.key_version, k.sender_id, k.sender_device,
+        k.sealed, k.signature,
+    )  # fmt: skip
 
 
 def _split_sql(script: str) -> list[str]:

@@ -140,6 +140,8 @@ _ENGINE_VARS = {
     "SHARDCHAT_REDIS_PORT",
     "SHARDCHAT_KAFKA_PORT",
     "SHARDCHAT_KAFKA_CONTROLLER_PORT",
+    # the engines `engines.sh up all` also starts: without these a `dev --cluster` under test
+    # would start (or find another engineer's) engines on the default ports
     "SHARDCHAT_NATS_PORT",
     "SHARDCHAT_NATS_MONITOR_PORT",
     "SHARDCHAT_KAFKA3_PORT",

@@ -41,7 +41,7 @@ PAGE_WITH_FILES = """query($room: ID!, $n: Int) { messages(roomId: $room, limit:
 
 
 def test_a_history_page_with_attachments_fits_at_40_messages():
-    # Attachments (up to 10 per message) count like reactions: docs/protocol.md section 10
+    # Attachments (up to 10 per message) count like reactions: docs/protocol.md section 11
     # advises pages of 40 messages when both are asked for.
     assert isinstance(prepare(PAGE_WITH_FILES, {"room": "1", "n": 40}), Prepared)
     assert codes(prepare(PAGE_WITH_FILES, {"room": "1", "n": 50})) == ["BAD_USER_INPUT"]

@@ -21,6 +21,7 @@ from protocol.frames import (
     EVENT_PAYLOAD_TYPES,
     ClientFrame,
     ClientInfo,
+    Encrypted,
     ErrorInfo,
     Heartbeat,
     Hello,
@@ -101,6 +102,17 @@ CLIENT_FRAMES = [
     ClientFrame(Op.SEND, Send(room_id=S(5), content="", nonce=""), id=None),
     ClientFrame(
         Op.SEND, Send(room_id=S(5), content="", nonce="f", attachment_ids=(S(7), S(8))), id=2
+    ),
+    ClientFrame(  # an end-to-end encrypted room (docs/e2e.md): no content
+        Op.SEND,
+        Send(
+            room_id=S(5),
+            nonce="n-2",
+            encrypted=Encrypted(
+                ciphertext="Y3Q", nonce="bm9uY2U", epoch=3, sender_device="ZGV2", signature="c2ln"
+            ),
+        ),
+        id=4,
     ),
     ClientFrame(Op.TYPING, Typing(room_id=S(5))),
 ]
@@ -319,6 +331,26 @@ def _malformed(encoding: Encoding) -> list[tuple[str, bytes, CloseCode]]:
         (
             "send content int",
             r({"op": 8, "d": {"room_id": "1", "content": 5, "nonce": "n"}}),
+            d4002,
+        ),
+        (
+            "send encrypted epoch a string",
+            r(
+                {
+                    "op": 8,
+                    "d": {
+                        "room_id": "1",
+                        "nonce": "n",
+                        "encrypted": {
+                            "ciphertext": "a",
+                            "nonce": "b",
+                            "epoch": "1",
+                            "sender_device": "c",
+                            "signature": "d",
+                        },
+                    },
+                }
+            ),
             d4002,
         ),
         ("typing d array", r({"op": 12, "d": ["1"]}), d4002),
