@@ -612,9 +612,10 @@ async def test_revocations_keep_the_latest_not_before_until_their_ttl(env: Env) 
 
 async def test_backoff_locks_from_the_free_th_failure_doubling_to_the_cap(env: Env) -> None:
     reg = env.registry
+    other = await env.make_peer()  # another process (Redis) or the same one (memory)
+    await other.backoff_wait("login:warm-up")  # connected (a cluster client reads its slot map)
     locks = [await reg.backoff_failure("login:eve", 3, 0.2, 0.5, 60.0) for _ in range(5)]
     assert locks == [0.0, 0.0, 0.2, 0.4, 0.5]
-    other = await env.make_peer()  # another process (Redis) or the same one (memory)
     assert 0.3 < await other.backoff_wait("login:eve") <= 0.5  # shared by every process
     assert await reg.backoff_wait("login:nobody") == 0.0
     await env.advance(0.6)
