@@ -77,7 +77,7 @@ def _send(page: Any, text: str) -> None:
 
 def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> None:
     photo, dropped = _png(640, 400, (255, 220, 60)), _png(120, 90, (250, 120, 40))
-    notes = "shopping list\n- bread\n- coffee\n".encode() * 20
+    notes = "shopping list\n- bread\n- café crème\n".encode() * 20  # not ASCII: bytes kept
     assert len(photo) < MAX_UPLOAD
     env = {"SHARDCHAT_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)}
     with run_dev(tmp_path, env=env) as dev:
@@ -140,6 +140,21 @@ def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> N
             timeout=20_000,
         )
         bob.screenshot(path=str(SCREENSHOT))
+
+        # history (GraphQL Message.attachments) shows the same after a reload
+        bob.reload()
+        bob.click("#rooms li")
+        bob.wait_for_function(
+            f"() => [...document.querySelectorAll('{PREVIEW}')]"
+            ".filter((i) => i.naturalWidth > 0).length === 2",
+            timeout=20_000,
+        )
+        assert "notes.txt" in bob.locator(".attachments a.file").inner_text()
+
+        # the attach button is a file input that Tab reaches from the message box
+        alice.focus("#composer input[name=content]")
+        alice.keyboard.press("Tab")
+        assert alice.evaluate("() => document.activeElement.matches('#attach input[type=file]')")
 
         # too big: createUpload's message; the send is held and the text stays
         alice.set_input_files(
