@@ -11,10 +11,10 @@ const STALE_MS = 30_000;      // refresh a download URL this long before it expi
 
 const hex = (buf) => [...new Uint8Array(buf)].map((b) => b.toString(16).padStart(2, "0")).join("");
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-export const fileSize = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+const fileSize = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
 function el(tag, cls = "", text = "") { const e = document.createElement(tag); if (cls) e.className = cls; if (text) e.textContent = text; return e; }
 
-let api = null; // set by FileTray: the Api (bearer token for /files/{id})
+let api = null; // the Api, given to FileTray (its bearer token signs the /files/{id} requests)
 
 // ---------- composer: the tray of files to send ----------
 export class FileTray {
@@ -24,13 +24,15 @@ export class FileTray {
     api = theApi;
     this.list = list; this.error = error; this.room = room; this.entries = [];
     input.addEventListener("change", () => { this.add(input.files); input.value = ""; });
-    drop.addEventListener("dragover", (e) => { if (hasFiles(e)) { e.preventDefault(); drop.classList.add("dropping"); } });
+    drop.addEventListener("dragover", (e) => { if (hasFiles(e) && this.room()) { e.preventDefault(); drop.classList.add("dropping"); } });
     drop.addEventListener("dragleave", (e) => { if (!drop.contains(e.relatedTarget)) drop.classList.remove("dropping"); });
     drop.addEventListener("drop", (e) => {
       drop.classList.remove("dropping");
       if (!hasFiles(e) || !this.room()) return;
       e.preventDefault(); this.add(e.dataTransfer.files);
     });
+    // a file dropped anywhere else would replace the page (and the typed text) with the file
+    for (const t of ["dragover", "drop"]) window.addEventListener(t, (e) => { if (hasFiles(e)) e.preventDefault(); });
   }
 
   get count() { return this.entries.length; }
