@@ -1,6 +1,7 @@
 // The web client: auth, rooms, real-time chat over the gateway, history over GraphQL.
 import { Api } from "./api.js";
 import { Gateway } from "./gateway.js";
+import { FileTray, renderAttachments } from "./files.js"; // attachments (files.js)
 
 const $ = (s) => document.querySelector(s);
 const api = new Api();
@@ -8,7 +9,7 @@ let gw = null;
 const state = { me: null, rooms: new Map(), current: null, users: new Map(), typing: new Map(), status: new Map() };
 // per room: { id, name, lastSeq, msgs: Map(id -> msg), pending: Map(nonce -> msg), loaded, hasMore, unread }
 
-const MSG = "id roomId seq authorId content nonce createdAt editedAt deleted reactions { emoji count me } author { id username }";
+const MSG = "id roomId seq authorId content nonce createdAt editedAt deleted reactions { emoji count me } author { id username } attachments { id filename contentType size width height }";
 
 // ---------- auth ----------
 $("#auth-form").addEventListener("submit", async (e) => {
@@ -91,7 +92,7 @@ function renderMembers() {
 // newest seq we hold, so no event is lost between the page and the live stream.
 async function loadHistory(id, before = null) {
   const r = state.rooms.get(id);
-  const d = await api.gql(`query($r: ID!, $b: ID) { messages(roomId: $r, before: $b, limit: 50) { hasMore items { ${MSG} } } }`, { r: id, b: before });
+  const d = await api.gql(`query($r: ID!, $b: ID) { messages(roomId: $r, before: $b, limit: 40) { hasMore items { ${MSG} } } }`, { r: id, b: before });
   for (const m of d.messages.items) { state.users.set(m.authorId, m.author.username); r.msgs.set(m.id, m); gw?.markSeen(id, m.seq); }
   r.hasMore = d.messages.hasMore; r.loaded = true;
 }
@@ -124,7 +125,7 @@ function onEvent(t, d) {
   const m = r.msgs.get(d.id || d.message_id);
   if (t === "MESSAGE_CREATE") {
     if (d.nonce && r.pending.has(d.nonce) && d.author_id === state.me.id) r.pending.delete(d.nonce);
-    if (!m) r.msgs.set(d.id, { id: d.id, roomId: d.room_id, seq: d.seq, authorId: d.author_id, content: d.content, createdAt: d.created_at, deleted: false, reactions: [] });
+    if (!m) r.msgs.set(d.id, { id: d.id, roomId: d.room_id, seq: d.seq, authorId: d.author_id, content: d.content, createdAt: d.created_at, deleted: false, reactions: [], attachments: d.attachments });
     if (!state.users.has(d.author_id)) lookupUser(d.author_id);
     if (d.room_id !== state.current) { r.unread++; renderRooms(); }
   } else if (t === "MESSAGE_UPDATE" && m) { m.content = d.content; m.editedAt = d.edited_at; }
@@ -153,20 +154,26 @@ let lastTyping = 0;
 $("#composer input").addEventListener("input", () => {
   if (Date.now() - lastTyping > 8000 && state.current) { lastTyping = Date.now(); gw.typing(state.current); }
 });
+const files = new FileTray(api, { input: $("#attach input"), list: $("#uploads"), drop: $("#room"), error: $("#upload-error"), room: () => state.current });
 $("#composer").addEventListener("submit", async (e) => {
   e.preventDefault();
   const input = e.target.content, content = input.value.trim(), room = state.current;
-  if (!content || !room) return;
+  if ((!content && !files.count) || !room) return;
+  const attachmentIds = files.count ? await files.ready(room) : []; // files: uploaded, else errors shown
+  if (!attachmentIds) return;
   input.value = "";
   const nonce = [...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, "0")).join("");
   const r = state.rooms.get(room);
   r.pending.set(nonce, { id: `pending-${nonce}`, authorId: state.me.id, content, pending: true, seq: Infinity, reactions: [] });
   render(true);
   try {
-    const m = await gw.sendMessage(room, content, nonce); // REPLY: the stored message
-    r.pending.delete(nonce);
-    if (!r.msgs.has(m.id)) r.msgs.set(m.id, { id: m.id, roomId: room, seq: m.seq, authorId: m.author_id, content: m.content, createdAt: m.created_at, deleted: false, reactions: [] });
-  } catch (err) { r.pending.get(nonce).failed = err.message; }
+    const m = await gw.sendMessage(room, content, nonce, attachmentIds); // REPLY: the stored message
+    r.pending.delete(nonce); files.sent();
+    if (!r.msgs.has(m.id)) r.msgs.set(m.id, { id: m.id, roomId: room, seq: m.seq, authorId: m.author_id, content: m.content, createdAt: m.created_at, deleted: false, reactions: [], attachments: m.attachments });
+  } catch (err) {
+    if (!attachmentIds.length) r.pending.get(nonce).failed = err.message;
+    else { r.pending.delete(nonce); files.refused(err); input.value ||= content; } // files refused: keep the text
+  }
   render(true);
 });
 
@@ -185,6 +192,7 @@ function renderMsg(m) {
   div.append(el("span", "who", state.users.get(m.authorId) || m.authorId),
     el("span", "text", m.deleted ? "message deleted" : m.content),
     el("span", "muted", `${m.editedAt ? " (edited)" : ""}${m.failed ? ` failed: ${m.failed}` : ""}`));
+  if (m.attachments?.length && !m.deleted) div.append(renderAttachments(m.attachments));
   if (m.pending || m.deleted) return div;
   for (const x of m.reactions) {
     const b = el("button", `reaction${x.me ? " me" : ""}`, `${x.emoji} ${x.count}`);

@@ -118,7 +118,9 @@ export class Gateway extends EventTarget {
   // Rooms whose history the app loaded itself: continue after the newest seq it has.
   markSeen(roomId, seq) { if (seq > (this.roomSeqs.get(roomId) ?? 0)) this.roomSeqs.set(roomId, seq); }
   unsubscribe(roomId) { this.rooms.delete(roomId); this.send(OP.UNSUBSCRIBE, { rooms: [roomId] }); }
-  sendMessage(roomId, content, nonce) { return this.request(OP.SEND, { room_id: roomId, content, nonce }); }
+  sendMessage(roomId, content, nonce, attachmentIds = []) {
+    return this.request(OP.SEND, { room_id: roomId, content, nonce, ...(attachmentIds.length && { attachment_ids: attachmentIds }) });
+  }
   typing(roomId) { this.send(OP.TYPING, { room_id: roomId }); }
   presence(status) { this.send(OP.PRESENCE, { status }); }
 
