@@ -368,35 +368,40 @@ tools_install() {
 	fi
 }
 
-kafka_install() {
-	local libs marker
-	libs="$(kafka_libs)"
-	marker="$libs/.installed-$KAFKA_VERSION"
+# Fetch a Java server's runtime jars with Maven (Debian maven and a JRE installed when missing):
+# maven_jars NAME POM_DIR VERSION_PROPERTY VERSION LIBS STATE_DIR
+maven_jars() {
+	local name="$1" pom="$HERE/$2/pom.xml" prop="$3" version="$4" libs="$5" state="$6"
+	local marker="$libs/.installed-$version"
 	if ! java_bin >/dev/null; then
-		log "kafka: installing a Java runtime (Debian openjdk-17-jre-headless)"
+		log "$name: installing a Java runtime (Debian openjdk-17-jre-headless)"
 		apt_install openjdk-17-jre-headless
 	fi
 	if [[ -f "$marker" ]]; then
-		log "kafka: jars present ($libs, Kafka $KAFKA_VERSION)"
+		log "$name: jars present ($libs, $name $version)"
 		return 0
 	fi
 	if ! command -v mvn >/dev/null; then
-		log "kafka: installing Debian maven"
+		log "$name: installing Debian maven"
 		apt_install maven
 	fi
-	log "kafka: fetching Kafka $KAFKA_VERSION jars with maven into $libs"
+	log "$name: fetching $name $version jars with maven into $libs"
 	rm -rf "$libs"
-	mkdir -p "$libs" "$KAFKA_STATE"
+	mkdir -p "$libs" "$state"
 	local repo=()
 	[[ -n "${SHARDCHAT_MAVEN_REPO:-}" ]] && repo=(-Dmaven.repo.local="$SHARDCHAT_MAVEN_REPO")
-	if ! mvn -B -q "${repo[@]}" -f "$HERE/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+	if ! mvn -B -q "${repo[@]}" -f "$pom" -D"$prop"="$version" \
 		dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" \
-		>"$KAFKA_STATE/mvn.log" 2>&1; then
-		tail_log "$KAFKA_STATE/mvn.log"
-		die "maven could not fetch the Kafka jars"
+		>"$state/mvn.log" 2>&1; then
+		tail_log "$state/mvn.log"
+		die "maven could not fetch the $name jars"
 	fi
 	touch "$marker"
-	log "kafka: $(find "$libs" -name '*.jar' | wc -l) jars installed"
+	log "$name: $(find "$libs" -name '*.jar' | wc -l) jars installed"
+}
+
+kafka_install() {
+	maven_jars kafka kafka kafka.version "$KAFKA_VERSION" "$(kafka_libs)" "$KAFKA_STATE"
 }
 
 kafka_config() {
@@ -1247,34 +1252,7 @@ S3PROXY_JAVA_OPTS="${SHARDCHAT_S3PROXY_JAVA_OPTS:--Xmx256m -Xms128m -XX:+UseSeri
 s3_libs() { printf '%s\n' "$S3_STATE/libs"; }
 
 s3_install() {
-	local libs marker
-	libs="$(s3_libs)"
-	marker="$libs/.installed-$S3PROXY_VERSION"
-	if ! java_bin >/dev/null; then
-		log "s3proxy: installing a Java runtime (Debian openjdk-17-jre-headless)"
-		apt_install openjdk-17-jre-headless
-	fi
-	if [[ -f "$marker" ]]; then
-		log "s3proxy: jars present ($libs, s3proxy $S3PROXY_VERSION)"
-		return 0
-	fi
-	if ! command -v mvn >/dev/null; then
-		log "s3proxy: installing Debian maven"
-		apt_install maven
-	fi
-	log "s3proxy: fetching s3proxy $S3PROXY_VERSION jars with maven into $libs"
-	rm -rf "$libs"
-	mkdir -p "$libs" "$S3_STATE"
-	local repo=()
-	[[ -n "${SHARDCHAT_MAVEN_REPO:-}" ]] && repo=(-Dmaven.repo.local="$SHARDCHAT_MAVEN_REPO")
-	if ! mvn -B -q "${repo[@]}" -f "$HERE/s3proxy/pom.xml" -Ds3proxy.version="$S3PROXY_VERSION" \
-		dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" \
-		>"$S3_STATE/mvn.log" 2>&1; then
-		tail_log "$S3_STATE/mvn.log"
-		die "maven could not fetch the s3proxy jars"
-	fi
-	touch "$marker"
-	log "s3proxy: $(find "$libs" -name '*.jar' | wc -l) jars installed"
+	maven_jars s3proxy s3proxy s3proxy.version "$S3PROXY_VERSION" "$(s3_libs)" "$S3_STATE"
 }
 
 s3_config() {
