@@ -83,7 +83,7 @@ class Edge:
         if "data" in result:
             assert resp.status_code == 200, resp.text
         else:
-            assert resp.status_code in (400, 403, 422), resp.text
+            assert resp.status_code in (400, 403, 422, 429), resp.text
         return result
 
     async def user(self, name: str | None = None) -> tuple[str, str, str]:
