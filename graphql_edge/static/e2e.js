@@ -548,7 +548,7 @@ const NOTICE = {
   unknown_device: "⚠ could not verify: sent from a device its author never listed",
   bad_signature: "⚠ could not verify this message: its signature is wrong",
   tampered: "⚠ could not decrypt this message: it was altered",
-  no_key: "🔒 no key for this message on this device (sent before it could read the room)",
+  no_key: "no key for this message on this device (sent before it could read the room)",
 };
 // The .text element of an encrypted message: the verified text, or why not. Decrypts in the
 // background the first time (then redraws through onChange).
@@ -557,21 +557,21 @@ export function textElement(m) {
   const k = payloadKey(m), got = shown.get(k);
   if (got) {
     span.className = got.status === "ok" ? "text" : "text e2e-warning";
-    span.textContent = got.status === "ok" ? got.text : NOTICE[got.status];
+    span.textContent = got.status === "ok" ? got.text : NOTICE[got.status] || `cannot decrypt here: ${got.text}`;
     span.title = got.status === "ok" ? "end-to-end encrypted, signature verified" : got.status;
     return span;
   }
-  span.className = "text e2e-pending"; span.textContent = "🔒 decrypting…";
+  span.className = "text e2e-pending"; span.textContent = "decrypting…";
   if (!working.has(k)) {
     working.add(k);
-    active().then((c) => c.decrypt(m)).then((r) => shown.set(k, r), (e) => { console.error(e); shown.set(k, { status: "no_key", text: null }); })
+    active().then((c) => c.decrypt(m)).then((r) => shown.set(k, r), (e) => shown.set(k, { status: "unavailable", text: e.message }))
       .finally(() => { working.delete(k); changed(); });
   }
   return span;
 }
 export function lock() {
   const s = document.createElement("span");
-  s.className = "lock"; s.textContent = "🔒"; s.title = "end-to-end encrypted"; s.setAttribute("aria-label", s.title);
+  s.className = "lock"; s.title = "end-to-end encrypted"; s.setAttribute("role", "img"); s.setAttribute("aria-label", s.title);
   return s;
 }
 
@@ -602,7 +602,6 @@ async function showSafety(memberIds, nameOf) {
   document.body.append(dlg); dlg.showModal();
   try {
     const c = await active();
-    add("this browser's device fingerprint", c.deviceFingerprint(), "digits");
     for (const uid of memberIds.filter((u) => String(u) !== c.userId)) {
       const dd = add(nameOf(uid), "…", "digits safety-number");
       dd.dataset.user = uid;
