@@ -7,7 +7,9 @@ accepts (a rotation is due). alice sends: her page rotates the room key (sealed 
 and encrypts; bob's client decrypts the same text. bob sends: the page shows his text, its
 signature checked against his device list. Both edit. A message whose signature bob's client
 forged shows "could not verify", never its text. The safety number in the page equals the one
-bob's client computes. After a reload the history decrypts with the keys kept in IndexedDB. The
+bob's client computes. After a reload the history decrypts with the keys kept in IndexedDB.
+alice's next device, a Python client, is approved from her page and reads what is sent after
+(the page rotates the key for it), not what was sent before. The
 server's copy (GraphQL and every byte of the SQLite files) holds no plaintext, while the room's
 name (metadata, not protected) is found there: the scan works.
 """
@@ -43,6 +45,7 @@ FROM_WEB_EDITED = "the eagle lands at noon"
 FROM_PY = "roger that, from python"
 FROM_PY_EDITED = "roger that, from python (edited)"
 FORGED = "transfer the funds now"
+AFTER_APPROVAL = "welcome, my other device"
 
 
 class LoopThread:
@@ -170,15 +173,38 @@ def test_web_and_python_clients_share_an_encrypted_room(
         versions = py_loop.run(bob._chain_entries(int(alice_id)))
         assert len(versions) == 1  # the same device: no second genesis, no proposal
 
+        # alice's next device (a Python client) asks to be added; her browser approves it after
+        # comparing fingerprints; the next message rotates to a key it gets, older ones stay closed
+        edge2 = EdgeClient(dev.edge_url)
+        py_loop.run(edge2.login("alice", "alice correct horse"))
+        alice2 = E2EClient(edge2, tmp_path / "alice2-keys")
+        assert py_loop.run(alice2.setup()) == "pending"
+        page.click("#safety")
+        asking = page.locator(".e2e-safety dd", has_text="fingerprint")
+        assert alice2.device_fingerprint() in asking.inner_text()
+        asking.locator("button", has_text="Approve").click()
+        page.wait_for_selector(".e2e-safety dd:has-text('approved')")
+        page.click(".e2e-safety button:has-text('Close')")
+        assert py_loop.run(alice2.activate()) == "active"
+        _send(page, AFTER_APPROVAL)
+        _wait_texts(page, [AFTER_APPROVAL])
+        _until(lambda: py_loop.run(alice2.history(int(room_id))), "alice2's history")
+        seen = [(m.status, m.text) for m in py_loop.run(alice2.history(int(room_id)))]
+        # (the forged one fails its signature check before the key is looked for)
+        want = [("no_key", None)] * 2 + [("bad_signature", None), ("ok", AFTER_APPROVAL)]
+        assert seen == want
+        assert _bob_reads(py_loop, bob, int(room_id), AFTER_APPROVAL).status == "ok"
+
         # the server's copy: ciphertext only
         q = "query($r: ID!) { messages(roomId: $r) { items { content encrypted { epoch } } } }"
         items = py_loop.run(edge.graphql(q, {"r": room_id}))["messages"]["items"]
-        assert len(items) == 3 and all(m["content"] == "" and m["encrypted"] for m in items)
-        py_loop.run(edge.aclose())
+        assert len(items) == 4 and all(m["content"] == "" and m["encrypted"] for m in items)
+        for client in (edge, edge2):
+            py_loop.run(client.aclose())
         code, _took = dev.interrupt()
         assert code == 0, dev.output()
         stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("shardchat.sqlite3*"))
         assert ROOM.encode() in stored  # metadata is stored in the clear: the scan sees text
-        for text in (FROM_WEB, FROM_WEB_EDITED, FROM_PY, FROM_PY_EDITED, FORGED):
+        for text in (FROM_WEB, FROM_WEB_EDITED, FROM_PY, FROM_PY_EDITED, FORGED, AFTER_APPROVAL):
             assert text.encode() not in stored, text
         assert errors == []
