@@ -342,6 +342,11 @@ export class E2EClient {
     await this.publish(this.nextList(mine.chain, [this.ownEntry()], true));
     this.status = "active";
   }
+  // A pending browser becomes active once another device of the user listed it.
+  async activate() {
+    const mine = await this.devices(this.userId, true);
+    return (this.status = findDevice(mine.chain.head, this.deviceId) ? "active" : "pending");
+  }
 
   // ----- device lists -----
   async chainEntries(userId) {
@@ -519,13 +524,25 @@ const working = new Set();  // the same, being decrypted
 export function start(api, me, onChange) {
   changed = onChange;
   client = new E2EClient(api, me.id);
-  starting = client.setup().then((s) => { document.documentElement.dataset.e2e = s; return s; },
+  starting = client.setup().then(statusShown,
     (e) => { document.documentElement.dataset.e2e = "failed"; console.error("end-to-end encryption unavailable:", e); throw e; });
   return starting;
 }
+// The device's status on <html data-e2e>; messages that waited for it are decrypted again.
+function statusShown(status) {
+  if (document.documentElement.dataset.e2e === "pending" && status === "active") {
+    for (const [k, v] of shown) if (v.status === "unavailable") shown.delete(k);
+    changed();
+  }
+  document.documentElement.dataset.e2e = status;
+  return status;
+}
+const PENDING = "this browser is not yet an approved device of yours: approve it from another of your devices, or reset (Safety numbers)";
+let checking = null; // one look at our own device list at a time
 async function active() {
   await starting;
-  if (client.status !== "active") throw new Error("this browser is not yet an approved device of yours: approve it from another device (see Safety numbers)");
+  if (client.status !== "active") await (checking ||= client.activate().then(statusShown).finally(() => { checking = null; }));
+  if (client.status !== "active") throw new Error(PENDING);
   return client;
 }
 const payloadKey = (m) => `${m.id}:${m.encrypted.signature}`;
@@ -617,7 +634,18 @@ async function showSafety(memberIds, nameOf) {
       dd.append(ok);
     }
   } catch (e) {
-    add("this browser", `${e.message}. Its fingerprint: ${client?.state ? client.deviceFingerprint() : "?"}`, "e2e-warning");
+    const dd = add("this browser", e.message, "e2e-warning");
+    if (client?.status === "pending") {
+      dd.append(Object.assign(document.createElement("div"), { className: "digits", textContent: `its fingerprint: ${client.deviceFingerprint()}` }));
+      const reset = document.createElement("button");
+      reset.textContent = "Use only this browser (reset)";
+      reset.onclick = () => {
+        if (!confirm("Make this browser your only device? Your other devices leave your list, and everyone sees your safety number change.")) return;
+        client.resetDevices().then(() => { statusShown("active"); dd.className = ""; dd.textContent = "this browser is now your only device"; },
+          (err) => { dd.textContent = err.message; });
+      };
+      dd.append(reset);
+    }
   }
   dlg.append(close);
 }

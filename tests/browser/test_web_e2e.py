@@ -9,7 +9,9 @@ signature checked against his device list. Both edit. A message whose signature 
 forged shows "could not verify", never its text. The safety number in the page equals the one
 bob's client computes. After a reload the history decrypts with the keys kept in IndexedDB.
 alice's next device, a Python client, is approved from her page and reads what is sent after
-(the page rotates the key for it), not what was sent before. The
+(the page rotates the key for it), not what was sent before. alice clears the site's data: her
+page is a new device, pending until she resets her list to it; bob's client reports her changed
+safety number, and the dropped device reads nothing sent after. The
 server's copy (GraphQL and every byte of the SQLite files) holds no plaintext, while the room's
 name (metadata, not protected) is found there: the scan works.
 """
@@ -46,6 +48,11 @@ FROM_PY = "roger that, from python"
 FROM_PY_EDITED = "roger that, from python (edited)"
 FORGED = "transfer the funds now"
 AFTER_APPROVAL = "welcome, my other device"
+AFTER_RESET = "starting over in this browser"
+DELETE_KEYS = """() => new Promise((ok, fail) => {
+  const req = indexedDB.deleteDatabase("shardchat-e2e");
+  req.onsuccess = ok; req.onerror = () => fail(req.error);
+})"""
 
 
 class LoopThread:
@@ -195,16 +202,40 @@ def test_web_and_python_clients_share_an_encrypted_room(
         assert seen == want
         assert _bob_reads(py_loop, bob, int(room_id), AFTER_APPROVAL).status == "ok"
 
+        # alice clears the site's data: the page makes a new device, which waits for approval;
+        # with no other browser at hand she resets the list to it, and bob sees her safety number
+        # change; alice2, dropped from the list, reads nothing sent after
+        before = py_loop.run(bob.safety_number(int(alice_id)))
+        page.goto(f"{dev.edge_url}/style.css")  # same origin, without the app running
+        page.evaluate(DELETE_KEYS)
+        page.goto(dev.edge_url)
+        page.wait_for_selector("html[data-e2e=pending]", timeout=15_000)
+        page.click("#rooms li")
+        page.wait_for_selector("#messages .e2e-warning:has-text('not yet an approved device')")
+        page.click("#safety")
+        page.once("dialog", lambda d: d.accept())  # the confirm() of the reset
+        page.click(".e2e-safety button:has-text('reset')")
+        page.wait_for_selector("html[data-e2e=active]")
+        page.click(".e2e-safety button:has-text('Close')")
+        page.wait_for_selector("#messages .e2e-warning:has-text('no key for this message')")
+        _send(page, AFTER_RESET)
+        _wait_texts(page, [AFTER_RESET])
+        assert _bob_reads(py_loop, bob, int(room_id), AFTER_RESET).status == "ok"
+        assert int(alice_id) in bob.identity_changes
+        assert py_loop.run(bob.safety_number(int(alice_id))) != before
+        assert py_loop.run(alice2.history(int(room_id)))[-1].status == "no_key"
+
         # the server's copy: ciphertext only
         q = "query($r: ID!) { messages(roomId: $r) { items { content encrypted { epoch } } } }"
         items = py_loop.run(edge.graphql(q, {"r": room_id}))["messages"]["items"]
-        assert len(items) == 4 and all(m["content"] == "" and m["encrypted"] for m in items)
+        assert len(items) == 5 and all(m["content"] == "" and m["encrypted"] for m in items)
         for client in (edge, edge2):
             py_loop.run(client.aclose())
         code, _took = dev.interrupt()
         assert code == 0, dev.output()
         stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("shardchat.sqlite3*"))
         assert ROOM.encode() in stored  # metadata is stored in the clear: the scan sees text
-        for text in (FROM_WEB, FROM_WEB_EDITED, FROM_PY, FROM_PY_EDITED, FORGED, AFTER_APPROVAL):
+        sent_texts = (FROM_WEB, FROM_WEB_EDITED, FROM_PY, FROM_PY_EDITED, FORGED)
+        for text in (*sent_texts, AFTER_APPROVAL, AFTER_RESET):
             assert text.encode() not in stored, text
         assert errors == []
