@@ -567,11 +567,14 @@ const NOTICE = {
   tampered: "⚠ could not decrypt this message: it was altered",
   no_key: "no key for this message on this device (sent before it could read the room)",
 };
+const RETRY_MS = 10_000; // a message that could not be checked (network, pending device): next try
 // The .text element of an encrypted message: the verified text, or why not. Decrypts in the
 // background the first time (then redraws through onChange).
 export function textElement(m) {
   const span = document.createElement("span");
-  const k = payloadKey(m), got = shown.get(k);
+  const k = payloadKey(m);
+  if (shown.get(k)?.status === "unavailable" && Date.now() - shown.get(k).at > RETRY_MS) shown.delete(k); // try again
+  const got = shown.get(k);
   if (got) {
     span.className = got.status === "ok" ? "text" : "text e2e-warning";
     span.textContent = got.status === "ok" ? got.text : NOTICE[got.status] || `cannot decrypt here: ${got.text}`;
@@ -581,7 +584,7 @@ export function textElement(m) {
   span.className = "text e2e-pending"; span.textContent = "decrypting…";
   if (!working.has(k)) {
     working.add(k);
-    active().then((c) => c.decrypt(m)).then((r) => shown.set(k, r), (e) => shown.set(k, { status: "unavailable", text: e.message }))
+    active().then((c) => c.decrypt(m)).then((r) => shown.set(k, r), (e) => shown.set(k, { status: "unavailable", text: e.message, at: Date.now() }))
       .finally(() => { working.delete(k); changed(); });
   }
   return span;
