@@ -3,7 +3,8 @@ const STORE = "shardchat.session";
 const AUTH = "accessToken refreshToken expiresIn user { id username status }";
 
 export class ApiError extends Error {
-  constructor(code, message) { super(message); this.code = code; }
+  // reason: extensions.reason, a finer stable cause (ROTATION_DUE... in encrypted rooms)
+  constructor(code, message, reason = null) { super(message); this.code = code; this.reason = reason; }
 }
 
 export class Api {
@@ -21,7 +22,7 @@ export class Api {
     const body = await res.json().catch(() => ({}));
     if (body.errors?.length) {
       const e = body.errors[0];
-      throw new ApiError(e.extensions?.code || "INTERNAL", e.message);
+      throw new ApiError(e.extensions?.code || "INTERNAL", e.message, e.extensions?.reason);
     }
     if (!res.ok) throw new ApiError("INTERNAL", `HTTP ${res.status}`);
     return body.data;

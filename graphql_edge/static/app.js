@@ -2,6 +2,7 @@
 import { Api } from "./api.js";
 import { Gateway } from "./gateway.js";
 import { FileTray, renderAttachments } from "./files.js"; // attachments (files.js)
+import * as e2e from "./e2e.js"; // end-to-end encrypted rooms (e2e.js)
 
 const $ = (s) => document.querySelector(s);
 const api = new Api();
@@ -9,7 +10,7 @@ let gw = null;
 const state = { me: null, rooms: new Map(), current: null, users: new Map(), typing: new Map(), status: new Map() };
 // per room: { id, name, lastSeq, msgs: Map(id -> msg), pending: Map(nonce -> msg), loaded, hasMore, unread }
 
-const MSG = "id roomId seq authorId content nonce createdAt editedAt deleted reactions { emoji count me } author { id username } attachments { id filename contentType size width height }";
+const MSG = "id roomId seq authorId content nonce createdAt editedAt deleted reactions { emoji count me } author { id username } attachments { id filename contentType size width height } encrypted { ciphertext nonce epoch senderDevice signature }";
 
 // ---------- auth ----------
 $("#auth-form").addEventListener("submit", async (e) => {
@@ -23,8 +24,9 @@ $("#auth-form").addEventListener("submit", async (e) => {
 $("#logout").onclick = async () => { gw?.stop(); await api.logout(); location.reload(); };
 
 async function startChat() {
-  const d = await api.gql(`{ me { id username } rooms { id name lastSeq } }`);
+  const d = await api.gql(`{ me { id username } rooms { id name lastSeq encrypted } }`);
   state.me = d.me; state.users.set(d.me.id, d.me.username);
+  e2e.start(api, d.me, () => render()).catch(() => {}); // this browser's device keys (e2e.js)
   d.rooms.forEach(addRoom);
   $("#auth").hidden = true; $("#chat").hidden = false; $("#me").textContent = d.me.username;
   gw = new Gateway(() => api.token());
@@ -47,13 +49,14 @@ function addRoom(r) {
 function renderRooms() {
   $("#rooms").replaceChildren(...[...state.rooms.values()].map((r) => {
     const li = el("li", r.id === state.current ? "active" : "", r.name);
+    if (r.encrypted) li.prepend(e2e.lock());
     if (r.unread) li.append(el("span", "unread", String(r.unread)));
     li.onclick = () => selectRoom(r.id);
     return li;
   }));
 }
-$("#create-room").addEventListener("submit", (e) => roomForm(e, "mutation($n: String!) { createRoom(name: $n) { id name lastSeq } }", (f) => ({ n: f.get("name") }), "createRoom"));
-$("#join-room").addEventListener("submit", (e) => roomForm(e, "mutation($r: ID!) { joinRoom(roomId: $r) { id name lastSeq } }", (f) => ({ r: f.get("id").trim() }), "joinRoom"));
+$("#create-room").addEventListener("submit", (e) => roomForm(e, "mutation($n: String!, $e: Boolean) { createRoom(name: $n, encrypted: $e) { id name lastSeq encrypted } }", (f) => ({ n: f.get("name"), e: f.has("encrypted") }), "createRoom"));
+$("#join-room").addEventListener("submit", (e) => roomForm(e, "mutation($r: ID!) { joinRoom(roomId: $r) { id name lastSeq encrypted } }", (f) => ({ r: f.get("id").trim() }), "joinRoom"));
 async function roomForm(e, q, vars, field) {
   e.preventDefault();
   try {
@@ -69,6 +72,7 @@ async function selectRoom(id) {
   state.current = id;
   const r = state.rooms.get(id); r.unread = 0;
   $("#room-title").textContent = r.name; $("#room-id").textContent = `id ${id}`; $("#composer").hidden = false;
+  e2e.roomHeader($("#room-e2e"), r, () => r.members || [], (u) => state.users.get(u) || u);
   renderRooms();
   if (!r.loaded) await loadHistory(id);
   render(true);
@@ -125,10 +129,10 @@ function onEvent(t, d) {
   const m = r.msgs.get(d.id || d.message_id);
   if (t === "MESSAGE_CREATE") {
     if (d.nonce && r.pending.has(d.nonce) && d.author_id === state.me.id) r.pending.delete(d.nonce);
-    if (!m) r.msgs.set(d.id, { id: d.id, roomId: d.room_id, seq: d.seq, authorId: d.author_id, content: d.content, createdAt: d.created_at, deleted: false, reactions: [], attachments: d.attachments });
+    if (!m) r.msgs.set(d.id, { id: d.id, roomId: d.room_id, seq: d.seq, authorId: d.author_id, content: d.content, createdAt: d.created_at, deleted: false, reactions: [], attachments: d.attachments, nonce: d.nonce, encrypted: d.encrypted });
     if (!state.users.has(d.author_id)) lookupUser(d.author_id);
     if (d.room_id !== state.current) { r.unread++; renderRooms(); }
-  } else if (t === "MESSAGE_UPDATE" && m) { m.content = d.content; m.editedAt = d.edited_at; }
+  } else if (t === "MESSAGE_UPDATE" && m) { m.content = d.content; m.editedAt = d.edited_at; m.encrypted = d.encrypted; }
   else if (t === "MESSAGE_DELETE" && m) { m.deleted = true; m.content = ""; }
   else if ((t === "REACTION_ADD" || t === "REACTION_REMOVE") && m) {
     const add = t === "REACTION_ADD" ? 1 : -1;
@@ -167,9 +171,9 @@ $("#composer").addEventListener("submit", async (e) => {
   r.pending.set(nonce, { id: `pending-${nonce}`, authorId: state.me.id, content, pending: true, seq: Infinity, reactions: [] });
   render(true);
   try {
-    const m = await gw.sendMessage(room, content, nonce, attachmentIds); // REPLY: the stored message
+    const m = await (r.encrypted ? e2e.send(room, content, nonce, attachmentIds) : gw.sendMessage(room, content, nonce, attachmentIds)); // REPLY: the stored message
     r.pending.delete(nonce); files.sent();
-    if (!r.msgs.has(m.id)) r.msgs.set(m.id, { id: m.id, roomId: room, seq: m.seq, authorId: m.author_id, content: m.content, createdAt: m.created_at, deleted: false, reactions: [], attachments: m.attachments });
+    if (!r.msgs.has(m.id)) r.msgs.set(m.id, { id: m.id, roomId: room, seq: m.seq, authorId: m.author_id, content: m.content, createdAt: m.created_at, deleted: false, reactions: [], attachments: m.attachments, nonce: m.nonce, encrypted: m.encrypted });
   } catch (err) {
     if (!attachmentIds.length) r.pending.get(nonce).failed = err.message;
     else { r.pending.delete(nonce); files.refused(err); input.value ||= content; } // files refused: keep the text
@@ -190,7 +194,7 @@ function render(stick = false) {
 function renderMsg(m) {
   const div = el("div", `msg${m.pending ? " pending" : ""}${m.deleted ? " deleted" : ""}`);
   div.append(el("span", "who", state.users.get(m.authorId) || m.authorId),
-    el("span", "text", m.deleted ? "message deleted" : m.content),
+    m.encrypted && !m.deleted ? e2e.textElement(m) : el("span", "text", m.deleted ? "message deleted" : m.content),
     el("span", "muted", `${m.editedAt ? " (edited)" : ""}${m.failed ? ` failed: ${m.failed}` : ""}`));
   if (m.attachments?.length && !m.deleted) div.append(renderAttachments(m.attachments));
   if (m.pending || m.deleted) return div;
@@ -213,8 +217,10 @@ function react(m, emoji, add) {
   mutate(`mutation($m: ID!, $e: String!) { ${add ? "addReaction" : "removeReaction"}(messageId: $m, emoji: $e) }`, { m: m.id, e: emoji });
 }
 function editMsg(m) {
-  const content = prompt("Edit message", m.content);
-  if (content && content !== m.content) mutate("mutation($id: ID!, $c: String!) { editMessage(id: $id, content: $c) { id } }", { id: m.id, c: content });
+  const old = m.encrypted ? e2e.textOf(m) : m.content;
+  const content = prompt("Edit message", old ?? "");
+  if (content && content !== old && m.encrypted) e2e.edit(m, content).catch((err) => alert(err.message));
+  else if (content && content !== old) mutate("mutation($id: ID!, $c: String!) { editMessage(id: $id, content: $c) { id } }", { id: m.id, c: content });
 }
 // The resulting room event arrives over the gateway and updates the view.
 function mutate(q, v) { api.gql(q, v).catch((err) => alert(err.message)); }
