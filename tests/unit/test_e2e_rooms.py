@@ -15,6 +15,7 @@ import pytest
 from shardchat.client import EdgeClient, ShardchatError
 from shardchat.e2e import scheme
 from shardchat.e2e.client import E2EClient, E2EError
+from shardchat.errors import BadInput
 from tests.unit.test_graphql_api import Edge, make_edge
 
 PASSWORD = "correct horse battery"
@@ -408,6 +409,11 @@ async def test_encrypted_messages_keep_their_payload_through_the_history_cache(
         want, _ = await plain.history(1, room.id, None, None, 20)
         assert got == want
         assert [m.encrypted for m in got] == [payload(2), None, payload(9)]
+        # Attachments are refused in encrypted rooms (the server would have to read the file to
+        # check it): a clear error, nothing stored.
+        with pytest.raises(BadInput, match="not supported in end-to-end encrypted rooms"):
+            await cached.send_message(1, room.id, None, "n-file", [7], encrypted=payload(5))
+        assert await store.find_message(1, "n-file") is None
     finally:
         await cached.close()
         await plain.close()
