@@ -112,7 +112,14 @@ def apply_events(entry: CachedRoom, events: Sequence[RoomEvent], size: int) -> C
                             encrypted=d.get("encrypted"),
                         )
                     else:
-                        msg = msgspec.structs.replace(msg, content="", deleted=True, encrypted=None)
+                        msg = msgspec.structs.replace(
+                            msg,
+                            content="",
+                            deleted=True,
+                            encrypted=None,
+                            mentions=(),
+                            attachments=(),
+                        )
                     messages[i] = msg
                     break
         # Reactions and membership change no cached field (reactions are read per viewer).

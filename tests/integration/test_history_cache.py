@@ -65,7 +65,9 @@ async def test_cached_pages_equal_the_stores(services: tuple[ChatService, ...]) 
         actor = rng.choice(users)
         op = rng.random()
         if op < 0.6 or not sent:
-            sent.append((await chat.send_message(actor, room.id, f"hi {step}", f"n{step}")).id)
+            # every third one @mentions someone: a deleted message must lose its mentions
+            text = f"hi {step}" + (f" @u{rng.choice(users)}" if step % 3 == 0 else "")
+            sent.append((await chat.send_message(actor, room.id, text, f"n{step}")).id)
         elif op < 0.7:
             mine = [
                 m
