@@ -368,6 +368,18 @@ tools_install() {
 	fi
 }
 
+# stop_pid NAME PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
+stop_pid() {
+	local name="$1" pid="$2" i
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < $3 * 10; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "$name: did not stop in $3s, killing"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
 # Fetch a Java server's runtime jars with Maven (Debian maven and a JRE installed when missing):
 # maven_jars NAME POM_DIR VERSION_PROPERTY VERSION LIBS STATE_DIR
 maven_jars() {
@@ -569,15 +581,7 @@ kafka_up() {
 kafka_down() {
 	local pid i
 	if pid="$(kafka_pid)"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 600; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "kafka: did not stop in 60s, killing"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
+		stop_pid kafka "$pid" 60
 	fi
 	rm -f "$KAFKA_STATE/kafka.pid"
 	log "kafka: down"
@@ -689,12 +693,7 @@ CONF
 nats_down() {
 	local pid i
 	if pid="$(nats_pid)"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 300; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+		stop_pid nats "$pid" 30
 	fi
 	log "nats: down"
 }
@@ -1218,11 +1217,7 @@ PROMETHEUS_YML
 prometheus_down() {
 	local pid i
 	if pid="$(prometheus_pid)"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 300; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
+		stop_pid prometheus "$pid" 30
 	fi
 	rm -f "$PROM_STATE/prometheus.pid"
 	log "prometheus: down"
@@ -1349,15 +1344,7 @@ s3_up() {
 s3_down() {
 	local pid i
 	if pid="$(s3_pid)"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 300; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "s3proxy: did not stop in 30s, killing"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
+		stop_pid s3proxy "$pid" 30
 	fi
 	rm -f "$S3_STATE/s3proxy.pid"
 	log "s3proxy: down"
