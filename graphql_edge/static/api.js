@@ -2,8 +2,10 @@
 const STORE = "shardchat.session";
 const AUTH = "accessToken refreshToken expiresIn user { id username status }";
 
+// code: extensions.code (UNAUTHENTICATED, NOT_FOUND, RATE_LIMITED ...); reason: the finer
+// extensions.reason some errors add (TWO_FACTOR_REQUIRED, TWO_FACTOR_INVALID).
 export class ApiError extends Error {
-  constructor(code, message) { super(message); this.code = code; }
+  constructor(code, message, reason = null) { super(message); this.code = code; this.reason = reason; }
 }
 
 export class Api {
@@ -21,16 +23,20 @@ export class Api {
     const body = await res.json().catch(() => ({}));
     if (body.errors?.length) {
       const e = body.errors[0];
-      throw new ApiError(e.extensions?.code || "INTERNAL", e.message);
+      throw new ApiError(e.extensions?.code || "INTERNAL", e.message, e.extensions?.reason || null);
     }
     if (!res.ok) throw new ApiError("INTERNAL", `HTTP ${res.status}`);
     return body.data;
   }
 
-  async register(username, password) { return this.keep((await this.credentials("register", username, password)).register); }
-  async login(username, password) { return this.keep((await this.credentials("login", username, password)).login); }
-  credentials(op, u, p) {
-    return this.gql(`mutation($u: String!, $p: String!) { ${op}(username: $u, password: $p) { ${AUTH} } }`, { u, p }, { auth: false });
+  async register(u, p) {
+    const q = `mutation($u: String!, $p: String!) { register(username: $u, password: $p) { ${AUTH} } }`;
+    return this.keep((await this.gql(q, { u, p }, { auth: false })).register);
+  }
+  // totp: the two-factor code (or a recovery code) once the server answered TWO_FACTOR_REQUIRED.
+  async login(u, p, totp = null) {
+    const q = `mutation($u: String!, $p: String!, $t: String) { login(username: $u, password: $p, totpCode: $t) { ${AUTH} } }`;
+    return this.keep((await this.gql(q, { u, p, t: totp || null }, { auth: false })).login);
   }
 
   async logout() {
