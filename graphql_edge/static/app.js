@@ -12,6 +12,7 @@ const state = {
   me: null, rooms: new Map(), current: null, users: new Map(), status: new Map(),
   typing: new Map(),   // user id -> {room, timer}: cleared by their next message or after TYPING_MS
   invitations: [],
+  answered: new Set(), // room ids of invitations answered here: a poll already on its way still lists them
   menuFor: null,       // id of the message whose action menu is open
   editing: null,       // {id, text}: the message being edited inline
 };
@@ -64,7 +65,7 @@ async function startChat() {
   d.rooms.forEach(addRoom);
   setInvitations(d.invitations);
   $("#auth").hidden = true; $("#chat").hidden = false; $("#me").textContent = d.me.username;
-  showMembers(matchMedia("(min-width: 1000px)").matches);
+  state.membersOn = matchMedia("(min-width: 1000px)").matches;
   renderNotifyButton();
   gw = new Gateway(() => api.token());
   gw.addEventListener("status", (e) => { $("#conn").textContent = e.detail; $("#conn").className = `badge ${e.detail}`; });
@@ -96,6 +97,8 @@ async function refresh() {
   fresh.forEach(addRoom);
   if (fresh.length) gw.subscribe(fresh.map((r) => r.id)).catch(() => {});
   for (const id of before) if (!listed.has(id) && state.rooms.has(id)) dropRoom(id);
+  const pending = new Set(d.invitations.map((i) => i.roomId));
+  for (const id of state.answered) if (!pending.has(id)) state.answered.delete(id);
   setInvitations(d.invitations);
   renderRooms();
 }
@@ -120,7 +123,7 @@ function dropRoom(id) {
     state.current = null; localStorage.removeItem(lastRoomKey());
     $("#room-title").textContent = "Pick a room"; $("#room-id").textContent = "";
     $("#composer").hidden = true; $("#room-actions").hidden = true;
-    $("#messages").replaceChildren(); $("#members").replaceChildren();
+    $("#messages").replaceChildren(); $("#members").replaceChildren(); showMembers(state.membersOn);
   }
   renderRooms();
 }
@@ -131,6 +134,7 @@ function roomName(r) {
 }
 function renderRooms() {
   let total = 0;
+  $("#no-rooms").hidden = state.rooms.size > 0;
   $("#rooms").replaceChildren(...[...state.rooms.values()].map((r) => {
     if (!r.muted) total += r.unread;
     const b = el("button", `room${r.id === state.current ? " active" : ""}${r.muted ? " muted-room" : ""}`);
@@ -190,6 +194,7 @@ async function selectRoom(id) {
   $("#composer").hidden = false; $("#room-actions").hidden = false;
   $("#leave").hidden = r.direct;
   $("#invite-open").hidden = r.direct || (!r.public && r.myRole === "MEMBER");
+  showMembers(state.membersOn);
   renderMute();
   renderRooms();
   if (!r.loaded) await loadHistory(id);
@@ -264,11 +269,13 @@ function renderMembers() {
   }));
   $("#members-toggle").textContent = `Members (${members.length})`;
 }
+// The member list beside the conversation (above it on a phone), shown or not by the user.
 function showMembers(on) {
-  $("#members-panel").hidden = !on;
+  state.membersOn = on;
+  $("#members-panel").hidden = !on || !state.current;
   $("#members-toggle").setAttribute("aria-expanded", String(on));
 }
-$("#members-toggle").onclick = () => showMembers($("#members-panel").hidden);
+$("#members-toggle").onclick = () => showMembers(!state.membersOn);
 
 // ---------- people: search, direct conversations, invitations ----------
 // A debounced search box listing users with one action button each (searchUsers is rate limited).
@@ -317,6 +324,7 @@ $("#invite-open").onclick = () => {
 };
 
 function setInvitations(list) {
+  list = list.filter((i) => !state.answered.has(i.roomId));
   state.invitations = list;
   $("#invitations-box").hidden = !list.length;
   $("#invitations").replaceChildren(...list.map((inv) => {
@@ -332,11 +340,12 @@ function setInvitations(list) {
   }));
 }
 async function answerInvitation(inv, accept) {
-  if (accept) {
-    const d = await api.gql(`mutation($r: ID!) { acceptInvitation(roomId: $r) { ${ROOM} } }`, { r: inv.roomId });
-    await enterRoom(d.acceptInvitation);
-  } else await api.gql("mutation($r: ID!) { declineInvitation(roomId: $r) }", { r: inv.roomId });
-  setInvitations(state.invitations.filter((i) => i.roomId !== inv.roomId));
+  const room = accept
+    ? (await api.gql(`mutation($r: ID!) { acceptInvitation(roomId: $r) { ${ROOM} } }`, { r: inv.roomId })).acceptInvitation
+    : (await api.gql("mutation($r: ID!) { declineInvitation(roomId: $r) }", { r: inv.roomId }), null);
+  state.answered.add(inv.roomId);
+  setInvitations(state.invitations);
+  if (room) await enterRoom(room);
 }
 
 // ---------- history ----------
@@ -412,7 +421,8 @@ function onIncoming(r, d) {
   renderRooms();
   if (document.hidden && !r.muted && "Notification" in window && Notification.permission === "granted") {
     const who = state.users.get(d.author_id) || "someone";
-    const n = new Notification(mentioned ? `${who} mentioned you in ${roomName(r)}` : `${who} in ${roomName(r)}`,
+    const title = mentioned && !r.direct ? `${who} mentioned you in ${roomName(r)}` : r.direct ? who : `${who} in ${roomName(r)}`;
+    const n = new Notification(title,
       { body: d.content.slice(0, 200), tag: `room-${r.id}` });
     n.onclick = () => { window.focus(); selectRoom(r.id).catch(fail); n.close(); };
   }

@@ -2,8 +2,10 @@
 private room and invites the other from the Invite dialog (a username search), who sees the
 invitation in the sidebar and accepts it; they chat both ways in real time; one goes offline
 (its socket dropped and the network cut), messages are sent meanwhile from both sides, and after
-it comes back every message shows exactly once on both screens. Desktop screenshots are saved
-under loadtest/results/screenshots/.
+it comes back every message shows exactly once on both screens. Then the message actions through
+the visible "⋯" menu (by keyboard: react; edit; delete), the member list, an axe-core check of
+the chat screen (no serious or critical violation), and bob leaves the room. The desktop
+screenshot is saved under loadtest/results/screenshots/.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from tests.browser.dev_process import run_dev
 from tests.browser.web_ui import (
     DESKTOP,
+    axe_violations,
     create_room,
     invite,
     room_button,
@@ -93,7 +96,44 @@ def test_two_browsers_chat_and_recover_from_going_offline(tmp_path: Path, browse
         assert wait_texts(bob, expected) == expected  # in order, each exactly once
         assert wait_texts(alice, expected) == expected
 
+        # message actions from the visible "⋯" button, by keyboard: react, edit, delete
+        mine = alice.locator("#messages .msg", has_text="while you were away 1")
+        mine.get_by_role("button", name="Actions for the message from alice").focus()
+        alice.keyboard.press("Enter")
+        alice.keyboard.press("Enter")  # the menu's first action has the focus: React 👍
+        bob.locator("#messages .msg", has_text="while you were away 1").locator(
+            ".reaction", has_text="👍 1"
+        ).wait_for()
+        mine.get_by_role("button", name="Actions for the message from alice").click()
+        mine.get_by_role("button", name="Edit message").click()
+        alice.locator("#messages form.edit").get_by_label("Edit message").fill("while you were out")
+        alice.keyboard.press("Enter")
+        theirs = bob.locator("#messages .msg", has_text="while you were out")
+        theirs.get_by_text("(edited)").wait_for()
+        gone = alice.locator("#messages .msg", has_text="while you were away 2")
+        gone.get_by_role("button", name="Actions for the message from alice").click()
+        gone.get_by_role("button", name="Delete message").click()
+        bob.locator("#messages .msg.deleted").wait_for()
+        # everyone gets the menu (reactions) on every message but a deleted one
+        assert bob.get_by_role("button", name="Actions for the message from alice").count() == 2
+        assert bob.locator("#messages .msg", has_text="hi alice").get_by_role(
+            "button", name="Actions for the message from bob"
+        ).count() == 1
+
+        members = alice.locator("#members li")
+        assert sorted(members.all_inner_texts()) == [
+            "alice (you)\nonline · owner",
+            "bob\nonline",
+        ]
         screenshot(alice, "desktop-chat.png")
+        found = axe_violations(alice)
+        assert found == [], "\n".join(found)
+
+        # bob leaves: the room goes from his list, alice sees one member left
+        bob.get_by_role("button", name="Leave").click()
+        room_button(bob, "lobby").wait_for(state="detached")
+        assert bob.locator("#composer").is_hidden()
+        alice.wait_for_function("document.querySelectorAll('#members li').length === 1")
         assert errors == []
         ctx_a.close()
         ctx_b.close()

@@ -32,12 +32,12 @@ def sign_up(page: Any, url: str, username: str) -> None:
     form.get_by_label("Password").fill(password(username))
     form.get_by_role("button", name="Register").click()
     wait_online(page)
-    assert page.locator("#me").inner_text() == username
+    assert page.locator("#me").text_content() == username
 
 
 def wait_online(page: Any) -> None:
     page.wait_for_selector("#chat", state="visible")
-    page.wait_for_selector("#conn.online", timeout=15_000)
+    page.wait_for_selector("#conn.online", state="attached", timeout=15_000)
 
 
 def log_out(page: Any) -> None:
