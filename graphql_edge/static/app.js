@@ -86,8 +86,12 @@ async function startChat() {
 // Rooms someone else put us in (a direct conversation, an accepted invitation in another tab)
 // and new invitations: fetched again every POLL_MS and when the tab comes back.
 async function refresh() {
-  const before = new Set(state.rooms.keys()); // a room entered meanwhile is not in the answer
+  const gen = roomsGen;
   const d = await api.gql(`{ rooms { ${ROOM} } invitations { ${INVITE} } }`);
+  const pending = new Set(d.invitations.map((i) => i.roomId));
+  for (const id of state.answered) if (!pending.has(id)) state.answered.delete(id);
+  setInvitations(d.invitations);
+  if (gen !== roomsGen) return; // we entered or left a room meanwhile: the answer may predate it
   const listed = new Set(d.rooms.map((r) => r.id));
   const fresh = d.rooms.filter((r) => !state.rooms.has(r.id));
   for (const r of d.rooms) {
@@ -96,10 +100,7 @@ async function refresh() {
   }
   fresh.forEach(addRoom);
   if (fresh.length) gw.subscribe(fresh.map((r) => r.id)).catch(() => {});
-  for (const id of before) if (!listed.has(id) && state.rooms.has(id)) dropRoom(id);
-  const pending = new Set(d.invitations.map((i) => i.roomId));
-  for (const id of state.answered) if (!pending.has(id)) state.answered.delete(id);
-  setInvitations(d.invitations);
+  for (const id of [...state.rooms.keys()]) if (!listed.has(id)) dropRoom(id);
   renderRooms();
 }
 document.addEventListener("visibilitychange", () => {
@@ -109,16 +110,18 @@ document.addEventListener("visibilitychange", () => {
 });
 
 // ---------- rooms ----------
+let roomsGen = 0; // bumped whenever we enter or leave a room
 const readState = (r) => ({ unread: r.unreadCount, mentions: r.mentionCount, muted: r.muted, lastReadSeq: r.lastReadSeq });
 function addRoom(r) {
   if (!state.rooms.has(r.id)) {
+    roomsGen++;
     state.rooms.set(r.id, { id: r.id, name: r.name, lastSeq: r.lastSeq, direct: r.direct, public: r.public, myRole: r.myRole,
       ...readState(r), msgs: new Map(), pending: new Map(), loaded: false, hasMore: true, members: [] });
   }
   renderRooms();
 }
 function dropRoom(id) {
-  state.rooms.delete(id);
+  if (state.rooms.delete(id)) roomsGen++;
   if (state.current === id) {
     state.current = null; localStorage.removeItem(lastRoomKey());
     $("#room-title").textContent = "Pick a room"; $("#room-id").textContent = "";

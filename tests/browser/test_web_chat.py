@@ -116,9 +116,12 @@ def test_two_browsers_chat_and_recover_from_going_offline(tmp_path: Path, browse
         bob.locator("#messages .msg.deleted").wait_for()
         # everyone gets the menu (reactions) on every message but a deleted one
         assert bob.get_by_role("button", name="Actions for the message from alice").count() == 2
-        assert bob.locator("#messages .msg", has_text="hi alice").get_by_role(
-            "button", name="Actions for the message from bob"
-        ).count() == 1
+        assert (
+            bob.locator("#messages .msg", has_text="hi alice")
+            .get_by_role("button", name="Actions for the message from bob")
+            .count()
+            == 1
+        )
 
         members = alice.locator("#members li")
         assert sorted(members.all_inner_texts()) == [

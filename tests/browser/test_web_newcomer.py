@@ -50,16 +50,20 @@ FAKE_DESKTOP = """
   window.__notes = []; window.__asked = 0; window.__hidden = false;
   class FakeNotification {
     static permission = "default";
-    static requestPermission() { window.__asked++; FakeNotification.permission = "granted"; return Promise.resolve("granted"); }
+    static requestPermission() {
+      window.__asked++; FakeNotification.permission = "granted"; return Promise.resolve("granted");
+    }
     constructor(title, options) { window.__notes.push({ title, body: options?.body }); }
     close() {}
   }
   window.Notification = FakeNotification;
-  Object.defineProperty(Document.prototype, "hidden", { configurable: true, get: () => window.__hidden });
+  Object.defineProperty(Document.prototype, "hidden", { configurable: true,
+    get: () => window.__hidden });
   Object.defineProperty(Document.prototype, "visibilityState", { configurable: true,
     get: () => (window.__hidden ? "hidden" : "visible") });
 })();
 """
+TYPING = "document.querySelector('#typing').textContent"
 
 
 def _hide(page: Any, hidden: bool) -> None:
@@ -137,14 +141,14 @@ def test_direct_conversation_unread_typing_and_notifications(tmp_path: Path, bro
 
         # typing shows, and goes as soon as the message arrives
         bob.fill("#composer-input", "on my way")
-        alice.wait_for_function("document.querySelector('#typing').textContent.includes('bob is typing')")
+        alice.wait_for_function(f"{TYPING}.includes('bob is typing')")
         bob.press("#composer-input", "Enter")
         wait_texts(alice, ["hello @bob", "on my way"])
         assert alice.locator("#typing").inner_text() == ""
         # ... and after a few seconds without a message
         bob.fill("#composer-input", "hmm")
-        alice.wait_for_function("document.querySelector('#typing').textContent !== ''")
-        alice.wait_for_function("document.querySelector('#typing').textContent === ''", timeout=8000)
+        alice.wait_for_function(f"{TYPING} !== ''")
+        alice.wait_for_function(f"{TYPING} === ''", timeout=8000)
         bob.fill("#composer-input", "")
 
         # notifications: never asked on load, asked from the button; shown while the tab is hidden
@@ -196,7 +200,8 @@ def test_two_factor_enrol_and_log_in_with_a_code(tmp_path: Path, browser: Any) -
         screenshot(page, "desktop-two-factor.png")
         settings.get_by_label("Code", exact=True).fill(totp.now())
         settings.get_by_role("button", name="Confirm").click()
-        settings.locator("#tfa-status", has_text="Two-factor is on (10 recovery codes left)").wait_for()
+        on = "Two-factor is on (10 recovery codes left)"
+        settings.locator("#tfa-status", has_text=on).wait_for()
         recovery = settings.locator("#tfa-codes li").all_inner_texts()
         assert len(recovery) == 10
         settings.get_by_role("button", name="Close").click()

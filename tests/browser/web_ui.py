@@ -93,7 +93,8 @@ def axe_violations(page: Any) -> list[str]:
     found = page.evaluate(
         """async () => (await axe.run(document)).violations
             .filter((v) => v.impact === "serious" || v.impact === "critical")
-            .map((v) => `${v.impact} ${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
+            .map((v) => `${v.impact} ${v.id}: ${v.help} `
+              + `(${v.nodes.map((n) => n.target.join(" ")).join(", ")})`)"""
     )
     return list(found)
 
