@@ -14,6 +14,11 @@ export class Api {
     this.refreshing = null;
     this.timer = null;
     if (this.session) this.scheduleRefresh();
+    // another tab rotated the tokens: use them (a logout there ends our gateway session anyway)
+    addEventListener("storage", (e) => {
+      if (e.key !== STORE || !e.newValue || !this.session) return;
+      this.session = JSON.parse(e.newValue); this.scheduleRefresh();
+    });
   }
 
   async gql(query, variables = {}, { auth = true } = {}) {
@@ -53,10 +58,21 @@ export class Api {
     return this.session.accessToken;
   }
 
+  // Tabs of one origin share the session: one rotation at a time across them (a Web Lock where
+  // the page is a secure context), and a tab that finds the stored session already rotated by
+  // another takes it instead of reusing the old refresh token.
   refresh() {
-    this.refreshing ||= this.gql(`mutation($r: String!) { refreshToken(refreshToken: $r) { ${AUTH} } }`,
-      { r: this.session.refreshToken }, { auth: false })
-      .then((d) => this.keep(d.refreshToken))
+    const rotate = async () => {
+      const stored = JSON.parse(localStorage.getItem(STORE) || "null");
+      if (stored && stored.refreshToken !== this.session.refreshToken && stored.expiresAt - Date.now() > 60_000) {
+        this.session = stored; this.scheduleRefresh();
+        return this.session;
+      }
+      const d = await this.gql(`mutation($r: String!) { refreshToken(refreshToken: $r) { ${AUTH} } }`,
+        { r: this.session.refreshToken }, { auth: false });
+      return this.keep(d.refreshToken);
+    };
+    this.refreshing ||= (navigator.locks ? navigator.locks.request(STORE, rotate) : rotate())
       .catch((e) => { if (e.code === "UNAUTHENTICATED") this.clear(); throw e; })
       .finally(() => { this.refreshing = null; });
     return this.refreshing;
@@ -72,6 +88,6 @@ export class Api {
   scheduleRefresh() {
     clearTimeout(this.timer);
     const wait = Math.max(5_000, this.session.expiresAt - Date.now() - 90_000);
-    this.timer = setTimeout(() => this.refresh().catch(() => {}), wait);
+    this.timer = setTimeout(() => this.refresh().catch(() => {}), wait + Math.random() * 20_000);
   }
 }

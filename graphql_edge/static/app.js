@@ -283,13 +283,11 @@ $("#members-toggle").onclick = () => showMembers(!state.membersOn);
 // ---------- people: search, direct conversations, invitations ----------
 // A debounced search box listing users with one action button each (searchUsers is rate limited).
 function userSearch(input, list, label, onPick) {
-  let timer = null, asked = "";
+  let timer = null;
   input.addEventListener("input", () => {
     clearTimeout(timer);
     timer = setTimeout(async () => {
       const prefix = input.value.trim();
-      if (prefix === asked) return;
-      asked = prefix;
       if (!prefix) { list.replaceChildren(); return; }
       try {
         const d = await api.gql("query($p: String!) { searchUsers(prefix: $p, limit: 8) { id username status } }", { p: prefix });
@@ -304,7 +302,7 @@ function userSearch(input, list, label, onPick) {
           return li;
         }));
         if (!users.length) list.replaceChildren(el("li", "muted", "nobody by that name"));
-      } catch (err) { asked = ""; fail(err); }
+      } catch (err) { fail(err); }
     }, 300);
   });
   input.form.addEventListener("submit", (e) => e.preventDefault());

@@ -1,11 +1,12 @@
-"""The web client in a real browser against ``shardchat dev``: two users register, one creates a
-private room and invites the other from the Invite dialog (a username search), who sees the
-invitation in the sidebar and accepts it; they chat both ways in real time; one goes offline
-(its socket dropped and the network cut), messages are sent meanwhile from both sides, and after
-it comes back every message shows exactly once on both screens. Then the message actions through
-the visible "⋯" menu (by keyboard: react; edit; delete), the member list, an axe-core check of
-the chat screen (no serious or critical violation), and bob leaves the room. The desktop
-screenshot is saved under loadtest/results/screenshots/.
+"""The web client in a real browser against ``shardchat dev``: two users register, one creates
+a private room and invites the other from the Invite dialog (a username search), who sees the
+invitation in the sidebar and accepts it (and declines another one); they chat both ways in
+real time; one goes offline (its socket dropped and the network cut), messages are sent
+meanwhile from both sides, and after it comes back every message shows exactly once on both
+screens. Then the message actions through the visible "⋯" menu (by keyboard: react; edit;
+delete), the member list, an axe-core check of the chat screen (no serious or critical
+violation), and bob leaves the room. The desktop screenshot is saved under
+loadtest/results/screenshots/.
 """
 
 from __future__ import annotations
@@ -55,19 +56,25 @@ def test_two_browsers_chat_and_recover_from_going_offline(tmp_path: Path, browse
 
         sign_up(bob, dev.edge_url, "bob")
         sign_up(alice, dev.edge_url, "alice")
+        create_room(alice, "side")
+        invite(alice, "bob")
         create_room(alice, "lobby")
         assert "private room" in alice.locator("#room-id").inner_text()
         invite(alice, "bob")
 
-        # bob's sidebar picks the invitation up by itself (the client polls invitations)
+        # bob's sidebar picks the invitations up by itself (the client polls invitations)
         accept = bob.get_by_role("button", name="Accept invitation to lobby")
         accept.wait_for(timeout=20_000)
+        assert bob.locator("#invitations li").count() == 2
         assert "from alice" in bob.locator("#invitations").inner_text()
+        bob.get_by_role("button", name="Decline invitation to side").click()
+        bob.wait_for_function("document.querySelectorAll('#invitations li').length === 1")
         accept.click()
         bob.wait_for_selector("#composer", state="visible")
         assert bob.locator("#room-title").inner_text() == "lobby"
         assert bob.locator("#invitations-box").is_hidden()
         assert room_button(bob, "lobby").get_attribute("aria-current") == "true"
+        assert room_button(bob, "side").count() == 0
 
         send(alice, "hello bob")
         wait_texts(bob, ["hello bob"])

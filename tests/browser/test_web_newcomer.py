@@ -1,11 +1,11 @@
 """The newcomer's path through the web client in Chromium against ``shardchat dev``.
 
 - Finding someone by name and talking to them: a direct conversation opened from the people
-  search, unread and mention badges and the tab title from the server's read state (they survive
-  a reload, and reading clears them), the last room reopened after a reload, the typing
-  indicator cleared by the typist's message (and after ~5 s without one), desktop notifications
-  (asked for from a button, shown for a hidden tab, not for a muted room), the mute kept by the
-  server.
+  search, unread and mention badges and the tab title from the server's read state (they
+  survive a reload, and reading clears them, in the other tab too), the last room reopened
+  after a reload, the typing indicator cleared by the typist's message (and after ~5 s without
+  one), desktop notifications (asked for from a button, shown for a hidden tab, not for a muted
+  room), the mute kept by the server.
 - Two-factor authentication from the settings panel: enrol, confirm with a code, log in with a
   code, turn it off with a recovery code.
 - The phone layout (375 px): the room list hides behind the menu button, the conversation takes
@@ -124,8 +124,16 @@ def test_direct_conversation_unread_typing_and_notifications(tmp_path: Path, bro
         wait_online(bob)
         _wait_badges(bob, "alice", ("1", "@1"))  # the server's read state, not the tab's memory
         assert bob.title() == "(1) shardchat"
+        other_tab = ctx_b.new_page()  # bob's second tab: same login
+        other_tab.goto(dev.edge_url)
+        wait_online(other_tab)
+        _wait_badges(other_tab, "alice", ("1", "@1"))
         room_button(bob, "alice").click()
         wait_texts(bob, ["hello @bob"])
+        # READ_STATE reaches the other tab at once (its own poll comes every 10 s)
+        _wait_badges(other_tab, "alice", ("", ""), within_s=4)
+        assert other_tab.title() == "shardchat"
+        other_tab.close()
         assert bob.locator("#messages .msg.mention").count() == 1
         _wait_badges(bob, "alice", ("", ""))
         assert bob.title() == "shardchat"

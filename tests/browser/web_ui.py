@@ -69,8 +69,9 @@ def send(page: Any, text: str) -> None:
 def create_room(page: Any, name: str) -> None:
     page.get_by_label("New room").fill(name)
     page.locator("#create-room").get_by_role("button", name="Create").click()
-    page.wait_for_selector("#composer", state="visible")
-    assert page.locator("#room-title").inner_text() == name
+    title = "(n) => document.querySelector('#room-title').textContent === n"
+    page.wait_for_function(title, arg=name)
+    assert page.locator("#composer").is_visible()
 
 
 def room_button(page: Any, name: str) -> Any:
