@@ -68,6 +68,8 @@ async function startChat() {
   state.membersOn = matchMedia("(min-width: 1000px)").matches;
   renderNotifyButton();
   gw = new Gateway(() => api.token());
+  // subscribe after the seqs the counts above are from: what comes meanwhile is replayed
+  for (const r of state.rooms.values()) gw.markSeen(r.id, r.lastSeq);
   gw.addEventListener("status", (e) => { $("#conn").textContent = e.detail; $("#conn").className = `badge ${e.detail}`; });
   gw.addEventListener("READY", () => { if (gw.rooms.size === 0 && state.rooms.size) gw.subscribe([...state.rooms.keys()]).catch(() => {}); });
   // The gateway learns our status only from PRESENCE_UPDATE: announce it on every (re)connect,
@@ -98,7 +100,7 @@ async function refresh() {
     const known = state.rooms.get(r.id);
     if (known && r.id !== state.current) Object.assign(known, readState(r));
   }
-  fresh.forEach(addRoom);
+  for (const r of fresh) { addRoom(r); gw.markSeen(r.id, r.lastSeq); }
   if (fresh.length) gw.subscribe(fresh.map((r) => r.id)).catch(() => {});
   for (const id of [...state.rooms.keys()]) if (!listed.has(id)) dropRoom(id);
   renderRooms();
@@ -207,18 +209,18 @@ async function selectRoom(id) {
   await loadMembers(id);
 }
 
-// Read up to the newest event shown, when the room is on screen in a visible tab. The server
-// answers (and tells our other tabs, READ_STATE) with the new counts.
-let readTimer = null;
+// Read up to the newest event shown, when the room is on screen in a visible tab: at most one
+// markRead per room and second (mutations are rate limited), with the newest seq at that time.
+// The server answers (and tells our other tabs, READ_STATE) with the new counts.
 function markRead() {
   const r = state.rooms.get(state.current);
   if (!r || document.hidden || (!r.unread && !r.mentions && r.lastReadSeq >= r.lastSeq)) return;
   r.unread = 0; r.mentions = 0; renderRooms();
-  clearTimeout(readTimer);
-  readTimer = setTimeout(() => {
+  r.readTimer ||= setTimeout(() => {
+    r.readTimer = null;
     api.gql("mutation($r: ID!, $s: Int!) { markRead(roomId: $r, seq: $s) { roomId lastReadSeq unreadCount mentionCount muted } }", { r: r.id, s: r.lastSeq })
       .then((d) => applyReadState(d.markRead)).catch(fail);
-  }, 300);
+  }, 1000);
 }
 function applyReadState(s) {
   const r = state.rooms.get(s.roomId ?? s.room_id);
@@ -422,9 +424,8 @@ function onIncoming(r, d) {
   renderRooms();
   if (document.hidden && !r.muted && "Notification" in window && Notification.permission === "granted") {
     const who = state.users.get(d.author_id) || "someone";
-    const title = mentioned && !r.direct ? `${who} mentioned you in ${roomName(r)}` : r.direct ? who : `${who} in ${roomName(r)}`;
-    const n = new Notification(title,
-      { body: d.content.slice(0, 200), tag: `room-${r.id}` });
+    const title = r.direct ? who : `${who} ${mentioned ? "mentioned you in" : "in"} ${roomName(r)}`;
+    const n = new Notification(title, { body: d.content.slice(0, 200), tag: `room-${r.id}` });
     n.onclick = () => { window.focus(); selectRoom(r.id).catch(fail); n.close(); };
   }
 }
