@@ -419,7 +419,10 @@ function onEvent(t, d) {
 // tab is hidden and the room not muted.
 function onIncoming(r, d) {
   const mentioned = (d.mentions || []).includes(state.me.id);
-  if (r.id === state.current && !document.hidden) { markRead(); return; }
+  if (r.id === state.current && !document.hidden) {
+    $("#announce").textContent = `${state.users.get(d.author_id) || "someone"}: ${d.content.slice(0, 200)}`;
+    markRead(); return;
+  }
   r.unread++; if (mentioned) r.mentions++;
   renderRooms();
   if (document.hidden && !r.muted && "Notification" in window && Notification.permission === "granted") {
@@ -497,8 +500,7 @@ function render(stick = false) {
   for (const m of [...r.msgs.values()].sort(bySeq).concat([...r.pending.values()])) {
     if (m.createdAt && dayOf(m.createdAt) !== day) {
       day = dayOf(m.createdAt);
-      const sep = el("div", "day", dayLabel(m.createdAt)); sep.setAttribute("role", "separator");
-      out.push(sep);
+      out.push(el("h2", "day", dayLabel(m.createdAt)));
     }
     out.push(renderMsg(m));
   }

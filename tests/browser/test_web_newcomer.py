@@ -124,6 +124,7 @@ def test_direct_conversation_unread_typing_and_notifications(tmp_path: Path, bro
         wait_online(bob)
         _wait_badges(bob, "alice", ("1", "@1"))  # the server's read state, not the tab's memory
         assert bob.title() == "(1) shardchat"
+        screenshot(bob, "desktop-unread.png")
         other_tab = ctx_b.new_page()  # bob's second tab: same login
         other_tab.goto(dev.edge_url)
         wait_online(other_tab)
