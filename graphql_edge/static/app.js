@@ -127,7 +127,7 @@ function dropRoom(id) {
   if (state.current === id) {
     state.current = null; localStorage.removeItem(lastRoomKey());
     $("#room-title").textContent = "Pick a room"; $("#room-id").textContent = "";
-    $("#composer").hidden = true; $("#room-actions").hidden = true;
+    $("#composer").hidden = true; $("#room-actions").hidden = true; $("#pick-hint").hidden = false;
     $("#messages").replaceChildren(); $("#members").replaceChildren(); showMembers(state.membersOn);
   }
   renderRooms();
@@ -196,7 +196,7 @@ async function selectRoom(id) {
   setNav(false);
   $("#room-title").textContent = roomName(r);
   $("#room-id").textContent = r.direct ? "direct conversation" : `${r.public ? "public" : "private"} room · id ${id}`;
-  $("#composer").hidden = false; $("#room-actions").hidden = false;
+  $("#composer").hidden = false; $("#room-actions").hidden = false; $("#pick-hint").hidden = true;
   $("#leave").hidden = r.direct;
   $("#invite-open").hidden = r.direct || (!r.public && r.myRole === "MEMBER");
   showMembers(state.membersOn);
