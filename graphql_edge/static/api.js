@@ -2,8 +2,10 @@
 const STORE = "shardchat.session";
 const AUTH = "accessToken refreshToken expiresIn user { id username status }";
 
+// code: extensions.code (UNAUTHENTICATED, NOT_FOUND, RATE_LIMITED ...); reason: the finer
+// extensions.reason some errors add (TWO_FACTOR_REQUIRED, TWO_FACTOR_INVALID; ROTATION_DUE... in
+// encrypted rooms).
 export class ApiError extends Error {
-  // reason: extensions.reason, a finer stable cause (ROTATION_DUE... in encrypted rooms)
   constructor(code, message, reason = null) { super(message); this.code = code; this.reason = reason; }
 }
 
@@ -13,6 +15,11 @@ export class Api {
     this.refreshing = null;
     this.timer = null;
     if (this.session) this.scheduleRefresh();
+    // another tab rotated the tokens: use them (a logout there ends our gateway session anyway)
+    addEventListener("storage", (e) => {
+      if (e.key !== STORE || !e.newValue || !this.session) return;
+      this.session = JSON.parse(e.newValue); this.scheduleRefresh();
+    });
   }
 
   async gql(query, variables = {}, { auth = true } = {}) {
@@ -22,16 +29,20 @@ export class Api {
     const body = await res.json().catch(() => ({}));
     if (body.errors?.length) {
       const e = body.errors[0];
-      throw new ApiError(e.extensions?.code || "INTERNAL", e.message, e.extensions?.reason);
+      throw new ApiError(e.extensions?.code || "INTERNAL", e.message, e.extensions?.reason || null);
     }
     if (!res.ok) throw new ApiError("INTERNAL", `HTTP ${res.status}`);
     return body.data;
   }
 
-  async register(username, password) { return this.keep((await this.credentials("register", username, password)).register); }
-  async login(username, password) { return this.keep((await this.credentials("login", username, password)).login); }
-  credentials(op, u, p) {
-    return this.gql(`mutation($u: String!, $p: String!) { ${op}(username: $u, password: $p) { ${AUTH} } }`, { u, p }, { auth: false });
+  async register(u, p) {
+    const q = `mutation($u: String!, $p: String!) { register(username: $u, password: $p) { ${AUTH} } }`;
+    return this.keep((await this.gql(q, { u, p }, { auth: false })).register);
+  }
+  // totp: the two-factor code (or a recovery code) once the server answered TWO_FACTOR_REQUIRED.
+  async login(u, p, totp = null) {
+    const q = `mutation($u: String!, $p: String!, $t: String) { login(username: $u, password: $p, totpCode: $t) { ${AUTH} } }`;
+    return this.keep((await this.gql(q, { u, p, t: totp || null }, { auth: false })).login);
   }
 
   async logout() {
@@ -48,10 +59,21 @@ export class Api {
     return this.session.accessToken;
   }
 
+  // Tabs of one origin share the session: one rotation at a time across them (a Web Lock where
+  // the page is a secure context), and a tab that finds the stored session already rotated by
+  // another takes it instead of reusing the old refresh token.
   refresh() {
-    this.refreshing ||= this.gql(`mutation($r: String!) { refreshToken(refreshToken: $r) { ${AUTH} } }`,
-      { r: this.session.refreshToken }, { auth: false })
-      .then((d) => this.keep(d.refreshToken))
+    const rotate = async () => {
+      const stored = JSON.parse(localStorage.getItem(STORE) || "null");
+      if (stored && stored.refreshToken !== this.session.refreshToken && stored.expiresAt - Date.now() > 60_000) {
+        this.session = stored; this.scheduleRefresh();
+        return this.session;
+      }
+      const d = await this.gql(`mutation($r: String!) { refreshToken(refreshToken: $r) { ${AUTH} } }`,
+        { r: this.session.refreshToken }, { auth: false });
+      return this.keep(d.refreshToken);
+    };
+    this.refreshing ||= (navigator.locks ? navigator.locks.request(STORE, rotate) : rotate())
       .catch((e) => { if (e.code === "UNAUTHENTICATED") this.clear(); throw e; })
       .finally(() => { this.refreshing = null; });
     return this.refreshing;
@@ -67,6 +89,6 @@ export class Api {
   scheduleRefresh() {
     clearTimeout(this.timer);
     const wait = Math.max(5_000, this.session.expiresAt - Date.now() - 90_000);
-    this.timer = setTimeout(() => this.refresh().catch(() => {}), wait);
+    this.timer = setTimeout(() => this.refresh().catch(() => {}), wait + Math.random() * 20_000);
   }
 }

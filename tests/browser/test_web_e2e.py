@@ -33,7 +33,7 @@ from shardchat.client import EdgeClient
 from shardchat.e2e import scheme
 from shardchat.e2e.client import Decrypted, E2EClient
 from tests.browser.dev_process import run_dev
-from tests.browser.test_web_chat import _invite, _send, _sign_up, _wait_texts
+from tests.browser.web_ui import invite, send, sign_up, wait_texts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,7 +111,7 @@ def test_web_and_python_clients_share_an_encrypted_room(
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        _sign_up(page, dev.edge_url, "alice")
+        sign_up(page, dev.edge_url, "alice")
         page.wait_for_selector("html[data-e2e=active]", timeout=15_000)  # device list published
         alice_id = str(page.evaluate("() => JSON.parse(localStorage['shardchat.session']).user.id"))
 
@@ -121,30 +121,31 @@ def test_web_and_python_clients_share_an_encrypted_room(
         page.wait_for_selector("#composer", state="visible")
         room_id = re.sub(r"\D", "", page.locator("#room-id").inner_text())
         assert page.locator("#room-e2e .lock").is_visible()
-        assert page.locator("#rooms li.active .lock").count() == 1
+        assert page.locator("#rooms button.room.active .lock").count() == 1
 
-        _invite(dev.edge_url, "alice", "bob", room_id)
+        invite(page, "bob")
         py_loop.run(edge.accept_invitation(int(room_id)))  # MEMBER_JOIN: a rotation is due
 
         # web -> python: the page rotates to a key sealed to bob's device too, then encrypts
-        _send(page, FROM_WEB)
-        _wait_texts(page, [FROM_WEB])
+        send(page, FROM_WEB)
+        wait_texts(page, [FROM_WEB])
         got = _bob_reads(py_loop, bob, int(room_id), FROM_WEB)
         assert (got.status, got.author_id) == ("ok", int(alice_id))
 
         # python -> web: the page opens bob's text, checking his device's signature
         sent = py_loop.run(bob.send(int(room_id), FROM_PY))
-        _wait_texts(page, [FROM_WEB, FROM_PY])
+        wait_texts(page, [FROM_WEB, FROM_PY])
 
-        # edits both ways (the page's edit box is a prompt)
-        page.once("dialog", lambda d: d.accept(FROM_WEB_EDITED))
+        # edits both ways (the page's inline edit box, from the message's "⋯" menu)
         mine = page.locator("#messages .msg", has_text=FROM_WEB)
-        mine.hover()
-        mine.locator(".actions button", has_text="edit").click()
-        _wait_texts(page, [FROM_WEB_EDITED, FROM_PY])
+        mine.get_by_role("button", name="Actions for the message from alice").click()
+        mine.get_by_role("button", name="Edit message").click()
+        page.locator("#messages form.edit").get_by_label("Edit message").fill(FROM_WEB_EDITED)
+        page.keyboard.press("Enter")
+        wait_texts(page, [FROM_WEB_EDITED, FROM_PY])
         assert _bob_reads(py_loop, bob, int(room_id), FROM_WEB_EDITED).status == "ok"
         py_loop.run(bob.edit(int(room_id), int(sent["id"]), FROM_PY_EDITED))
-        _wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
+        wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
 
         # a forged signature (the server does not check signatures: the readers do)
         nonce = secrets.token_hex(8)
@@ -158,10 +159,12 @@ def test_web_and_python_clients_share_an_encrypted_room(
         )
         py_loop.run(edge.graphql(q, {"r": room_id, "n": nonce, "e": forged}))
         page.wait_for_selector("#messages .text.e2e-warning:has-text('could not verify')")
-        texts = _wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
+        texts = wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
         assert not any(FORGED in t for t in texts)
         assert py_loop.run(bob.history(int(room_id)))[-1].status == "bad_signature"
         page.mouse.move(700, 400)
+        page.evaluate("() => document.querySelectorAll('#toasts .close').forEach((b) => b.click())")
+        page.focus("#composer-input")
         page.screenshot(path=str(SCREENSHOT))
 
         # the safety number on demand equals bob's
@@ -176,7 +179,7 @@ def test_web_and_python_clients_share_an_encrypted_room(
         page.reload()
         page.wait_for_selector("html[data-e2e=active]", timeout=15_000)
         page.click("#rooms li")
-        _wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
+        wait_texts(page, [FROM_WEB_EDITED, FROM_PY_EDITED])
         versions = py_loop.run(bob._chain_entries(int(alice_id)))
         assert len(versions) == 1  # the same device: no second genesis, no proposal
 
@@ -193,8 +196,8 @@ def test_web_and_python_clients_share_an_encrypted_room(
         page.wait_for_selector(".e2e-safety dd:has-text('approved')")
         page.click(".e2e-safety button:has-text('Close')")
         assert py_loop.run(alice2.activate()) == "active"
-        _send(page, AFTER_APPROVAL)
-        _wait_texts(page, [AFTER_APPROVAL])
+        send(page, AFTER_APPROVAL)
+        wait_texts(page, [AFTER_APPROVAL])
         _until(lambda: py_loop.run(alice2.history(int(room_id))), "alice2's history")
         seen = [(m.status, m.text) for m in py_loop.run(alice2.history(int(room_id)))]
         # (the forged one fails its signature check before the key is looked for)
@@ -218,8 +221,8 @@ def test_web_and_python_clients_share_an_encrypted_room(
         page.wait_for_selector("html[data-e2e=active]")
         page.click(".e2e-safety button:has-text('Close')")
         page.wait_for_selector("#messages .e2e-warning:has-text('no key for this message')")
-        _send(page, AFTER_RESET)
-        _wait_texts(page, [AFTER_RESET])
+        send(page, AFTER_RESET)
+        wait_texts(page, [AFTER_RESET])
         assert _bob_reads(py_loop, bob, int(room_id), AFTER_RESET).status == "ok"
         assert int(alice_id) in bob.identity_changes
         assert py_loop.run(bob.safety_number(int(alice_id))) != before

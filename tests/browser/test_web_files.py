@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.browser.dev_process import run_dev
-from tests.browser.test_web_chat import _invite, _sign_up, _wait_texts
+from tests.browser.web_ui import sign_up, wait_texts
 from tests.files_fixtures import PE_EXE
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,13 +85,13 @@ def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> N
         errors: list[str] = []
         for page in (alice, bob):
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-        _sign_up(alice, dev.edge_url, "alice")
+        sign_up(alice, dev.edge_url, "alice")
         alice.fill("#create-room input[name=name]", "pics")
+        alice.check("#create-room input[name=public]")  # bob joins it by id
         alice.click("#create-room button")
         alice.wait_for_selector("#composer", state="visible")
         room_id = re.sub(r"\D", "", alice.locator("#room-id").inner_text())
-        _sign_up(bob, dev.edge_url, "bob")
-        _invite(dev.edge_url, "alice", "bob", room_id)
+        sign_up(bob, dev.edge_url, "bob")
         bob.fill("#join-room input[name=id]", room_id)
         bob.click("#join-room button")
         bob.wait_for_selector("#composer", state="visible")
@@ -107,7 +107,7 @@ def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> N
         _uploads_done(alice, 2)
         _send(alice, "two files")
         alice.wait_for_selector("#uploads li", state="detached")
-        _wait_texts(bob, ["two files"])
+        wait_texts(bob, ["two files"])
 
         # bob: the thumbnail (made after the send, fits in 320 x 320) and a link to the text
         bob.wait_for_function(
@@ -133,7 +133,7 @@ def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> N
         alice.evaluate(DROP, ["dropped.png", "image/png", base64.b64encode(dropped).decode()])
         _uploads_done(alice, 1)
         _send(alice, "dropped one")
-        _wait_texts(bob, ["two files", "dropped one"])
+        wait_texts(bob, ["two files", "dropped one"])
         bob.wait_for_function(
             f"() => [...document.querySelectorAll('{PREVIEW}')]"
             ".filter((i) => i.naturalWidth > 0).length === 2",
@@ -184,7 +184,7 @@ def test_attach_preview_download_and_refusals(tmp_path: Path, browser: Any) -> N
         alice.click("#uploads li .remove")
         alice.press("#composer input[name=content]", "Enter")
         expected = ["two files", "dropped one", "keep me"]
-        assert _wait_texts(bob, expected) == expected
+        assert wait_texts(bob, expected) == expected
         assert errors == []
         code, _took = dev.interrupt()
         assert code == 0, dev.output()
