@@ -128,6 +128,9 @@ async def scraped(
         partitions=PARTITIONS,
         redis_url=redis_db_url,
     )
+    # The traffic below sends a mutation per user several times a second: lift the per-user
+    # mutation limit (its own tests are in test_security_edge.py), or the load is refused.
+    env |= {"SHARDCHAT_GRAPHQL_MUTATION_BURST": "1000", "SHARDCHAT_GRAPHQL_MUTATION_PER_S": "1000"}
     base = int(env["SHARDCHAT_GATEWAY_PORT"])
     urls = {
         "edge": f"http://127.0.0.1:{env['SHARDCHAT_EDGE_PORT']}",
