@@ -159,6 +159,12 @@ async def gql(
     return data
 
 
+async def register(http: httpx.AsyncClient, name: str) -> tuple[str, str]:
+    """Register a bench user: (access token, user id)."""
+    data = await gql(http, REGISTER, {"u": name, "p": "bench password 1"})
+    return data["register"]["accessToken"], data["register"]["user"]["id"]
+
+
 class Worker:
     def __init__(self, url: str, index: int, run_id: str) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -168,9 +174,7 @@ class Worker:
         self.user_id = ""
 
     async def register(self) -> None:
-        data = await gql(self.http, REGISTER, {"u": self.name, "p": "bench password 1"})
-        self.token = data["register"]["accessToken"]
-        self.user_id = data["register"]["user"]["id"]
+        self.token, self.user_id = await register(self.http, self.name)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

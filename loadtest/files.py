@@ -36,12 +36,12 @@ import httpx
 
 from loadtest.edge import (
     CREATE_ROOM,
-    REGISTER,
     EdgeError,
     add_server_options,
     engines_edge,
     gql,
     local_edge,
+    register,
 )
 from loadtest.fanout import run as run_loop
 from loadtest.report import Latency, build_result, now_iso, write_json
@@ -75,9 +75,7 @@ class User:
         self.user_id = ""
 
     async def register(self) -> None:
-        data = await gql(self.http, REGISTER, {"u": self.name, "p": "bench password 1"})
-        self.token = data["register"]["accessToken"]
-        self.user_id = data["register"]["user"]["id"]
+        self.token, self.user_id = await register(self.http, self.name)
 
     async def store_request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         """A presigned URL: a relative one is the edge's (filesystem store)."""
