@@ -193,6 +193,13 @@ class _LostRace(Exception):
     """Raised inside a transaction to roll it back: another process did the same first."""
 
 
+async def _no_session_state(conn: Any) -> None:
+    """The pool's reset on release: nothing beyond the rollback of an open transaction, which
+    asyncpg always does. Its default (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a
+    second round trip per Store call; this store leaves no session state on a connection (no
+    SET, LISTEN or cursor outside a transaction; the migration lock is released in a finally)."""
+
+
 class PgStore:
     dialect: Dialect = "postgres"
 
@@ -203,7 +210,10 @@ class PgStore:
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=min(2, self.pool_size), max_size=self.pool_size
+            self.dsn,
+            min_size=min(2, self.pool_size),
+            max_size=self.pool_size,
+            reset=_no_session_state,
         )
 
     async def close(self) -> None:

@@ -186,3 +186,32 @@ async def test_tokens_on_postgres(store: PgStore, auth: AuthService) -> None:
         await auth.login("zoe", "wrong-password")
     with pytest.raises(BadInput):
         await auth.register("ZOE", "password2")
+
+
+async def test_a_store_call_is_one_statement_and_a_dangling_transaction_is_still_rolled_back(
+    fresh_pg_dsn: str,
+) -> None:
+    """The pool's release runs no session reset (asyncpg's default is a second round trip per
+    call: advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL); the store keeps no session state, and
+    a connection given back inside a transaction is still rolled back."""
+    s = PgStore(fresh_pg_dsn, pool_size=1)
+    await s.start()
+    try:
+        await migrate(s)
+        sent: list[str] = []
+        async with s.pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        assert await s.get_users([1]) == {}  # the first call also introspects bigint[]
+        sent.clear()
+        assert await s.get_users([1]) == {}
+        assert len(sent) == 1 and "FROM users" in sent[0], sent
+
+        conn = await s.pool.acquire()
+        await conn.execute("BEGIN")
+        await conn.execute("CREATE TABLE dangling (x int)")
+        await s.pool.release(conn)
+        async with s.pool.acquire() as again:
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SELECT to_regclass('dangling')") is None
+    finally:
+        await s.close()
