@@ -25,6 +25,7 @@ from chat_core.batcher import GroupCommitter
 from gateway import gctune, metrics
 from gateway.connection import ClientConnection
 from gateway.consumer import PartitionConsumer
+from gateway.deadlines import DeadlineWheel
 from gateway.hub import Hub
 from gateway.limits import KeyedBuckets
 from gateway.ports import AuthPort, ChatPort
@@ -110,6 +111,8 @@ class Gateway:
         self._linger_s = partition_linger_s
         self.hub: Hub
         self.conns: set[ClientConnection] = set()
+        # Connections by heartbeat deadline: the sweep looks only at those due.
+        self._deadlines: DeadlineWheel[ClientConnection] = DeadlineWheel(self._sweep_period())
         self.identify_limits = KeyedBuckets(
             settings.identify_per_window, settings.identify_window_s, settings.identify_per_window
         )
@@ -258,6 +261,7 @@ class Gateway:
                 return
             conn = ClientConnection(self, ws, encoding)
             self.conns.add(conn)
+            self._deadlines.add(conn, conn.proto.heartbeat_deadline)
             await conn.run()
         finally:
             self._closed += 1
@@ -266,6 +270,7 @@ class Gateway:
     async def end_connection(self, conn: ClientConnection) -> None:
         """The connection is gone: keep the session resumable (released), or end it."""
         self.conns.discard(conn)
+        self._deadlines.discard(conn)
         conn.out.discard()
         if conn.close_code is None:
             # The client's close code, or ours when websockets closed it (4502 on an oversized
@@ -490,17 +495,26 @@ class Gateway:
             except Exception:
                 log.warning("registry heartbeat failed", exc_info=True)
 
+    def _sweep_period(self) -> float:
+        return min(1.0, self.settings.heartbeat_interval_ms / 1000 / 4)
+
+    def _expire(self, now: float) -> None:
+        """Close (4001) the connections past their heartbeat deadline; file the others again
+        under their deadline, which moved when a frame arrived (a busy one: the next sweep)."""
+        for conn in self._deadlines.due(now):
+            conn.poll(now)
+            if conn.close_code is None and conn in self.conns:
+                self._deadlines.add(conn, max(conn.proto.heartbeat_deadline, now))
+
     async def _sweep_loop(self) -> None:
         """Zombie connections (4001) and periodic session saves."""
-        interval = self.settings.heartbeat_interval_ms / 1000
-        period = min(1.0, interval / 4)
+        period = self._sweep_period()
         refresh = self.settings.resume_window_s / 3
         while True:
             await asyncio.sleep(period)
             self._gc.poll(self._opened, self._closed)
             now = time.monotonic()
-            for conn in list(self.conns):
-                conn.poll(now)
+            self._expire(now)
             due = []
             for session in self.hub.sessions.values():
                 last = self._last_save.get(session.session_id, 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -412,6 +413,28 @@ async def test_heartbeat_timeout_4001(cluster: Cluster) -> None:
     hello = await c.recv()
     assert hello["d"] == {"heartbeat_interval_ms": 200, "gateway_id": gw.gateway_id}
     assert await c.close_code() == 4001
+
+
+async def test_heartbeating_connection_outlives_deadlines_a_silent_one_beside_it_does_not(
+    cluster: Cluster,
+) -> None:
+    """The sweep looks only at connections due (a deadline wheel): one whose deadline keeps
+    moving is filed again each time, never closed; a silent one is closed within a sweep."""
+    gw = await cluster.gateway(heartbeat_interval_ms=200)  # timeout 300 ms, sweep 50 ms
+    alive = await Client.open(gw.port)
+    silent = await Client.open(gw.port)
+    await alive.recv()
+    await silent.recv()
+    opened = time.monotonic()
+    for _ in range(12):  # 1.2 s: four timeouts
+        await alive.send(1, None)
+        assert (await alive.recv())["op"] == 11
+        await asyncio.sleep(0.1)
+    assert await silent.close_code() == 4001
+    assert time.monotonic() - opened >= 0.3
+    assert alive.ws.close_code is None
+    assert len(gw._deadlines) == 1  # the closed one is forgotten
+    await alive.ws.close()
 
 
 async def test_msgpack_encoding(cluster: Cluster) -> None:
