@@ -122,7 +122,8 @@ class Gateway:
         self.url = ""
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._last_save: dict[str, float] = {}
+        # Live sessions by when their saved state needs a refresh (resume_window_s / 3).
+        self._refresh: DeadlineWheel[Session] = DeadlineWheel(self._sweep_period())
         # Final states of closed connections not yet in the Registry (see _flush_closed):
         # session id -> (blob, epoch, monotonic deadline).
         self._closed_saves: dict[str, tuple[bytes, int, float]] = {}
@@ -284,7 +285,7 @@ class Gateway:
         resumable = conn.proto.resumable
         blob = session.to_blob(self.settings.resume_window_s, "")  # before rooms are emptied
         self.hub.remove_session(session)
-        self._last_save.pop(session.session_id, None)
+        self._refresh.discard(session)
         if session.taken:
             return  # resumed on another connection, which owns the saved state now
         if resumable:
@@ -361,7 +362,11 @@ class Gateway:
         if not await self._saver.submit((session.session_id, blob, session.epoch)):
             self._kick(session)
             return
-        self._last_save[session.session_id] = time.monotonic()
+        self._saved(session, time.monotonic())
+
+    def _saved(self, session: Session, now: float) -> None:
+        session.saved_at = now
+        self._refresh.add(session, now + self.settings.resume_window_s / 3)
 
     async def _write_saves(self, items: Sequence[tuple[str, bytes, int]]) -> list[bool]:
         """One Registry call for the saves gathered by ``_saver`` (each conditional on its
@@ -448,7 +453,7 @@ class Gateway:
         if not await self.registry.claim_session(session.session_id, loaded_epoch, blob, window):
             return False
         self._closed_saves.pop(session.session_id, None)  # older than what was just claimed
-        self._last_save[session.session_id] = time.monotonic()
+        self._saved(session, time.monotonic())
         return True
 
     # --- background loops -------------------------------------------------------------------
@@ -515,17 +520,29 @@ class Gateway:
             self._gc.poll(self._opened, self._closed)
             now = time.monotonic()
             self._expire(now)
-            due = []
-            for session in self.hub.sessions.values():
-                last = self._last_save.get(session.session_id, 0.0)
-                changed = session.dirty or session.s != session.saved_s
-                if (changed and now - last >= 1.0) or now - last >= refresh:
-                    due.append(session)
+            due = self._due_saves(now, refresh)
             if due:
                 try:
                     await self._save_many(due)
                 except Exception:
                     log.warning("session save failed", exc_info=True)
+
+    def _due_saves(self, now: float, refresh: float) -> list[Session]:
+        """Sessions changed since their last save (at most one save a second each), then
+        those unchanged whose saved state needs its refresh (from the wheel: not a scan)."""
+        due = [
+            s
+            for s in self.hub.sessions.values()
+            if (s.dirty or s.s != s.saved_s) and now - s.saved_at >= 1.0
+        ]
+        for s in self._refresh.due(now):
+            if self.hub.sessions.get(s.session_id) is not s:
+                continue  # gone, or kicked: nothing of it to keep alive
+            if now - s.saved_at < refresh:
+                self._refresh.add(s, s.saved_at + refresh)  # early by less than a sweep
+            elif not (s.dirty or s.s != s.saved_s):  # changed ones are in ``due`` already
+                due.append(s)
+        return due
 
     async def _save_many(self, sessions: list[Session]) -> None:
         """The periodic saves of one sweep: one Registry call (a few round trips), not one each.
@@ -549,7 +566,7 @@ class Gateway:
                 if not ok:
                     self._kick(session)
                 elif self.hub.sessions.get(session.session_id) is session:
-                    self._last_save[session.session_id] = now
+                    self._saved(session, now)
 
     # --- drain ------------------------------------------------------------------------------
     async def drain(self) -> None:

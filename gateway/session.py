@@ -76,6 +76,7 @@ class Session:
         "out",
         "rooms",
         "s",
+        "saved_at",
         "saved_s",
         "session_id",
         "skip",
@@ -104,6 +105,7 @@ class Session:
         self.s = s
         self.epoch = epoch
         self.saved_s = -1  # s at the last save_session_if; differs => state to save
+        self.saved_at = 0.0  # time.monotonic() of the last successful save
         self.acked: dict[int, int] = {}
         self.tail: list[RoomEvent | None] = []
         self.tail_base = s  # s of the frame just before tail[0]

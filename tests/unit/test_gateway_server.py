@@ -264,6 +264,34 @@ async def test_a_save_that_meets_a_newer_owner_kicks_its_connection(cluster: Clu
     assert await registry.load_session(sid) == newer
 
 
+async def test_an_idle_session_is_kept_alive_by_refreshes_and_only_while_connected(
+    cluster: Cluster,
+) -> None:
+    """Unchanged sessions are re-saved every resume_window_s / 3 (from a wheel, not a scan of
+    every session each second), so an idle connection's state never expires; a closed one is
+    no longer refreshed."""
+    gw = await cluster.gateway(resume_window_s=1.5, heartbeat_interval_ms=2000)
+    _, tok = await cluster.user("idle")
+    registry = cluster.core.registry
+    c = await Client.open(gw.port)
+    sid = (await c.identify(tok))["d"]["session_id"]
+    first = load_blob(await registry.load_session(sid) or b"")
+    assert first is not None
+    for _ in range(3):  # 2.1 s > the 1.5 s window: alive only because it was refreshed
+        await asyncio.sleep(0.7)
+        await c.send(1, None)
+        assert (await c.recv())["op"] == 11
+    later = load_blob(await registry.load_session(sid) or b"")
+    assert later is not None and later.owner == gw.gateway_id
+    assert later.expires_at_ms > first.expires_at_ms
+    assert len(gw._refresh) == 1
+    await c.ws.close(4000)  # resumable: saved once as released, then left to expire
+    await asyncio.sleep(0.2)
+    assert len(gw._refresh) == 0
+    await asyncio.sleep(1.6)
+    assert await registry.load_session(sid) is None
+
+
 async def test_session_saves_read_nothing_back(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
