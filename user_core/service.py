@@ -86,7 +86,9 @@ class AuthService:
         self.access = tokens.AccessTokens(
             self.settings.jwt_keys, self.settings.access_token_ttl_s, clock
         )
-        self._known_users: set[int] = set()
+        # Users seen to exist, by id: a user is never renamed or deleted, so one read per user
+        # per process is exact (authenticate's existence check, READY's username).
+        self._known_users: dict[int, User] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -275,12 +277,8 @@ class AuthService:
         ``Unauthenticated``. Raises ``RegistryUnavailable`` when revocation can't be checked."""
         principal = self.verify_access(token)
         await self.check_revoked(principal)
-        if principal.user_id not in self._known_users:
-            if await self.get_user(principal.user_id) is None:
-                raise Unauthenticated(_BAD_TOKEN)
-            if len(self._known_users) >= _KNOWN_USERS_MAX:
-                self._known_users.clear()
-            self._known_users.add(principal.user_id)
+        if await self.get_user(principal.user_id) is None:
+            raise Unauthenticated(_BAD_TOKEN)
         return principal
 
     async def check_revoked(self, principal: Principal) -> None:
@@ -369,7 +367,14 @@ class AuthService:
 
     # --- users --------------------------------------------------------------------------------
     async def get_user(self, user_id: int) -> User | None:
-        return (await self.store.get_users([user_id])).get(user_id)
+        user = self._known_users.get(user_id)
+        if user is None:
+            user = (await self.store.get_users([user_id])).get(user_id)
+            if user is not None:
+                if len(self._known_users) >= _KNOWN_USERS_MAX:
+                    self._known_users.clear()
+                self._known_users[user_id] = user
+        return user
 
     async def get_users(self, user_ids: Sequence[int]) -> dict[int, User]:
         return await self.store.get_users(user_ids)

@@ -4,7 +4,7 @@ access-token verification (expiry, forgery, key rotation)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import jwt
@@ -16,6 +16,7 @@ from shardchat.config import Settings
 from shardchat.errors import BadInput, Conflict, Unauthenticated
 from shardchat.migrate import migrate
 from user_core import passwords
+from user_core.models import User
 from user_core.service import AuthService
 from user_core.tokens import AccessTokens, hash_refresh_token, new_refresh_token
 
@@ -274,3 +275,30 @@ async def test_search_users_by_prefix(auth: AuthService) -> None:
     for prefix, limit in (("", 10), ("a b", 10), ("x" * 33, 10), ("fin", 0), ("fin", 21)):
         with pytest.raises(BadInput):
             await auth.search_users(prefix, limit)
+
+
+async def test_an_identify_reads_the_user_once_then_never_again(
+    auth: AuthService, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """authenticate() checks that the user exists and get_user() (READY's username) reuses
+    that read: users are never renamed or deleted, so one read per user per process is exact."""
+    token = (await auth.register("rowan", "quiet harbor 1")).access_token
+    other = AuthService(store, MemoryRegistry(), Settings(jwt_keys=KEYS))  # a fresh process
+    reads: list[list[int]] = []
+    get_users = store.get_users
+
+    async def counting(user_ids: Sequence[int]) -> dict[int, User]:
+        reads.append(list(user_ids))
+        return await get_users(user_ids)
+
+    monkeypatch.setattr(store, "get_users", counting)
+    principal = await other.authenticate(token)
+    user = await other.get_user(principal.user_id)
+    assert user is not None and user.username == "rowan"
+    assert len(reads) == 1
+    await other.authenticate(token)
+    assert await other.get_user(principal.user_id) == user
+    assert len(reads) == 1
+    assert await other.get_user(987654321) is None  # unknown: read, not cached
+    assert await other.get_user(987654321) is None
+    assert len(reads) == 3
