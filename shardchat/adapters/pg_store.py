@@ -7,11 +7,13 @@ same rooms cannot deadlock. Sends are written set-based (``unnest`` of array par
 constant number of statements per batch whatever its size; ``executemany`` would run one
 statement per row. A batch whose rows are all for ONE room (every batch of a lightly loaded
 writer) is ONE statement in its own implicit transaction (``_ONE_ROOM_INSERT``): one round
-trip instead of six (BEGIN, insert, lock, bump, number + events, COMMIT).
+trip instead of six (BEGIN, insert, lock, bump, number + events, COMMIT); a batch of a few
+rooms is one such statement per room, run concurrently on their own connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -191,6 +193,11 @@ def _around_seq(data: dict[str, Any]) -> tuple[str, str]:
 
 class _LostRace(Exception):
     """Raised inside a transaction to roll it back: another process did the same first."""
+
+
+#: A batch of plain rows of at most this many rooms is written as one statement per room, in
+#: parallel; more rooms take the general path (one transaction of four statements).
+_ONE_STATEMENT_ROOMS = 4
 
 
 async def _no_session_state(conn: Any) -> None:
@@ -878,13 +885,26 @@ class PgStore:
         for i, r in enumerate(rows):
             first.setdefault((r.author_id, r.nonce), i)
         unique = [r for i, r in enumerate(rows) if first[(r.author_id, r.nonce)] == i]
-        by_id: dict[int, SendOutcome] | None = None
+        by_room: dict[int, list[NewMessage]] = {}
+        for r in unique:
+            by_room.setdefault(r.room_id, []).append(r)
         # Mentions and attachments take statements of their own: the general path.
         plain = not any(r.mentions or r.attachments for r in unique)
-        if plain and len({r.room_id for r in unique}) == 1:
-            by_id = await self._insert_one_room(unique)
-        if by_id is None:
+        if not plain or len(by_room) > _ONE_STATEMENT_ROOMS:
             by_id = await self._insert_rooms(unique)
+        else:
+            # One statement per room, concurrently (each its own transaction: no outcome
+            # depends on another room's); a room whose statement gave up takes the general path.
+            parts = await asyncio.gather(*(self._insert_one_room(rs) for rs in by_room.values()))
+            by_id = {}
+            left: list[NewMessage] = []
+            for rs, part in zip(by_room.values(), parts, strict=True):
+                if part is None:
+                    left += rs
+                else:
+                    by_id.update(part)
+            if left:
+                by_id.update(await self._insert_rooms(left))
         out: list[SendOutcome] = []
         for r in rows:
             owner = rows[first[(r.author_id, r.nonce)]]

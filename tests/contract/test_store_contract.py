@@ -216,6 +216,55 @@ async def test_insert_messages_outcomes_in_one_room(store: Store) -> None:
     assert (await store.get_room(rid)).last_seq == 4  # type: ignore[union-attr]
 
 
+async def test_insert_messages_outcomes_across_a_few_rooms(store: Store) -> None:
+    """A batch over a few rooms (PostgreSQL writes one statement per room, concurrently):
+    each room numbered on its own, a nonce stored from another room is a duplicate, a
+    non-member and a missing room are refused, and nothing leaves a gap."""
+    a, b = await make_users(store, "kit", "lou")
+    r1, r2, r3 = await make_room(store, a), await make_room(store, a, b), await make_room(store, b)
+    (old,) = await store.insert_messages([msg(r2, a, "s0", "stored in r2")])  # r2: seq 3
+    rows = [
+        msg(r1, a, "s1"),
+        msg(r2, b, "s2"),
+        msg(r3, a, "s3", "not a member of r3"),
+        msg(r1, a, "s0", "retry of the r2 message, sent to r1"),
+        msg(r3, b, "s4"),
+        msg(r2, a, "s5"),
+        msg(nid(), a, "s6"),
+    ]
+    out = await store.insert_messages(rows)
+    statuses = [o.status for o in out]
+    assert statuses == [
+        "created", "created", "not_member", "duplicate", "created", "created", "no_room",
+    ]  # fmt: skip
+    assert out[3].message == old.message
+    seqs = [(o.message.room_id, o.message.seq) for o in out if o.status == "created"]  # type: ignore[union-attr]
+    assert seqs == [(r1, 2), (r2, 4), (r3, 2), (r2, 5)]
+    for room, last in ((r1, 2), (r2, 5), (r3, 2)):
+        assert [e.seq for e in await store.events_after(room, 0, 100)] == list(range(1, last + 1))
+        assert (await store.get_room(room)).last_seq == last  # type: ignore[union-attr]
+
+
+async def test_concurrent_batches_over_shared_rooms_get_contiguous_seqs(store: Store) -> None:
+    users = await make_users(store, *(f"v{i}" for i in range(4)))
+    rooms = [await make_room(store, *users) for _ in range(3)]  # seqs 1-4: joins
+
+    async def writer(u: int) -> None:
+        for i in range(8):  # every batch touches two or three rooms, in varying order
+            picked = rooms[i % 3 :] + rooms[: i % 3]
+            await store.insert_messages([msg(r, u, f"{r}-{i}") for r in picked[: 2 + i % 2]])
+
+    await asyncio.gather(*(writer(u) for u in users))
+    total = 0
+    for room in rooms:
+        events = await store.events_after(room, 0, 1000)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        created = sum(e.type == "MESSAGE_CREATE" for e in events)
+        assert (await store.get_room(room)).last_seq == 4 + created  # type: ignore[union-attr]
+        total += created
+    assert total == 4 * sum(2 + i % 2 for i in range(8))
+
+
 async def test_concurrent_inserts_get_contiguous_seqs(store: Store) -> None:
     users = await make_users(store, *(f"w{i}" for i in range(5)))
     rid = await make_room(store, *users)

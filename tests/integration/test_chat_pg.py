@@ -16,6 +16,7 @@ from shardchat.adapters.pg_store import PgStore
 from shardchat.config import Settings
 from shardchat.errors import BadInput, ChatError, NotFound, Unauthenticated
 from shardchat.migrate import load_migrations, migrate
+from shardchat.store import NewMessage
 from user_core.service import AuthService
 
 pytestmark = pytest.mark.integration
@@ -215,3 +216,27 @@ async def test_a_store_call_is_one_statement_and_a_dangling_transaction_is_still
             assert await again.fetchval("SELECT to_regclass('dangling')") is None
     finally:
         await s.close()
+
+
+async def test_a_send_batch_of_a_few_rooms_is_one_statement_per_room_and_no_transaction(
+    store: PgStore, auth: AuthService
+) -> None:
+    """Plain rows of up to four rooms: one statement per room (each its own implicit
+    transaction), not the general path's BEGIN + four statements + COMMIT."""
+    a, b = await users(auth, 2, "batch")
+    chat = ChatService(store)
+    rooms = [await chat.create_room(a, f"r{i}", [b]) for i in range(3)]
+    small = PgStore(store.dsn, pool_size=3)  # every connection it can open gets a logger
+    await small.start()
+    sent: list[str] = []
+    conns = [await small.pool.acquire() for _ in range(3)]
+    for conn in conns:
+        conn.add_query_logger(lambda record: sent.append(record.query))
+        await small.pool.release(conn)
+    rows = [NewMessage(9_000_000 + i, room.id, a, "hi", f"n{i}", 1) for i, room in enumerate(rooms)]
+    out = await small.insert_messages(rows)
+    await small.close()
+    assert [o.status for o in out] == ["created"] * 3
+    # (a new connection's first statement may also read type info: not counted)
+    assert sum("INSERT INTO messages" in q for q in sent) == 3, sent
+    assert not any(q.strip().upper().startswith(("BEGIN", "COMMIT")) for q in sent), sent
