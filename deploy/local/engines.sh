@@ -579,7 +579,7 @@ kafka_up() {
 }
 
 kafka_down() {
-	local pid i
+	local pid
 	if pid="$(kafka_pid)"; then
 		stop_pid kafka "$pid" 60
 	fi
@@ -691,7 +691,7 @@ CONF
 }
 
 nats_down() {
-	local pid i
+	local pid
 	if pid="$(nats_pid)"; then
 		stop_pid nats "$pid" 30
 	fi
@@ -1215,7 +1215,7 @@ PROMETHEUS_YML
 }
 
 prometheus_down() {
-	local pid i
+	local pid
 	if pid="$(prometheus_pid)"; then
 		stop_pid prometheus "$pid" 30
 	fi
@@ -1342,7 +1342,7 @@ s3_up() {
 }
 
 s3_down() {
-	local pid i
+	local pid
 	if pid="$(s3_pid)"; then
 		stop_pid s3proxy "$pid" 30
 	fi
